@@ -1,0 +1,33 @@
+"""rwkvkit: run, train, evaluate and serve RWKV language models.
+
+Public API (stable names): :func:`load_model`, :func:`load_tokenizer`, :func:`generate`.
+Importing the package has no side effects.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .checkpoint import load_model
+from .errors import CheckpointError, RwkvkitError, StateError, TokenizerError, UnsupportedVersionError
+
+__version__ = "0.1.0"
+
+
+def load_tokenizer(name_or_path: str) -> Any:
+    """A tokenizer by name ("world", "20b", "byte") or from a vocabulary file."""
+    from .tokenizer import load_tokenizer as _load
+
+    return _load(name_or_path)
+
+
+__all__ = [
+    "CheckpointError",
+    "RwkvkitError",
+    "StateError",
+    "TokenizerError",
+    "UnsupportedVersionError",
+    "__version__",
+    "load_model",
+    "load_tokenizer",
+]

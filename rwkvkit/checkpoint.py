@@ -1,0 +1,226 @@
+"""Reading checkpoints in every form users bring, detected from content rather than file name.
+
+Everything is read into one canonical form: a BlinkDL-named state dict (``emb.weight``,
+``blocks.N.att.time_decay``, ...) plus config overrides the weights alone cannot tell
+(e.g. a layer-norm epsilon). Then :func:`load_model` builds the model on the meta device and
+assigns the tensors, so the weights are never held twice.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import struct
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .errors import CheckpointError, RwkvkitError
+from .formats import hf
+from .models import detect_version, model_classes
+
+RWKVCPP_MAGIC = 0x67676D66
+# Parameters kept in float32 whatever dtype the model runs in: the official package does the same,
+# because exp(time_decay) in 16 bits loses the slow decays that carry long memory.
+FP32_PARAMS = ("time_decay", "time_first", "time_faaaa")
+
+
+@dataclass
+class RawCheckpoint:
+    """A checkpoint read into canonical form, before a model is built from it."""
+
+    path: Path
+    format: str  # "pth", "safetensors", "hf", "rwkvcpp", "run"
+    state_dict: dict[str, Tensor]
+    version: str
+    config_overrides: dict[str, Any] = field(default_factory=dict)
+
+
+def sniff_format(path: Path) -> str:
+    """Which reader a path needs, judged from what is in it."""
+    if not path.exists():
+        raise CheckpointError(path, "no such file or folder")
+    if path.is_dir():
+        if (path / "config.json").is_file():
+            return "hf"
+        if (path / "rwkvkit-run.json").is_file():
+            return "run"
+        raise CheckpointError(
+            path, "this folder is neither a Hugging Face model (no config.json) nor an rwkvkit training run"
+        )
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if len(head) < 8:
+        raise CheckpointError(path, f"the file is only {len(head)} bytes long: it is empty or truncated")
+    if struct.unpack("<I", head[:4])[0] == RWKVCPP_MAGIC:
+        return "rwkvcpp"
+    if head[:4] == b"PK\x03\x04":
+        return "pth"  # torch.save's zip format
+    if head[:2] in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05"):
+        return "pth-legacy"  # torch.save's old pickle-stream format
+    header_len = struct.unpack("<Q", head[:8])[0]
+    if head[8:9] == b"{" and 0 < header_len < 100_000_000:
+        return "safetensors"
+    raise CheckpointError(
+        path,
+        "unrecognised file format (expected a BlinkDL .pth, a .safetensors file, an rwkv.cpp .bin "
+        "or a Hugging Face folder)",
+    )
+
+
+def _torch_load(path: Path, legacy: bool) -> dict[str, Tensor]:
+    try:
+        # weights_only: a checkpoint is data; a pickle that tries to run code is refused, never run.
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=not legacy)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            path,
+            "refused to load: the pickle asks to run code or build objects other than tensors "
+            f"(loaded with weights_only=True; nothing was executed). Detail: {str(e).splitlines()[0]}",
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        raise CheckpointError(
+            path, f"cannot read this PyTorch file; it is probably truncated or corrupt ({e})"
+        ) from None
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]  # Lightning-style wrapper
+    if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise CheckpointError(path, "the file does not hold a state dict of tensors")
+    return obj
+
+
+def _safetensors_load(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            return {k: f.get_tensor(k) for k in f.keys()}, meta  # noqa: SIM118 (safe_open is no dict)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(
+            path, f"cannot read this safetensors file; it is probably truncated or corrupt ({e})"
+        ) from None
+
+
+def _read_hf_folder(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    try:
+        cfg = json.loads((path / "config.json").read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(path / "config.json", f"not valid JSON ({e})") from None
+    model_type = cfg.get("model_type")
+    if model_type not in ("rwkv", None):
+        raise CheckpointError(
+            path,
+            f"this Hugging Face folder holds a {model_type!r} model; RWKV-4 folders have model_type 'rwkv'",
+        )
+    files = sorted(path.glob("*.safetensors")) or sorted(path.glob("pytorch_model*.bin"))
+    if not files:
+        raise CheckpointError(path, "no model.safetensors or pytorch_model.bin in this Hugging Face folder")
+    sd: dict[str, Tensor] = {}
+    for f in files:  # sharded checkpoints: the shards together hold every key once
+        sd.update(_safetensors_load(f)[0] if f.suffix == ".safetensors" else _torch_load(f, legacy=False))
+    return sd, hf.config_overrides_from_hf(cfg)
+
+
+def read_checkpoint(path: str | Path) -> RawCheckpoint:
+    """Read any supported checkpoint into canonical (BlinkDL-named) form."""
+    path = Path(path)
+    fmt = sniff_format(path)
+    overrides: dict[str, Any] = {}
+    if fmt == "rwkvcpp":
+        from .formats.rwkvcpp import read_rwkvcpp
+
+        _, sd = read_rwkvcpp(path)
+    elif fmt in ("pth", "pth-legacy"):
+        sd = _torch_load(path, legacy=fmt == "pth-legacy")
+        fmt = "pth"
+    elif fmt == "safetensors":
+        sd, meta = _safetensors_load(path)
+        if "rwkvkit_config" in meta:
+            overrides = {k: v for k, v in json.loads(meta["rwkvkit_config"]).items() if k == "layer_norm_eps"}
+    elif fmt == "hf":
+        sd, overrides = _read_hf_folder(path)
+    else:  # a training run folder: its newest checkpoint
+        from .train.run import latest_checkpoint  # type: ignore[import-not-found]
+
+        return read_checkpoint(latest_checkpoint(path))
+    if hf.is_hf_state_dict(sd):
+        sd = hf.hf_to_blinkdl(sd, path)
+    try:
+        version = detect_version(sd.keys())
+    except RwkvkitError as e:
+        raise CheckpointError(path, str(e)) from None
+    return RawCheckpoint(path, fmt, sd, version, overrides)
+
+
+def _fit_to_model(
+    sd: dict[str, Tensor], model: nn.Module, path: Path, dtype: torch.dtype
+) -> dict[str, Tensor]:
+    """Check names, shapes and values against the model; reshape BlinkDL's variable-shape vectors."""
+    expected = {k: (tuple(v.shape), v) for k, v in model.state_dict().items()}
+    missing = sorted(set(expected) - set(sd))
+    extra = sorted(set(sd) - set(expected))
+    if missing:
+        raise CheckpointError(path, f"missing keys: {missing[:8]}{' ...' if len(missing) > 8 else ''}")
+    if extra:
+        raise CheckpointError(path, f"unexpected keys: {extra[:8]}{' ...' if len(extra) > 8 else ''}")
+    out = {}
+    for name, (shape, _) in expected.items():
+        t = sd[name]
+        if tuple(t.shape) != shape:
+            # time_mix_k is (1, 1, C) in some trainers' files and (C,) in others'.
+            if ".time_" in name and t.numel() == torch.Size(shape).numel():
+                t = t.reshape(shape)
+            else:
+                raise CheckpointError(
+                    path, f"{name} has shape {tuple(t.shape)}, but the other tensors imply {shape}"
+                )
+        if not t.is_floating_point():
+            raise CheckpointError(path, f"{name} holds {t.dtype}, not floating-point weights")
+        if not torch.isfinite(t).all():
+            raise CheckpointError(path, f"{name} contains NaN or infinite values")
+        target = torch.float32 if name.rsplit(".", 1)[-1] in FP32_PARAMS else dtype
+        out[name] = t.to(target)
+    return out
+
+
+def build_model(
+    raw: RawCheckpoint, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+) -> nn.Module:
+    """Make the model for a read checkpoint without allocating random weights first."""
+    config_cls, model_cls = model_classes(raw.version, raw.path)
+    try:
+        config = config_cls.from_state_dict(raw.state_dict, **raw.config_overrides)
+    except (KeyError, ValueError, IndexError) as e:
+        raise CheckpointError(raw.path, f"cannot infer the model's shape: missing or odd key {e}") from None
+    with torch.device("meta"):
+        model = model_cls(config)
+    tensors = _fit_to_model(raw.state_dict, model, raw.path, dtype)
+    model.load_state_dict(tensors, assign=True)
+    model.source = raw  # type: ignore[assignment]  # where the weights came from, for state files and convert
+    raw.state_dict = {}  # the model owns the tensors now
+    return model.to(device).eval()
+
+
+def load_model(
+    path: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    quantize: str | None = None,
+) -> nn.Module:
+    """Load any supported RWKV checkpoint, ready to call as ``logits, state = model(tokens, state)``.
+
+    The format (BlinkDL .pth or .safetensors, Hugging Face folder, rwkv.cpp .bin) and the RWKV
+    version are detected from the content. ``dtype`` is the weights' dtype (the WKV state and the
+    logits stay float32).
+    """
+    if quantize is not None:
+        raise RwkvkitError(f"quantize={quantize!r} is not available yet; pass quantize=None")
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise RwkvkitError(f"dtype must be a floating torch.dtype such as torch.float32, got {dtype!r}")
+    return build_model(read_checkpoint(path), device=device, dtype=dtype)

@@ -1,0 +1,95 @@
+"""``rwkvkit convert``: any readable checkpoint to a BlinkDL .pth, .safetensors, a Hugging Face
+folder or an rwkv.cpp file."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from .checkpoint import read_checkpoint
+from .errors import RwkvkitError
+from .fileio import atomic_path, atomic_write
+from .formats import hf
+from .models import model_classes
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+TARGETS = ("pth", "safetensors", "hf", "rwkvcpp")
+
+
+def _cast(sd: dict[str, Tensor], dtype: torch.dtype) -> dict[str, Tensor]:
+    return {k: v.to(dtype).contiguous() for k, v in sd.items()}
+
+
+def save_pth(sd: dict[str, Tensor], dst: Path) -> None:
+    """A BlinkDL state dict, as RWKV-LM's trainer saves it (the official package loads it)."""
+    atomic_write(dst, lambda p: torch.save(sd, p))
+
+
+def save_safetensors(sd: dict[str, Tensor], dst: Path, config: object) -> None:
+    from safetensors.torch import save_file
+
+    meta = {"format": "pt", "rwkvkit_config": json.dumps(config.to_dict())}  # type: ignore[attr-defined]
+    atomic_write(dst, lambda p: save_file(sd, str(p), metadata=meta))
+
+
+def save_hf(sd: dict[str, Tensor], dst: Path, config: object, dtype_name: str) -> None:
+    """A folder that ``transformers.RwkvForCausalLM.from_pretrained`` loads."""
+    from safetensors.torch import save_file
+
+    if getattr(config, "version", None) != "4":
+        raise RwkvkitError("Hugging Face output is available for RWKV-4 only so far")
+    dst.mkdir(parents=True, exist_ok=True)
+    cfg = hf.hf_config(config)
+    cfg["torch_dtype"] = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}[dtype_name]
+    atomic_write(
+        dst / "model.safetensors",
+        lambda p: save_file(hf.blinkdl_to_hf(sd), str(p), metadata={"format": "pt"}),
+    )
+    with atomic_path(dst / "config.json") as p:
+        p.write_text(json.dumps(cfg, indent=2) + "\n")
+
+
+def convert(src: str | Path, dst: str | Path, to: str, dtype: str = "fp32") -> Path:
+    """Read ``src`` in any supported form and write it to ``dst`` as ``to``."""
+    if to not in TARGETS:
+        raise RwkvkitError(f"unknown target format {to!r}; choose one of {', '.join(TARGETS)}")
+    if dtype not in DTYPES:
+        raise RwkvkitError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    raw = read_checkpoint(src)
+    config_cls, _ = model_classes(raw.version, raw.path)
+    config = config_cls.from_state_dict(raw.state_dict, **raw.config_overrides)
+    dst = Path(dst)
+    if to == "rwkvcpp":
+        from .formats.rwkvcpp import write_rwkvcpp
+
+        if dtype == "bf16":
+            raise RwkvkitError("rwkv.cpp files hold fp32 or fp16 weights; pass --dtype fp32 or fp16")
+        write_rwkvcpp(dst, raw.state_dict, version=raw.version, data_type=dtype)
+        return dst
+    sd = _cast(raw.state_dict, DTYPES[dtype])
+    if to == "pth":
+        save_pth(sd, dst)
+    elif to == "safetensors":
+        save_safetensors(sd, dst, config)
+    else:
+        save_hf(sd, dst, config, dtype)
+    return dst
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "src", help="checkpoint to read: .pth, .safetensors, rwkv.cpp .bin, HF folder or run folder"
+    )
+    parser.add_argument("dst", help="where to write (a folder for --to hf)")
+    parser.add_argument("--to", required=True, choices=TARGETS, help="output format")
+    parser.add_argument("--dtype", default="fp32", choices=tuple(DTYPES), help="weight dtype of the output")
+
+
+def run(args: argparse.Namespace) -> int:
+    out = convert(args.src, args.dst, args.to, args.dtype)
+    print(f"wrote {out}")
+    return 0

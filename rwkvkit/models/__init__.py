@@ -1,0 +1,47 @@
+"""One module per RWKV version; this file only maps a state dict's keys to the right one."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from torch import nn
+
+from ..errors import UnsupportedVersionError
+from .rwkv4 import RWKV4, RWKV4Config, RWKV4State
+
+# version -> (config class, model class). Later versions register here.
+MODELS: dict[str, tuple[Any, type[nn.Module]]] = {
+    "4": (RWKV4Config, RWKV4),
+}
+
+
+def detect_version(keys: Iterable[str]) -> str:
+    """The RWKV version a BlinkDL-named state dict belongs to, from its key names alone.
+
+    Returns "4", "5", "5.2", "6" or "7" (5.0/5.1 checkpoints have no ``att.gate`` and 5.2 ones have it).
+    """
+    names = {k.split(".", 2)[-1] if k.startswith("blocks.") else k for k in keys}
+    if {"att.r_k", "att.w0", "att.x_rwkvag", "att.x_r"} & names:
+        return "7"
+    if "att.time_maa_x" in names or "att.time_maa_w1" in names:
+        return "6"
+    if "att.ln_x.weight" in names:
+        return "5.2" if "att.gate.weight" in names else "5"
+    if "att.time_first" in names and "att.time_decay" in names:
+        return "4"
+    raise UnsupportedVersionError(None, "the keys match no RWKV version this library knows (4, 5, 6 or 7)")
+
+
+def model_classes(version: str, path: Any = None) -> tuple[Any, type[nn.Module]]:
+    if version not in MODELS:
+        raise UnsupportedVersionError(
+            path,
+            f"this is an RWKV-{version} checkpoint, and RWKV-{version} is not supported yet (supported: "
+            + ", ".join(f"RWKV-{v}" for v in MODELS)
+            + ")",
+        )
+    return MODELS[version]
+
+
+__all__ = ["MODELS", "RWKV4", "RWKV4Config", "RWKV4State", "detect_version", "model_classes"]

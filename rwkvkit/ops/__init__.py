@@ -1,0 +1,1 @@
+"""The WKV operators: a slow reference loop beside each fast form, one module per RWKV version."""

@@ -1,0 +1,67 @@
+"""The recurrent state: what an RWKV model carries from one token to the next.
+
+Each RWKV version defines its own state dataclass (in its model file) on top of
+:class:`RecurrentState`, whose fields are all tensors with the batch on dimension 1
+(dimension 0 is the layer). The base class gives every version the same handling:
+cloning, moving, batch selection, and a flat dict of tensors for state files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar, TypeVar
+
+import torch
+from torch import Tensor
+
+from .errors import StateError
+
+S = TypeVar("S", bound="RecurrentState")
+
+
+@dataclasses.dataclass
+class RecurrentState:
+    """Base of every version's state; subclasses add tensor fields shaped (n_layer, B, ...)."""
+
+    version: ClassVar[str] = ""
+
+    def tensors(self) -> dict[str, Tensor]:
+        """Field name -> tensor, in declaration order (what a state file stores)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_tensors(cls: type[S], tensors: dict[str, Tensor]) -> S:
+        names = [f.name for f in dataclasses.fields(cls)]
+        missing = [n for n in names if n not in tensors]
+        if missing:
+            raise StateError(f"state for RWKV-{cls.version} is missing the tensors {missing}")
+        return cls(**{n: tensors[n] for n in names})
+
+    @property
+    def batch_size(self) -> int:
+        return next(iter(self.tensors().values())).shape[1]
+
+    def _map(self: S, fn: Any) -> S:
+        return type(self)(**{name: fn(t) for name, t in self.tensors().items()})
+
+    def clone(self: S) -> S:
+        """An independent copy: generating from it never changes the original."""
+        return self._map(lambda t: t.clone())
+
+    def detach(self: S) -> S:
+        """The same values cut from the autograd graph (truncated backpropagation through time)."""
+        return self._map(lambda t: t.detach())
+
+    def to(self: S, device: torch.device | str) -> S:
+        return self._map(lambda t: t.to(device))
+
+    def select(self: S, index: Tensor | list[int]) -> S:
+        """The states of some batch rows, e.g. to fan one prompt's state out to many samples."""
+        idx = torch.as_tensor(index, dtype=torch.long)
+        return self._map(lambda t: t.index_select(1, idx.to(t.device)))
+
+    @classmethod
+    def cat(cls: type[S], states: list[S]) -> S:
+        """Join states along the batch dimension."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        return cls(**{n: torch.cat([getattr(s, n) for s in states], dim=1) for n in names})
