@@ -141,7 +141,11 @@ def read_checkpoint(path: str | Path) -> RawCheckpoint:
     elif fmt == "safetensors":
         sd, meta = _safetensors_load(path)
         if "rwkvkit_config" in meta:
-            overrides = {k: v for k, v in json.loads(meta["rwkvkit_config"]).items() if k == "layer_norm_eps"}
+            overrides = {
+                k: v
+                for k, v in json.loads(meta["rwkvkit_config"]).items()
+                if k in ("layer_norm_eps", "n_head")
+            }
     elif fmt == "hf":
         sd, overrides = _read_hf_folder(path)
     else:  # a training run folder: its newest checkpoint

@@ -8,11 +8,13 @@ from typing import Any
 from torch import nn
 
 from ..errors import UnsupportedVersionError
+from .gpt import GPT, GPTConfig, GPTState
 from .rwkv4 import RWKV4, RWKV4Config, RWKV4State
 
 # version -> (config class, model class). Later versions register here.
 MODELS: dict[str, tuple[Any, type[nn.Module]]] = {
     "4": (RWKV4Config, RWKV4),
+    "gpt": (GPTConfig, GPT),  # the transformer baseline that `rwkvkit train --arch gpt` trains
 }
 
 
@@ -22,6 +24,8 @@ def detect_version(keys: Iterable[str]) -> str:
     Returns "4", "5", "5.2", "6" or "7" (5.0/5.1 checkpoints have no ``att.gate`` and 5.2 ones have it).
     """
     names = {k.split(".", 2)[-1] if k.startswith("blocks.") else k for k in keys}
+    if "wpe.weight" in names and "attn.qkv.weight" in names:
+        return "gpt"
     if {"att.r_k", "att.w0", "att.x_rwkvag", "att.x_r"} & names:
         return "7"
     if "att.time_maa_x" in names or "att.time_maa_w1" in names:
@@ -44,4 +48,14 @@ def model_classes(version: str, path: Any = None) -> tuple[Any, type[nn.Module]]
     return MODELS[version]
 
 
-__all__ = ["MODELS", "RWKV4", "RWKV4Config", "RWKV4State", "detect_version", "model_classes"]
+__all__ = [
+    "GPT",
+    "MODELS",
+    "RWKV4",
+    "GPTConfig",
+    "GPTState",
+    "RWKV4Config",
+    "RWKV4State",
+    "detect_version",
+    "model_classes",
+]
