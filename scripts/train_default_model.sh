@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 CORPUS=${CORPUS:-../shared/corpora/shakespeare}
 WORK=${WORK:-runs/default}
 ARCH=${ARCH:-rwkv4}
-STEPS=${STEPS:-700}
+STEPS=${STEPS:-500}
 PY=${PYTHON:-python}
 
 if [ ! -f "$WORK/data/manifest.json" ]; then
