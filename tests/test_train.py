@@ -74,13 +74,14 @@ def test_prepare_text_jsonl_and_manifest(data_dir: Path) -> None:
 
 def test_binidx_roundtrip_and_prepare(tmp_path: Path) -> None:
     docs = [[1, 2, 3, 300], [7] * 50, list(range(100))]
+    flat = [t for d in docs for t in d]
     write_binidx(tmp_path / "ds", docs)
-    assert read_binidx(tmp_path / "ds.bin").tolist() == sum(docs, [])
+    assert read_binidx(tmp_path / "ds.bin").tolist() == flat
     m = prepare(
         [str(tmp_path / "ds.idx")], tmp_path / "out", tokenizer="world", val_fraction=0.1, progress=False
     )
     d = TokenData.open(tmp_path / "out")
-    assert np.concatenate([d.train, d.val]).tolist() == sum(docs, [])
+    assert np.concatenate([d.train, d.val]).tolist() == flat
     assert m["train_tokens"] + m["val_tokens"] == 154
 
 
@@ -235,7 +236,7 @@ def test_cli_train_and_export_to_official_rwkv(data_dir: Path, tmp_path: Path) -
 
 
 def test_resume_without_run_is_a_clear_error(data_dir: Path, tmp_path: Path) -> None:
-    with pytest.raises(RwkvkitError, match="rwkvkit-run.json"):
+    with pytest.raises(RwkvkitError, match=r"rwkvkit-run\.json"):
         train(tiny(data_dir, tmp_path / "nothing", resume=True))
 
 
