@@ -270,3 +270,9 @@ def test_ddp_two_cpu_ranks_equal_single_process_step(data_dir: Path, tmp_path: P
     # gloo's all-reduce sums the two ranks' gradients in another order than one process does
     for k in a:
         torch.testing.assert_close(b[k], a[k], atol=1e-6, rtol=1e-5, msg=lambda m, k=k: f"{k}: {m}")
+
+
+def test_bf16_autocast_run(data_dir: Path, tmp_path: Path) -> None:
+    """--precision bf16 trains (autocast on the CPU too); the WKV itself stays in float32."""
+    s = train(tiny(data_dir, tmp_path / "bf16", precision="bf16", steps=2, eval_every=2))
+    assert math.isfinite(s["loss"]) and math.isfinite(s["val_loss"])

@@ -43,6 +43,14 @@ def wkv4_chunked_matmul(
     w: Tensor, u: Tensor, k: Tensor, v: Tensor, state: WKVState, chunk_len: int = 32
 ) -> tuple[Tensor, WKVState]:
     """The training WKV: forward equals ``wkv4_reference``; differentiable in every input."""
+    # the inputs' precision (float32 in the model), also inside a bf16 autocast region
+    with torch.autocast(device_type=k.device.type, enabled=False):
+        return _wkv4_chunked_matmul(w, u, k, v, state, chunk_len)
+
+
+def _wkv4_chunked_matmul(
+    w: Tensor, u: Tensor, k: Tensor, v: Tensor, state: WKVState, chunk_len: int
+) -> tuple[Tensor, WKVState]:
     B, T, C = k.shape
     w = w.clamp(min=_MOST_NEGATIVE_DECAY)
     L = min(chunk_len, T)
