@@ -276,3 +276,51 @@ def test_bf16_autocast_run(data_dir: Path, tmp_path: Path) -> None:
     """--precision bf16 trains (autocast on the CPU too); the WKV itself stays in float32."""
     s = train(tiny(data_dir, tmp_path / "bf16", precision="bf16", steps=2, eval_every=2))
     assert math.isfinite(s["loss"]) and math.isfinite(s["val_loss"])
+
+
+# ---------------------------------------------------------------- init, groups, schedule, L2Wrap
+
+
+def test_official_init_formulas_and_param_groups() -> None:
+    from rwkvkit.train.init import param_groups
+
+    cfg = TrainConfig(data="", out="", n_layer=3, n_embd=16)
+    torch.manual_seed(0)
+    model, _ = build(cfg, 256)
+    C = 16
+    h = torch.arange(C, dtype=torch.float32)
+    b0, b2 = model.blocks[0].att, model.blocks[2].att
+    torch.testing.assert_close(b0.time_decay, -5 + 8 * (h / (C - 1)) ** 0.7)  # ratio_0_to_1 = 0
+    torch.testing.assert_close(b2.time_decay, -5 + 8 * (h / (C - 1)) ** 2.0)  # ratio_0_to_1 = 1
+    assert b0.time_first[0].item() == pytest.approx(math.log(0.3) + 0.0)  # zigzag: 0, 0.5, -0.5, ...
+    assert b0.time_first[1].item() == pytest.approx(math.log(0.3) + 0.5)
+    torch.testing.assert_close(b0.time_mix_k.flatten(), h / C)  # ratio_1_to_almost0 = 1 at layer 0
+    torch.testing.assert_close(model.blocks[1].att.time_mix_v.flatten(), (h / C) ** (2 / 3) + 0.15)
+    for name, p in model.named_parameters():
+        if any(z in name for z in (".att.output.", ".ffn.value.", ".ffn.receptance.")):
+            assert p.abs().max() == 0, name
+    assert model.emb.weight.abs().max() <= 1e-4
+    w = model.blocks[1].att.key.weight
+    torch.testing.assert_close(w @ w.T, torch.eye(C), atol=1e-5, rtol=0)  # orthogonal
+    groups = {g["name"]: g for g in param_groups(model, 0.1)}
+    assert groups["time_decay"]["lr_scale"] == 2 and groups["time_first"]["lr_scale"] == 3
+    assert all(p.squeeze().dim() >= 2 for p in groups["decay"]["params"])
+    assert groups["no_decay"]["weight_decay"] == 0 and groups["decay"]["weight_decay"] == 0.1
+    assert sum(len(g["params"]) for g in groups.values()) == len(list(model.parameters()))
+
+
+def test_schedule_and_l2wrap() -> None:
+    from rwkvkit.train.loop import L2Wrap, learning_rate
+
+    cfg = TrainConfig(data="", out="", lr=1e-3, lr_final=1e-4, warmup=10, steps=110)
+    assert learning_rate(cfg, 0) == pytest.approx(1e-4) and learning_rate(cfg, 9) == pytest.approx(1e-3)
+    assert learning_rate(cfg, 10) == pytest.approx(1e-3) and learning_rate(cfg, 109) == pytest.approx(1e-4)
+    assert learning_rate(cfg, 60) == pytest.approx(1e-4 + 0.5 * 9e-4, rel=0.02)  # cosine midpoint
+    cfg.decay = "exp"
+    assert learning_rate(cfg, 60) == pytest.approx(math.sqrt(1e-3 * 1e-4), rel=0.05)
+    logits = torch.tensor([[[1.0, 5.0, 2.0], [3.0, -1.0, 0.0]]], requires_grad=True)
+    loss = (logits * 0).sum()
+    L2Wrap.apply(loss, logits).backward()
+    expect = torch.zeros(1, 2, 3)
+    expect[0, 0, 1], expect[0, 1, 0] = 5e-4 / 2, 3e-4 / 2  # 1e-4 * max / (B * T), at the argmax only
+    torch.testing.assert_close(logits.grad, expect)
