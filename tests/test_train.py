@@ -324,3 +324,35 @@ def test_schedule_and_l2wrap() -> None:
     expect = torch.zeros(1, 2, 3)
     expect[0, 0, 1], expect[0, 1, 0] = 5e-4 / 2, 3e-4 / 2  # 1e-4 * max / (B * T), at the argmax only
     torch.testing.assert_close(logits.grad, expect)
+
+
+@pytest.mark.slow
+def test_sigkill_anywhere_then_resume_matches_uninterrupted(data_dir: Path, tmp_path: Path) -> None:
+    """A real SIGKILL at an arbitrary moment (saving every step, so often mid-save), then --resume:
+    the final weights equal an uninterrupted run's, bit for bit."""
+    import signal
+    import time
+
+    args = ["--data", str(data_dir), "--n-layer", "2", "--n-embd", "32", "--ctx-len", "32", "--batch-size", "2",
+            "--steps", "12", "--warmup", "2", "--save-every", "1", "--eval-every", "0", "--threads", "1",
+            "--no-progress", "--wkv-chunk", "8"]  # fmt: skip
+    base = [sys.executable, "-m", "rwkvkit", "train"]
+    r = subprocess.run([*base, "--out", str(tmp_path / "straight"), *args], cwd=REPO, env=_env(), timeout=300)
+    assert r.returncode == 0
+    out = tmp_path / "killed"
+    p = subprocess.Popen([*base, "--out", str(out), *args], cwd=REPO, env=_env())
+    deadline = time.time() + 240
+    while len(runfiles.complete_steps(out)) < 3 and time.time() < deadline and p.poll() is None:
+        time.sleep(0.01)
+    time.sleep(0.05)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    steps = runfiles.complete_steps(out)
+    assert steps and steps[-1] < 12, steps
+    for s in steps:  # every checkpoint that counts is readable
+        rwkvkit.load_model(runfiles.weights_path(out, s))
+    r = subprocess.run([*base, "--out", str(out), "--resume", *args], cwd=REPO, env=_env(), timeout=300)
+    assert r.returncode == 0
+    a = load_file(runfiles.latest_checkpoint(tmp_path / "straight"))
+    b = load_file(runfiles.latest_checkpoint(out))
+    assert all(torch.equal(a[k], b[k]) for k in a)
