@@ -356,3 +356,27 @@ def test_sigkill_anywhere_then_resume_matches_uninterrupted(data_dir: Path, tmp_
     a = load_file(runfiles.latest_checkpoint(tmp_path / "straight"))
     b = load_file(runfiles.latest_checkpoint(out))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_cli_prepare_world_tokenizer_and_errors(tmp_path: Path) -> None:
+    (tmp_path / "t.txt").write_text(TEXT)
+    r = subprocess.run(
+        [sys.executable, "-m", "rwkvkit", "prepare", str(tmp_path / "t.txt"), "--out", str(tmp_path / "w"),
+         "--tokenizer", "world", "--no-progress"],
+        cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    d = TokenData.open(tmp_path / "w")
+    assert (
+        d.manifest["tokenizer"] == "world"
+        and d.manifest["vocab_size"] == 65536
+        and d.train.dtype == np.uint16
+    )
+    assert d.manifest["bytes_per_token"] > 2  # World tokens are words, not bytes
+    tok = rwkvkit.load_tokenizer("world")
+    assert tok.decode(np.concatenate([d.train, d.val]).tolist()).startswith(TEXT[:200])
+    r = subprocess.run(
+        [sys.executable, "-m", "rwkvkit", "prepare", str(tmp_path / "missing.txt"), "--out", str(tmp_path / "x")],
+        cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert r.returncode == 2 and "missing.txt: no such file" in r.stderr
