@@ -37,9 +37,7 @@ def main() -> None:
     for run in args.runs:
         info = read_run_file(run)
         cfg = TrainConfig(**{**info["train"], "eval_windows": 10**9})
-        data = TokenData.open(
-            cfg.data if Path(cfg.data).is_absolute() else Path(run).parent.parent / cfg.data
-        )
+        data = TokenData.open(args.data or cfg.data)  # cfg.data: relative to where the run was started
         model = rwkvkit.load_model(run)
         n_windows = (len(data.val) - 1) // cfg.ctx_len
         loss = evaluate(model, data, cfg, torch.device("cpu"), nullcontext)
