@@ -6,8 +6,8 @@
 #   bash scripts/train_default_model.sh                 # RWKV-4, then export fp16 into the package
 #   ARCH=gpt bash scripts/train_default_model.sh         # the transformer baseline (not exported)
 #
-# About an hour per model at ~500-900 tokens/s (a share of a busy 2-core machine); the two were
-# trained at the same time, one thread each. Environment: CORPUS, WORK, ARCH, STEPS.
+# About 50 minutes per model at ~500-1500 tokens/s (a share of a busy 2-core machine); the two
+# were trained at the same time, one thread each. Environment: CORPUS, WORK, ARCH, PHASES.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CORPUS=${CORPUS:-../shared/corpora/shakespeare}
