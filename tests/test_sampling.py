@@ -97,7 +97,7 @@ def official_penalised_logits(
 def test_penalties_follow_the_official_rule() -> None:
     gen = torch.Generator().manual_seed(1)
     V = 12
-    history = torch.randint(0, 5, (40,), generator=gen).tolist() + [7]
+    history = [*torch.randint(0, 5, (40,), generator=gen).tolist(), 7]
     params = SamplingParams(presence_penalty=0.4, frequency_penalty=0.3, penalty_decay=0.9)
     pen = Penalties(1, V, params)
     logits = torch.randn(V, generator=gen)
