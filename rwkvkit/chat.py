@@ -218,10 +218,15 @@ def run(args: argparse.Namespace) -> int:
             continue
         out.write(f"{chat.assistant}: ")
         out.flush()
-        with torch.no_grad():
-            for piece in chat.send(line):
-                out.write(piece)
-                out.flush()
+        try:
+            with torch.no_grad():
+                for piece in chat.send(line):
+                    out.write(piece)
+                    out.flush()
+        except KeyboardInterrupt:
+            if not interactive:
+                raise
+            out.write(" [interrupted: this turn is forgotten]")  # send() had not moved the state yet
         out.write("\n\n" if interactive else "\n")
         out.flush()
         if args.stats and chat.last is not None:
