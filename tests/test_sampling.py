@@ -63,6 +63,17 @@ def test_top_p() -> None:
     assert (logits_to_probs(many, top_p=0.999999) > 0).sum() >= 999
 
 
+def test_top_p_keeps_the_shortest_prefix_of_the_sorted_distribution() -> None:
+    # 3000 near-equal tokens: the nucleus for p = 0.5 holds ~1500 of them
+    logits = torch.randn(2, 3000, generator=torch.Generator().manual_seed(3)) * 0.01
+    probs = torch.softmax(logits, -1)
+    kept = logits_to_probs(logits, top_p=0.5) > 0
+    for row in range(2):
+        sorted_probs, order = torch.sort(probs[row], descending=True)
+        n = int((torch.cumsum(sorted_probs, 0) < 0.5).sum()) + 1  # the shortest prefix reaching 0.5
+        assert kept[row].sum() == n and kept[row, order[:n]].all()
+
+
 def test_min_p() -> None:
     logits = logits_of([0.5, 0.26, 0.24])
     torch.testing.assert_close(logits_to_probs(logits, min_p=0.5), torch.tensor([[0.5, 0.26, 0.0]]) / 0.76)
@@ -156,6 +167,16 @@ def test_same_seed_same_tokens_and_sampling_matches_the_distribution() -> None:
     freq = torch.bincount(draws, minlength=4).float() / 20000
     # 20000 draws: the standard error of each frequency is < 0.0035, so 0.015 is > 4 sigma
     torch.testing.assert_close(freq, probs[0], rtol=0, atol=0.015)
+
+
+def test_filtered_tokens_are_never_drawn() -> None:
+    probs = torch.zeros(1, 1000)
+    probs[0, [0, 500, 999]] = torch.tensor([1e-6, 0.5, 0.5 - 1e-6])
+    draws = sample(probs.expand(5000, 1000), make_generator(1))
+    assert set(draws.tolist()) <= {0, 500, 999} and {500, 999} <= set(draws.tolist())
+    one = torch.zeros(3, 10)
+    one[:, 9] = 1.0
+    assert sample(one, make_generator(0)).tolist() == [9, 9, 9]
 
 
 def test_per_row_generators_make_rows_independent_of_the_batch() -> None:
