@@ -118,6 +118,9 @@ def test_stop_token_ids_and_max_tokens(byte_tok) -> None:
     _, result = pieces_and_result(model, byte_tok, stop_token_ids=[3], max_tokens=10)
     assert result.text == "hi" and result.stop_reason == "stop_token" and result.stop == 3
     assert result.token_ids == [104, 105]  # the stop id is not part of the output
+    # by default the tokenizer's end-of-text id stops it (0 for the byte tokenizer)
+    _, result = pieces_and_result(ScriptModel([ord("h"), 0, ord("x")]), byte_tok, max_tokens=10)
+    assert result.text == "h" and result.stop_reason == "stop_token" and result.stop == byte_tok.eos_id == 0
     _, result = pieces_and_result(scripted("hello"), byte_tok, max_tokens=2)
     assert result.text == "he" and result.stop_reason == "max_tokens"
     _, result = pieces_and_result(scripted("hello"), byte_tok, max_tokens=0)
@@ -187,9 +190,10 @@ def test_a_prefix_is_reused_and_never_changed(byte_model, byte_tok) -> None:
 
 
 def test_kept_state_continues_the_text_exactly(byte_model, byte_tok) -> None:
-    whole = generate_text(byte_model, byte_tok, "Hello", temperature=0, max_tokens=30)
-    first = generate_text(byte_model, byte_tok, "Hello", temperature=0, max_tokens=12, keep_state=True)
-    rest = generate_text(byte_model, byte_tok, "", state=first.prefix(), temperature=0, max_tokens=18)
+    kw = dict(temperature=0, stop_token_ids=[])  # the byte tokenizer's end of text (0) must not cut it short
+    whole = generate_text(byte_model, byte_tok, "Hello", max_tokens=30, **kw)
+    first = generate_text(byte_model, byte_tok, "Hello", max_tokens=12, keep_state=True, **kw)
+    rest = generate_text(byte_model, byte_tok, "", state=first.prefix(), max_tokens=18, **kw)
     assert first.token_ids + rest.token_ids == whole.token_ids
     assert first.prefix().tokens == 5 + 12
     # the kept state is the model's state after the prompt and every generated token
