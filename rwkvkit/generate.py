@@ -177,9 +177,13 @@ class GenerationResult:
         return Prefix(self.state, self.logits, tokens_before + self.prompt_tokens + len(self.token_ids))
 
     def stats(self) -> str:
+        prompt = (
+            f"prompt: {self.prompt_tokens} tokens in {self.prompt_seconds:.3f} s ({self.prompt_tokens_per_s:.1f} tok/s)"
+            if self.prompt_tokens
+            else "prompt: 0 tokens (continued from a state)"
+        )
         return (
-            f"prompt: {self.prompt_tokens} tokens in {self.prompt_seconds:.3f} s "
-            f"({self.prompt_tokens_per_s:.1f} tok/s); generated: {len(self.token_ids)} tokens in "
+            f"{prompt}; generated: {len(self.token_ids)} tokens in "
             f"{self.decode_seconds:.3f} s ({self.generated_tokens_per_s:.1f} tok/s); stop: {self.stop_reason}"
         )
 
