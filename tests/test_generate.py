@@ -84,6 +84,26 @@ def test_streaming_never_splits_a_character(byte_tok) -> None:
     assert result.stop_reason == "max_tokens" and len(result.token_ids) == len(text.encode())
 
 
+@pytest.mark.parametrize("name", ["world", "20b"])
+def test_streaming_with_real_vocabularies_never_splits_a_character(name: str) -> None:
+    tok = load_tokenizer(name)
+    text = "Emoji 🎉🧑\u200d🚀, 中文字符 and 𝔘𝔫𝔦𝔠𝔬𝔡𝔢\r\n\tdone"
+    ids = tok.encode(text)
+    model = ScriptModel(ids, vocab_size=tok.vocab_size)
+    pieces, result = pieces_and_result(model, tok, max_tokens=len(ids))
+    assert "".join(pieces) == text == result.text and result.token_ids == ids
+    assert all(p and "\ufffd" not in p for p in pieces)
+
+    def whole_utf8(b: bytes) -> bool:
+        try:
+            b.decode("utf-8")
+            return True
+        except UnicodeDecodeError:
+            return False
+
+    assert not all(whole_utf8(tok.decode_bytes([i])) for i in ids)  # some tokens hold part of a character
+
+
 def test_a_broken_byte_sequence_at_the_end_is_flushed_as_a_replacement(byte_tok) -> None:
     model = ScriptModel([ord("a"), 0xE4, 0xB8])  # "a" then 2 of the 3 bytes of 世
     pieces, result = pieces_and_result(model, byte_tok, max_tokens=3)
