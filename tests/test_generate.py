@@ -162,6 +162,17 @@ def test_prefill_runs_in_bounded_chunks_and_equals_one_call(byte_model, byte_tok
     assert max(script.calls) == 64 and sum(script.calls) == 1000  # memory is bounded by the chunk
 
 
+def test_last_only_logits_are_the_last_row_of_all_logits(byte_model) -> None:
+    ids = torch.randint(0, 256, (2, 37), generator=torch.Generator().manual_seed(1))
+    all_logits, state = byte_model(ids)
+    last, state_last = byte_model(ids, last_only=True)
+    assert last.shape == (2, 1, 256)
+    # the same computation; only the head's matmul shape differs, which changes BLAS rounding (~1e-6)
+    torch.testing.assert_close(last, all_logits[:, -1:], rtol=1e-5, atol=1e-5)
+    for name, t in state.tensors().items():
+        assert torch.equal(t, state_last.tensors()[name]), name
+
+
 def test_greedy_equals_the_official_rwkv_package(small_pth: Path, byte_tok) -> None:
     """The official package's greedy loop (forward on the prompt, then one token at a time)."""
     from rwkv.model import RWKV as OfficialRWKV
