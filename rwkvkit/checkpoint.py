@@ -172,8 +172,9 @@ def _fit_to_model(
     for name, (shape, _) in expected.items():
         t = sd[name]
         if tuple(t.shape) != shape:
-            # time_mix_k is (1, 1, C) in some trainers' files and (C,) in others'.
-            if ".time_" in name and t.numel() == torch.Size(shape).numel():
+            # Vectors such as time_mix_k or x_r are (1, 1, C) in some trainers' files and (C,) in
+            # others' (rwkv.cpp squeezes them): differing only in size-1 dimensions is the same tensor.
+            if [d for d in t.shape if d != 1] == [d for d in shape if d != 1]:
                 t = t.reshape(shape)
             else:
                 raise CheckpointError(

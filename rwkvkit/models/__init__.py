@@ -9,10 +9,12 @@ from torch import nn
 
 from ..errors import UnsupportedVersionError
 from .rwkv4 import RWKV4, RWKV4Config, RWKV4State
+from .rwkv7 import RWKV7, RWKV7Config, RWKV7State
 
 # version -> (config class, model class). Later versions register here.
 MODELS: dict[str, tuple[Any, type[nn.Module]]] = {
     "4": (RWKV4Config, RWKV4),
+    "7": (RWKV7Config, RWKV7),
 }
 
 
@@ -44,4 +46,14 @@ def model_classes(version: str, path: Any = None) -> tuple[Any, type[nn.Module]]
     return MODELS[version]
 
 
-__all__ = ["MODELS", "RWKV4", "RWKV4Config", "RWKV4State", "detect_version", "model_classes"]
+__all__ = [
+    "MODELS",
+    "RWKV4",
+    "RWKV7",
+    "RWKV4Config",
+    "RWKV4State",
+    "RWKV7Config",
+    "RWKV7State",
+    "detect_version",
+    "model_classes",
+]
