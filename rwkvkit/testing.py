@@ -11,6 +11,8 @@ import torch
 from torch import Tensor
 
 from .models.rwkv4 import RWKV4, RWKV4Config
+from .models.rwkv5 import RWKV5, RWKV5Config
+from .models.rwkv6 import RWKV6, RWKV6Config
 from .models.rwkv7 import RWKV7, RWKV7Config
 
 
@@ -101,4 +103,62 @@ def random_rwkv7(config: RWKV7Config, seed: int = 0) -> RWKV7:
     """An RWKV7 model holding :func:`random_rwkv7_state_dict` weights."""
     model = RWKV7(config)
     model.load_state_dict(random_rwkv7_state_dict(config, seed))
+    return model.eval()
+
+
+def random_rwkv5_state_dict(config: RWKV5Config, seed: int = 0) -> dict[str, Tensor]:
+    """A BlinkDL-named RWKV-5 (5.0, 5.1 or 5.2, as the config says) state dict.
+
+    time_decay spans per-token decays from ~1 - 0.0025 to e^-7 (trained models have both kinds),
+    so the chunked WKV's factorised and pairwise paths are both exercised.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    sd = {}
+    for name, shape in _meta_shapes(RWKV5, config).items():
+        if name.endswith("time_decay"):
+            t = torch.rand(shape, generator=gen) * 8 - 6
+        elif name.endswith("time_first"):
+            t = torch.randn(shape, generator=gen) - 1  # log of the bonus
+        elif name.endswith("time_faaaa"):
+            t = torch.randn(shape, generator=gen) * 0.5
+        elif ".time_mix_" in name:
+            t = torch.rand(shape, generator=gen)
+        else:
+            t = _common_tensor(name, shape, gen)
+        sd[name] = t.float()
+    return sd
+
+
+def random_rwkv6_state_dict(config: RWKV6Config, seed: int = 0) -> dict[str, Tensor]:
+    """A BlinkDL-named RWKV-6 state dict; the low-rank shift and decay terms are large enough to
+    move each token's mix and decay visibly (trained models' are)."""
+    gen = torch.Generator().manual_seed(seed)
+    sd = {}
+    for name, shape in _meta_shapes(RWKV6, config).items():
+        part = name.rsplit(".", 1)[-1]
+        if part == "time_decay":
+            t = torch.rand(shape, generator=gen) * 7 - 6
+        elif part in ("time_maa_w1", "time_decay_w1"):  # (C, D)
+            t = torch.randn(shape, generator=gen) * 0.5 / shape[0] ** 0.5
+        elif part in ("time_maa_w2", "time_decay_w2"):  # (5, D, C) and (D, A)
+            t = torch.randn(shape, generator=gen) * 0.5 / shape[-2] ** 0.5
+        elif part == "time_faaaa":
+            t = torch.randn(shape, generator=gen) * 0.5
+        elif part.startswith("time_maa_"):
+            t = torch.rand(shape, generator=gen)
+        else:
+            t = _common_tensor(name, shape, gen)
+        sd[name] = t.float()
+    return sd
+
+
+def random_rwkv5(config: RWKV5Config, seed: int = 0) -> RWKV5:
+    model = RWKV5(config)
+    model.load_state_dict(random_rwkv5_state_dict(config, seed))
+    return model.eval()
+
+
+def random_rwkv6(config: RWKV6Config, seed: int = 0) -> RWKV6:
+    model = RWKV6(config)
+    model.load_state_dict(random_rwkv6_state_dict(config, seed))
     return model.eval()
