@@ -19,11 +19,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .errors import CheckpointError, RwkvkitError
+from .errors import CheckpointError, RwkvkitError, UnsupportedVersionError
 from .formats import hf
 from .models import detect_version, model_classes
 
 RWKVCPP_MAGIC = 0x67676D66
+RWKVCPP_V5_LN_X_EPS = 1e-5
 # Parameters kept in float32 whatever dtype the model runs in: the official package does the same,
 # because exp(time_decay) in 16 bits loses the slow decays that carry long memory.
 FP32_PARAMS = ("time_decay", "time_first", "time_faaaa")
@@ -141,7 +142,12 @@ def read_checkpoint(path: str | Path) -> RawCheckpoint:
     elif fmt == "safetensors":
         sd, meta = _safetensors_load(path)
         if "rwkvkit_config" in meta:
-            overrides = {k: v for k, v in json.loads(meta["rwkvkit_config"]).items() if k == "layer_norm_eps"}
+            # Settings the weights cannot tell; everything else is read off the shapes.
+            overrides = {
+                k: v
+                for k, v in json.loads(meta["rwkvkit_config"]).items()
+                if k in ("layer_norm_eps", "ln_x_eps")
+            }
     elif fmt == "hf":
         sd, overrides = _read_hf_folder(path)
     else:  # a training run folder: its newest checkpoint
@@ -152,8 +158,14 @@ def read_checkpoint(path: str | Path) -> RawCheckpoint:
         sd = hf.hf_to_blinkdl(sd, path)
     try:
         version = detect_version(sd.keys())
+    except UnsupportedVersionError as e:
+        raise UnsupportedVersionError(path, e.problem) from None
     except RwkvkitError as e:
         raise CheckpointError(path, str(e)) from None
+    if fmt == "rwkvcpp" and version == "5":
+        # rwkv.cpp normalises RWKV-5's ln_x with eps 1e-5 (BlinkDL: 64e-5); its files' logits only
+        # come out right with its own value (shared/fixtures/rwkv-cpp-tiny/README.md).
+        overrides["ln_x_eps"] = RWKVCPP_V5_LN_X_EPS
     return RawCheckpoint(path, fmt, sd, version, overrides)
 
 

@@ -43,6 +43,9 @@ class RWKV7Config:
     iclr_lora: int = 64  # the official trainer derives them from n_embd, checkpoints carry them
     value_lora: int = 32
     gate_lora: int = 128
+    # Layer 0's value is v_first itself, so its v0/v1/v2 are never used; BlinkDL's trainer stores them
+    # anyway, rwkv.cpp's converter does not. Kept when present so a checkpoint round-trips unchanged.
+    layer0_value_lora: bool = True
     layer_norm_eps: float = 1e-5
     ln_x_eps: float = 64e-5  # GroupNorm over heads; BlinkDL and rwkv.cpp both use 64e-5 for v7
     chunk_len: int = 32  # tokens per chunk in the parallel WKV: a speed knob, not a numerics one
@@ -68,6 +71,7 @@ class RWKV7Config:
                 f"att.r_k has shape {tuple(sd['blocks.0.att.r_k'].shape)}, not (H, N) with H N = n_embd"
             )
         b = "blocks.0."
+        v1 = sd.get("blocks.1.att.v1", sd.get(b + "att.v1"))  # layer 0's may be absent
         return cls(
             vocab_size=vocab_size,
             n_layer=n_layer,
@@ -76,7 +80,8 @@ class RWKV7Config:
             head_size=head_size,
             decay_lora=sd[b + "att.w1"].shape[-1],
             iclr_lora=sd[b + "att.a1"].shape[-1],
-            value_lora=sd.get(f"blocks.{min(1, n_layer - 1)}.att.v1", sd[b + "att.v1"]).shape[-1],
+            value_lora=v1.shape[-1] if v1 is not None else cls.value_lora,
+            layer0_value_lora=b + "att.v1" in sd,
             gate_lora=sd[b + "att.g1"].shape[-1],
             **overrides,
         )
@@ -137,10 +142,11 @@ class TimeMix(nn.Module):
         self.a0 = nn.Parameter(torch.zeros(1, 1, C))
         self.a1 = nn.Parameter(torch.zeros(C, config.iclr_lora))
         self.a2 = nn.Parameter(torch.zeros(config.iclr_lora, C))
-        # Value residual gate (unused in layer 0, whose value is v_first; kept so the keys match).
-        self.v0 = nn.Parameter(torch.zeros(1, 1, C))
-        self.v1 = nn.Parameter(torch.zeros(C, config.value_lora))
-        self.v2 = nn.Parameter(torch.zeros(config.value_lora, C))
+        # Value residual gate (unused in layer 0, whose value is v_first; see layer0_value_lora).
+        if layer_id > 0 or config.layer0_value_lora:
+            self.v0 = nn.Parameter(torch.zeros(1, 1, C))
+            self.v1 = nn.Parameter(torch.zeros(C, config.value_lora))
+            self.v2 = nn.Parameter(torch.zeros(config.value_lora, C))
         # Output gate.
         self.g1 = nn.Parameter(torch.zeros(C, config.gate_lora))
         self.g2 = nn.Parameter(torch.zeros(config.gate_lora, C))
