@@ -80,11 +80,11 @@ def wkv5_chunked(
         scores = decayed_scores(rc, kc, g_prev, g, strict=True, factorise=fact)  # (B, H, L, L)
         bonus = (rc * u[:, None, :] * kc).sum(-1, keepdim=True)  # (B, H, L, 1)
         # 3. Outputs: the carried state decayed to just before t, the chunk's past, the bonus.
-        carried = (rc * torch.exp(g_prev).float()) @ state
+        carried = (rc * torch.exp(g_prev).to(rc.dtype)) @ state
         ys.append(carried + scores @ vc + bonus * vc)
         # 4. State after the chunk.
-        to_end = torch.exp(g_end - g).float()  # (B, H, L, N), <= 1
-        state = torch.exp(g_end).float().transpose(-1, -2) * state + (kc * to_end).transpose(-1, -2) @ vc
+        to_end = torch.exp(g_end - g).to(rc.dtype)  # (B, H, L, N), <= 1
+        state = torch.exp(g_end).to(rc.dtype).transpose(-1, -2) * state + (kc * to_end).transpose(-1, -2) @ vc
     return torch.cat(ys, dim=2).transpose(1, 2), state
 
 
