@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import CheckpointError, RwkvkitError, UnsupportedVersionError
-from .formats import hf
+from .formats import fla, hf
 from .models import detect_version, model_classes
 
 RWKVCPP_MAGIC = 0x67676D66
@@ -113,10 +113,11 @@ def _read_hf_folder(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(path / "config.json", f"not valid JSON ({e})") from None
     model_type = cfg.get("model_type")
-    if model_type not in ("rwkv", None):
+    if model_type not in ("rwkv", "rwkv5", "rwkv6", "rwkv7", None):
         raise CheckpointError(
             path,
-            f"this Hugging Face folder holds a {model_type!r} model; RWKV-4 folders have model_type 'rwkv'",
+            f"this Hugging Face folder holds a {model_type!r} model; RWKV folders have model_type 'rwkv' "
+            "(RWKV-4), 'rwkv5', 'rwkv6' (RWKV/ remote-code folders) or 'rwkv7' (flash-linear-attention)",
         )
     files = sorted(path.glob("*.safetensors")) or sorted(path.glob("pytorch_model*.bin"))
     if not files:
@@ -124,6 +125,8 @@ def _read_hf_folder(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
     sd: dict[str, Tensor] = {}
     for f in files:  # sharded checkpoints: the shards together hold every key once
         sd.update(_safetensors_load(f)[0] if f.suffix == ".safetensors" else _torch_load(f, legacy=False))
+    if model_type == "rwkv7":
+        return sd, fla.config_overrides_from_fla(cfg)
     return sd, hf.config_overrides_from_hf(cfg)
 
 
@@ -156,6 +159,8 @@ def read_checkpoint(path: str | Path) -> RawCheckpoint:
         return read_checkpoint(latest_checkpoint(path))
     if hf.is_hf_state_dict(sd):
         sd = hf.hf_to_blinkdl(sd, path)
+    elif fla.is_fla_state_dict(sd):
+        sd = fla.fla_to_blinkdl(sd, path)
     try:
         version = detect_version(sd.keys())
     except UnsupportedVersionError as e:
