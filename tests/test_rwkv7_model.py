@@ -151,3 +151,32 @@ def test_logits_equal_official_rwkv_package(tmp_path: Path) -> None:
                 logits, state = ours(chunk, state)
                 diff = (logits[0] - ref).abs().max().item()
                 assert diff <= PEER_TOL, (job["model"], len(chunk), diff)
+
+
+def test_official_initialisation() -> None:
+    from rwkvkit.models.rwkv7 import RWKV7, init_rwkv7_
+
+    config = RWKV7Config(vocab_size=300, n_layer=4, n_embd=64, ffn_dim=256, head_size=16, decay_lora=32,
+                         iclr_lora=32, value_lora=32, gate_lora=32)  # fmt: skip
+    model = init_rwkv7_(RWKV7(config), seed=0).requires_grad_(False)
+    att0, att3 = model.blocks[0].att, model.blocks[3].att
+    # Anchors of BlinkDL's formulas: channel 0 of layer 0 copies the previous token fully; w0 runs
+    # from ~-6 to ~+0.5 with a +-2.5 zigzag inside each head; ln_x grows to 1 in the last layer.
+    assert att0.x_r[0, 0, 0] == 1.0 and 0 < att0.x_r[0, 0, -1] < 0.01
+    assert att0.w0.min() < -7 and att0.w0.max() > 2.5
+    assert torch.allclose(att3.ln_x.weight, torch.ones(64))
+    assert att0.ln_x.weight[0].item() == pytest.approx(0.25**0.7)
+    assert att0.w1.abs().sum() == 0 and torch.allclose(att0.w2 @ att0.w2.T, 0.01 * torch.eye(32), atol=1e-5)
+    assert (
+        model.blocks[2].att.output.weight.abs().sum() == 0
+        and model.blocks[2].ffn.value.weight.abs().sum() == 0
+    )
+    with torch.no_grad():
+        logits, _ = model(torch.randint(0, 300, (2, 40)))
+    # Blocks start as the identity, so the logits are the head applied to ln_out(ln0(emb)): finite, O(1).
+    assert torch.isfinite(logits).all() and logits.abs().max() < 10
+    model.train().requires_grad_(True)
+    model(torch.randint(0, 300, (2, 40)))[0].logsumexp(-1).mean().backward()
+    for name, p in model.named_parameters():
+        if not name.startswith("blocks.0.att.v"):  # layer 0's value-residual gate is unused by design
+            assert p.grad is not None and torch.isfinite(p.grad).all(), name

@@ -266,3 +266,71 @@ class RWKV7(nn.Module):
             ffn_prev.append(h[:, -1].float())
         logits = self.head(self.ln_out(x)).float()
         return logits, RWKV7State(torch.stack(att_prev), torch.stack(wkv), torch.stack(ffn_prev))
+
+
+@torch.no_grad()
+def init_rwkv7_(model: RWKV7, seed: int = 0) -> RWKV7:
+    """BlinkDL's initialisation for training RWKV-7 from scratch (RWKV-LM, RWKV-v7/train_temp), in place.
+
+    Token-shift weights fall from 1 to 0 along the channels, more steeply in deeper layers; decay
+    biases w0 span fast to slow channels with a zigzag inside each head; the low-rank up-projections
+    are small orthogonal matrices and the down-projections zero; output projections start at zero
+    so every block begins as the identity; ln_x's scale grows with depth.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    cfg = model.config
+    C, N, L = cfg.n_embd, cfg.head_size, cfg.n_layer
+
+    def orthogonal(t: Tensor, gain: float) -> None:
+        rows, cols = t.shape
+        nn.init.orthogonal_(t, gain=gain * (math.sqrt(rows / cols) if rows > cols else 1.0), generator=gen)
+
+    n = torch.arange(C, dtype=torch.float32)
+    ddd = (n / C).view(1, 1, C)
+    linear = n / (C - 1) - 0.5
+    zigzag = ((n % N) - (N - 1) / 2) / ((N - 1) / 2)
+    zigzag = zigzag * zigzag.abs()
+    for i, block in enumerate(model.blocks):
+        att, ffn = block.att, block.ffn
+        ratio_0_to_1 = i / max(L - 1, 1)
+        ratio_1_to_almost0 = 1.0 - i / L
+        for name, power in (
+            ("x_r", 0.2),
+            ("x_w", 0.9),
+            ("x_k", 0.7),
+            ("x_v", 0.7),
+            ("x_a", 0.9),
+            ("x_g", 0.2),
+        ):
+            getattr(att, name).copy_(1.0 - torch.pow(ddd, power * ratio_1_to_almost0))
+        decay = -6 + 6 * (n / (C - 1)) ** (1 + ratio_0_to_1**0.3)
+        att.w0.copy_((decay + 0.5 + zigzag * 2.5).view(1, 1, C))
+        att.a0.copy_((-0.19 + zigzag * 0.3 + linear * 0.4).view(1, 1, C))
+        att.k_k.copy_((0.71 - linear * 0.1).view(1, 1, C))
+        att.k_a.fill_(1.02)
+        att.r_k.fill_(-0.04)
+        lora_pairs = [("w1", "w2"), ("a1", "a2"), ("g1", "g2")]
+        if hasattr(att, "v0"):
+            att.v0.copy_((0.73 - linear * 0.4).view(1, 1, C))
+            lora_pairs.append(("v1", "v2"))
+        for down, up in lora_pairs:
+            getattr(att, down).zero_()
+            orthogonal(getattr(att, up), 0.1)
+        orthogonal(att.receptance.weight, 1.0)
+        orthogonal(att.key.weight, 0.1)
+        orthogonal(att.value.weight, 1.0)
+        att.output.weight.zero_()
+        att.ln_x.weight.fill_(((1 + i) / L) ** 0.7)
+        att.ln_x.bias.zero_()
+        ffn.x_k.copy_(1.0 - torch.pow(ddd, ratio_1_to_almost0**4))
+        orthogonal(ffn.key.weight, 1.0)
+        ffn.value.weight.zero_()
+        for ln in [block.ln1, block.ln2, *([block.ln0] if i == 0 else [])]:
+            ln.weight.fill_(1.0)
+            ln.bias.zero_()
+    nn.init.uniform_(model.emb.weight, -1e-4, 1e-4, generator=gen)
+    V = cfg.vocab_size
+    nn.init.orthogonal_(model.head.weight, gain=0.5 * math.sqrt(V / C) if V > C else 0.5, generator=gen)
+    model.ln_out.weight.fill_(1.0)
+    model.ln_out.bias.zero_()
+    return model
