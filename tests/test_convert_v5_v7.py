@@ -19,6 +19,8 @@ from rwkvkit.models.rwkv6 import RWKV6Config
 from rwkvkit.models.rwkv7 import RWKV7Config
 from rwkvkit.testing import random_rwkv5_state_dict, random_rwkv6_state_dict, random_rwkv7_state_dict
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 REPO = Path(__file__).resolve().parents[1]
 TOKENS = [3, 1, 4, 1, 5, 9, 2, 6]
 CASES = {
@@ -76,7 +78,7 @@ def test_v5_1_has_no_rwkvcpp_form(tmp_path: Path) -> None:
 def test_cli_converts_v7(tmp_path: Path) -> None:
     config, make = CASES["7"]
     torch.save(make(config, seed=4), tmp_path / "src.pth")
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
         [sys.executable, "-m", "rwkvkit", "convert", str(tmp_path / "src.pth"), str(tmp_path / "o.safetensors"),
          "--to", "safetensors", "--dtype", "bf16"],

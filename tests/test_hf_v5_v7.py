@@ -20,6 +20,8 @@ from rwkvkit.models.rwkv6 import RWKV6Config
 from rwkvkit.models.rwkv7 import RWKV7Config
 from rwkvkit.testing import random_rwkv5_state_dict, random_rwkv6_state_dict, random_rwkv7_state_dict
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 TOKENS = [5, 3, 9, 1, 2]
 
 # Names from the public modeling code (RWKV/rwkv-5-world-*: modeling_rwkv5.py; fla: models/rwkv7).

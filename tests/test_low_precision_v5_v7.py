@@ -14,6 +14,8 @@ from rwkvkit.models.rwkv6 import RWKV6Config
 from rwkvkit.models.rwkv7 import RWKV7Config
 from rwkvkit.testing import random_rwkv5_state_dict, random_rwkv6_state_dict, random_rwkv7_state_dict
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 CASES = {
     "5.2": (RWKV5Config(vocab_size=80, n_layer=2, n_embd=64, ffn_dim=128, head_size=16), random_rwkv5_state_dict),
     "6": (RWKV6Config(vocab_size=80, n_layer=2, n_embd=64, ffn_dim=128, head_size=16, mix_lora=8, decay_lora=8),

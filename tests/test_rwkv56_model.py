@@ -15,6 +15,8 @@ from rwkvkit.models.rwkv5 import RWKV5Config
 from rwkvkit.models.rwkv6 import RWKV6Config
 from rwkvkit.testing import random_rwkv5, random_rwkv5_state_dict, random_rwkv6, random_rwkv6_state_dict
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 # Parallel (chunked) vs recurrent: float32 sums in another order, ~1e-6 relative on logits ~5.
 MODE_TOL = 2e-5
 # The bar against the official package in float32.

@@ -20,6 +20,8 @@ from rwkvkit.models import detect_version
 from rwkvkit.models.rwkv7 import RWKV7Config, RWKV7State
 from rwkvkit.testing import random_rwkv7, random_rwkv7_state_dict
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 REPO = Path(__file__).resolve().parents[1]
 # Parallel (chunked, UT transform) vs recurrent: float32 sums in another order, ~1e-6 relative on
 # logits of size ~5.
@@ -125,7 +127,7 @@ def run_official_rwkv7(jobs: list[dict], tmp_path: Path) -> None:
     pytest.importorskip("rwkv")
     job_file = tmp_path / "jobs.json"
     job_file.write_text(json.dumps(jobs))
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}  # see conftest.single_thread
     proc = subprocess.run(
         [sys.executable, str(REPO / "tests" / "official_rwkv7_runner.py"), str(job_file)],
         env=env, capture_output=True, text=True, timeout=600,

@@ -18,6 +18,8 @@ import torch
 
 import rwkvkit
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 PROMPT = [34, 105, 110]  # '"', 'i', 'n'
 # (stem, expected-logits stem, format, model class, bound)
 CASES = [

@@ -9,6 +9,8 @@ import torch
 
 from rwkvkit.ops.wkv5 import wkv5, wkv5_chunked, wkv5_reference
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 # Outputs are O(10) sums of O(1) terms; float32 rounding in another summation order differs by
 # ~1e-6 relative, so 2e-5 absolute-and-relative leaves room without hiding a wrong term.
 TOL = 2e-5

@@ -10,6 +10,8 @@ import torch.nn.functional as F
 
 from rwkvkit.ops.wkv7 import wkv7, wkv7_chunked, wkv7_reference
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 # Outputs are O(10) sums of O(1) terms; float32 rounding in two different orders of summation
 # differs by ~1e-6 relative, so 2e-5 absolute-and-relative leaves room without hiding a wrong term.
 TOL = 2e-5
