@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import save_file
 
 import rwkvkit
-from rwkvkit.errors import StateError
+from rwkvkit.errors import StateError, UnsupportedVersionError
 from rwkvkit.models import detect_version
 from rwkvkit.models.rwkv7 import RWKV7Config, RWKV7State
 from rwkvkit.testing import random_rwkv7, random_rwkv7_state_dict
@@ -102,6 +102,10 @@ def test_state_roundtrips_through_tensors() -> None:
 def test_version_is_detected_from_keys() -> None:
     sd = random_rwkv7_state_dict(SHAPES[0])
     assert detect_version(sd) == "7"
+    with pytest.raises(UnsupportedVersionError, match="DeepEmbed"):
+        detect_version({**sd, "blocks.0.ffn.s_emb.weight": torch.zeros(1)})
+    with pytest.raises(UnsupportedVersionError, match="pre-release"):
+        detect_version({"emb.weight": torch.zeros(1), "blocks.0.att.time_misc_a": torch.zeros(1)})
 
 
 def test_load_model_from_pth_and_safetensors(tmp_path: Path) -> None:

@@ -36,6 +36,12 @@ def detect_version(keys: Iterable[str]) -> str:
             "whose layout changed before release; use a released RWKV-7 checkpoint (att.w0, att.a0, att.r_k ...)",
         )
     if {"att.r_k", "att.w0", "att.x_rwkvag", "att.x_r"} & names:
+        if "ffn.s_emb.weight" in names:
+            raise UnsupportedVersionError(
+                None,
+                "this is an RWKV-7 DeepEmbed checkpoint (ffn.s_emb/s1/s2/s0 keys), a variant not supported "
+                "yet; plain RWKV-7 checkpoints load",
+            )
         return "7"
     if "att.time_maa_x" in names or "att.time_maa_w1" in names:
         return "6"
