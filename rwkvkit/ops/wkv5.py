@@ -65,12 +65,12 @@ def wkv5_chunked(
     Returns y (B, T, H, N) and the final state.
     """
     B, T, H, N = r.shape
-    r, k, v = (t.transpose(1, 2) for t in (r, k, v))  # (B, H, T, N)
-    log_w = log_w.transpose(1, 2).clamp(min=MIN_LOG_DECAY).double()
+    r, k, v, log_w = (t.transpose(1, 2) for t in (r, k, v, log_w))  # (B, H, T, N)
     ys = []
     for start in range(0, T, chunk_len):
         sl = slice(start, start + chunk_len)
-        rc, kc, vc, lw = r[:, :, sl], k[:, :, sl], v[:, :, sl], log_w[:, :, sl]
+        rc, kc, vc = r[:, :, sl], k[:, :, sl], v[:, :, sl]
+        lw = log_w[:, :, sl].clamp(min=MIN_LOG_DECAY).double()  # per chunk: no float64 copy of all T
         # 1. Cumulative log-decay: g after each token, g_prev before it (float64).
         g = torch.cumsum(lw, dim=2)  # (B, H, L, N)
         g_prev = g - lw
