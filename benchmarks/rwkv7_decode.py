@@ -1,12 +1,12 @@
 """RWKV-7 decode (and prefill) speed of rwkvkit next to the official ``rwkv`` package, on a random
 checkpoint of the 0.1B World shape (12 layers, 768 wide, vocab 65536, head size 64).
 
-Both run in their own fresh process on the same .pth, one after the other, per dtype; each reports
-the median time of a one-token forward over ``--steps`` decode steps (after a short prefill), and
-the time of one ``--prefill``-token forward. The official package's RWKV-7 path is chosen with
+Both run in fresh processes on the same .pth, alternating for ``--rounds`` rounds per dtype; each
+process reports the median time of a one-token forward over ``--steps`` decode steps (after a
+prefill) and the time of one ``--prefill``-token forward; the table shows the medians over rounds. The official package's RWKV-7 path is chosen with
 RWKV_V7_ON=1 at import (CUDA kernels off: this is a CPU benchmark); it offers fp32/fp16/bf16, no int8.
 
-    python benchmarks/rwkv7_decode.py [--steps 32] [--prefill 256] [--dtypes fp32 bf16] [--threads N]
+    python benchmarks/rwkv7_decode.py [--steps 32] [--prefill 256] [--dtypes fp32 bf16] [--threads N] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -77,6 +78,7 @@ def main() -> None:
     parser.add_argument("--prefill", type=int, default=256)
     parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"])
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--rounds", type=int, default=3, help="fresh processes per implementation; medians")
     args = parser.parse_args()
 
     from rwkvkit.models.rwkv7 import RWKV7Config
@@ -93,9 +95,15 @@ def main() -> None:
         )
         print("|---|---|---|---|---|---|")
         for dtype in args.dtypes:
+            runs: dict[str, list[dict]] = {"rwkvkit": [], "official rwkv 0.8.32": []}
+            for _ in range(args.rounds):  # alternate the two, so load changes on the machine hit both
+                runs["rwkvkit"].append(run(OURS, path, dtype, args.steps, args.prefill, args.threads))
+                runs["official rwkv 0.8.32"].append(
+                    run(OFFICIAL, path, dtype, args.steps, args.prefill, args.threads)
+                )
             rows = {}
-            for name, code in (("rwkvkit", OURS), ("official rwkv 0.8.32", OFFICIAL)):
-                r = run(code, path, dtype, args.steps, args.prefill, args.threads)
+            for name, rs in runs.items():
+                r = {key: statistics.median(x[key] for x in rs) for key in ("decode_s", "prefill_s")}
                 rows[name] = r
                 print(f"| {dtype} | {name} | {r['decode_s'] * 1e3:.1f} | {1 / r['decode_s']:.1f} | "
                       f"{r['prefill_s']:.2f} | {args.prefill / r['prefill_s']:.0f} |")  # fmt: skip
