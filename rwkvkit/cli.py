@@ -14,6 +14,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "rwkvkit.convert",
         "convert a checkpoint between .pth, .safetensors, Hugging Face and rwkv.cpp",
     ),
+    "generate": ("rwkvkit.generate", "continue a prompt, streaming the text to stdout"),
+    "chat": ("rwkvkit.chat", "chat with a model; the state carries the conversation"),
     "prepare": ("rwkvkit.prepare", "tokenize text, JSONL or binidx files into training token files"),
     "train": ("rwkvkit.train.cli", "train an RWKV-4 (or a GPT baseline) on prepared tokens"),
 }
