@@ -14,6 +14,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "rwkvkit.convert",
         "convert a checkpoint between .pth, .safetensors, Hugging Face and rwkv.cpp",
     ),
+    "eval": ("rwkvkit.evaluate", "perplexity, LAMBADA and multiple-choice scores for one or more models"),
 }
 
 
