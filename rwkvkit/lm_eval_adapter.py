@@ -69,7 +69,6 @@ def greedy_until(scorer: Scorer, context: str, until: list[str], max_tokens: int
     return text
 
 
-@register_model("rwkvkit")
 class RwkvkitLM(LM):
     """An rwkvkit model (RWKV or the GPT baseline) behind the harness's three request types."""
 
@@ -147,9 +146,15 @@ class RwkvkitLM(LM):
         return out
 
 
+if __name__ != "__main__":  # run as a script, the import in main() registers the module's own class
+    register_model("rwkvkit")(RwkvkitLM)
+
+
 def main() -> None:
     """The harness's own command line, with ``--model rwkvkit`` available."""
     from lm_eval.__main__ import cli_evaluate
+
+    import rwkvkit.lm_eval_adapter  # noqa: F401  (registers "rwkvkit")
 
     cli_evaluate()
 
