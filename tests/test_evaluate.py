@@ -110,14 +110,24 @@ def tok() -> ByteTokenizer:
     return ByteTokenizer()
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def rwkv() -> nn.Module:
     cfg = RWKV4Config(vocab_size=256, n_layer=2, n_embd=32, ffn_dim=48, chunk_len=8)
     return random_rwkv4(cfg, seed=5)
 
 
+_BRUTE: dict[tuple[int, tuple[int, ...]], list[float]] = {}
+
+
 def brute_logprobs(model: nn.Module, ids: list[int]) -> list[float]:
     """log P(ids[i+1] | ids[:i+1]) with the model called one token at a time."""
+    key = (id(model), tuple(ids))
+    if key not in _BRUTE:
+        _BRUTE[key] = _brute_logprobs(model, ids)
+    return _BRUTE[key]
+
+
+def _brute_logprobs(model: nn.Module, ids: list[int]) -> list[float]:
     out, state = [], None
     with torch.no_grad():
         for a, b in itertools.pairwise(ids):
