@@ -5,7 +5,7 @@ Two ways to read text:
 - **stream**: a recurrent model (RWKV) reads each document as one long stream, the state carried
   from chunk to chunk, so memory stays bounded and every prediction sees the whole past;
 - **window N**: every prediction sees at most N tokens, as a transformer with an N-token context
-  does. Models with a fixed context (a ``config.block_size``, ``max_seq_len``, ``n_positions`` or
+  does. Models with a fixed context (a ``config.n_ctx``, ``block_size``, ``max_seq_len``, ``n_positions`` or
   ``max_position_embeddings``) are always read this way; any model can be, with ``ctx_len=N``,
   so RWKV can be compared with a transformer like for like.
 
@@ -46,7 +46,7 @@ from .errors import RwkvkitError
 
 TASKS = ("perplexity", "lambada", "multiple-choice")
 # Window attributes of fixed-context models, looked up on ``model.config`` then on the model.
-WINDOW_ATTRS = ("block_size", "max_seq_len", "n_positions", "max_position_embeddings")
+WINDOW_ATTRS = ("n_ctx", "block_size", "max_seq_len", "n_positions", "max_position_embeddings")
 # At most this many float32 logits alive per forward call (128 MiB): bounds memory for any vocabulary.
 LOGIT_BUDGET = 1 << 25
 
@@ -654,6 +654,10 @@ def _tokenizer_for(model: nn.Module, name: str | None) -> Any:
         if vocab is None:
             raise EvalDataError("cannot tell this model's vocabulary size; pass --tokenizer")
         name = tokenizer_name_for_vocab_size(int(vocab))
+        if name is None:
+            raise EvalDataError(
+                f"no known tokenizer has this model's {vocab} tokens; pass --tokenizer NAME or a vocab file"
+            )
     return load_tokenizer(name)
 
 

@@ -13,6 +13,9 @@ import dataclasses
 import itertools
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -35,7 +38,9 @@ from rwkvkit.evaluate import (
 )
 from rwkvkit.models.rwkv4 import RWKV4Config
 from rwkvkit.state import RecurrentState
-from rwkvkit.testing import random_rwkv4
+from rwkvkit.testing import random_rwkv4, random_rwkv4_state_dict
+
+REPO = Path(__file__).resolve().parents[1]
 
 TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak. Ünïcødé ✓\n"
 
@@ -400,3 +405,61 @@ def test_evaluate_and_table(tmp_path: Path, rwkv: nn.Module, tok: ByteTokenizer)
     assert "bits per byte" in table and "rwkv-w8" in table and "window 8" in table
     assert f"{a.metrics['bits_per_byte']:.4f}" in table
     json.dumps([a.to_dict(), b.to_dict()])
+
+
+# ---------------------------------------------------------------------------------------------
+# The command line
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run(
+        [sys.executable, "-m", "rwkvkit", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_cli_compares_models_side_by_side(tmp_path: Path) -> None:
+    pytest.importorskip("rwkvkit.tokenizer")
+    cfg = RWKV4Config(vocab_size=256, n_layer=2, n_embd=32, ffn_dim=48, chunk_len=8)
+    paths = []
+    for seed in (1, 2):
+        paths.append(tmp_path / f"m{seed}.pth")
+        torch.save(random_rwkv4_state_dict(cfg, seed=seed), paths[-1])
+    play = tmp_path / "play.txt"
+    play.write_text(TEXT, encoding="utf-8")
+    out = tmp_path / "res.json"
+    r = run_cli(
+        "eval", "--model", str(paths[0]), "--model", str(paths[1]), "--task", "perplexity",
+        "--data", str(play), "--tokenizer", "byte", "--ctx-len", "16", "--json", str(out),
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    results = json.loads(out.read_text())
+    assert [x["model"] for x in results] == ["m1.pth", "m2.pth"]
+    assert "m1.pth" in r.stdout and "m2.pth" in r.stdout and "bits per byte" in r.stdout
+    model = random_rwkv4(cfg, seed=2)
+    from rwkvkit import load_tokenizer
+
+    expected = evaluate(model, load_tokenizer("byte"), "perplexity", play, ctx_len=16)
+    assert results[1]["metrics"]["bits_per_byte"] == pytest.approx(
+        expected.metrics["bits_per_byte"], rel=1e-6
+    )
+    assert results[1]["mode"] == "window 16"
+
+    mc = write_jsonl(tmp_path / "mc.jsonl", [{"goal": "g", "sol1": "a", "sol2": "b", "label": 0}] * 3)
+    r = run_cli(
+        "eval", "--model", str(paths[0]), "--task", "multiple-choice", "--data", str(mc), "--limit", "2"
+    )
+    assert r.returncode == 0, r.stderr
+    assert "accuracy" in r.stdout and "examples" in r.stdout
+
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"txt": "no text field"}])
+    r = run_cli(
+        "eval", "--model", str(paths[0]), "--task", "lambada", "--data", str(bad), "--tokenizer", "byte"
+    )
+    assert r.returncode == 2
+    assert "missing the field 'text'" in r.stderr and "Traceback" not in r.stderr
