@@ -600,7 +600,7 @@ def _fmt(name: str, value: float) -> str:
         return f"{int(value):,}"
     if name.startswith("acc"):
         return f"{100 * value:.2f}%"
-    return f"{value:.4f}"
+    return f"{value:.4f}" if abs(value) < 1e6 else f"{value:.4g}"
 
 
 def format_table(results: Sequence[EvalResult]) -> str:

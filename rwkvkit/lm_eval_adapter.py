@@ -93,7 +93,9 @@ class RwkvkitLM(LM):
 
             if dtype not in DTYPES:
                 raise EvalDataError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-            model = load_model(pretrained, device=device or "cpu", dtype=DTYPES[dtype])
+            if device is None or (str(device).startswith("cuda") and not torch.cuda.is_available()):
+                device = "cpu"  # the harness's command line asks for cuda by default, GPU or not
+            model = load_model(pretrained, device=device, dtype=DTYPES[dtype])
         if tokenizer is None or isinstance(tokenizer, str):
             tokenizer = _tokenizer_for(model, tokenizer)
         batch = (

@@ -176,3 +176,28 @@ def test_harness_loads_by_name(tasks: tuple[Path, dict[str, Path]], tmp_path: Pa
     lam = evaluate_lambada(Scorer(rwkv, ByteTokenizer(), ctx_len=16), read_lambada(files["lambada"]))
     assert got["lambada_local"]["perplexity"] == pytest.approx(lam["ppl"], rel=1e-6)
     assert got["lambada_local"]["acc"] == lam["acc"]
+
+
+@pytest.mark.slow
+def test_harness_command_line(tasks: tuple[Path, dict[str, Path]], tmp_path: Path, rwkv: nn.Module) -> None:
+    """The documented command: ``python -m rwkvkit.lm_eval_adapter run --model rwkvkit ...``."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("rwkvkit.tokenizer")
+    task_dir, files = tasks
+    path = tmp_path / "model.pth"
+    torch.save(random_rwkv4_state_dict(CFG, seed=11), path)
+    repo = Path(__file__).resolve().parents[1]
+    r = subprocess.run(
+        [sys.executable, "-m", "rwkvkit.lm_eval_adapter", "run", "--model", "rwkvkit",
+         "--model_args", f"pretrained={path},tokenizer=byte", "--tasks", "lambada_local",
+         "--include_path", str(task_dir), "--batch_size", "2", "--output_path", str(tmp_path / "out")],
+        cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)}, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    lam = evaluate_lambada(Scorer(rwkv, ByteTokenizer()), read_lambada(files["lambada"]))
+    results = json.loads(next((tmp_path / "out").rglob("results*.json")).read_text())["results"][
+        "lambada_local"
+    ]
+    assert results["perplexity,none"] == pytest.approx(lam["ppl"], rel=1e-6)
