@@ -463,3 +463,27 @@ def test_cli_compares_models_side_by_side(tmp_path: Path) -> None:
     )
     assert r.returncode == 2
     assert "missing the field 'text'" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_boundary_with_the_pile_tokenizer(rwkv: nn.Module) -> None:
+    """With the 20B BPE, encoding context and " word" apart gives the harness's whole-string split."""
+    tokenizer = pytest.importorskip("rwkvkit.tokenizer")
+    try:
+        tok = tokenizer.load_tokenizer("20b")
+    except Exception as e:  # the vocabulary ships with the package or ../shared
+        pytest.skip(f"20b tokenizer unavailable: {e}")
+    scorer = Scorer(rwkv, tok)
+    pairs = [
+        ("He looked at the sea and said the word", " sea"),
+        ("The quick brown fox jumps over the lazy ", "dog"),  # trailing space joins the target
+        ("Question: How do I open a jar?\nAnswer:", " Twist the lid counter-clockwise."),
+        ("", " alone"),
+    ]
+    for ctx, cont in pairs:
+        ctx_ids, cont_ids = scorer.encode_pair(ctx, cont)
+        whole = tok.encode(ctx + cont)
+        if ctx:
+            assert ctx_ids + cont_ids == whole
+            assert tok.decode(cont_ids) == (" " + cont if ctx.endswith(" ") else cont)
+        else:
+            assert ctx_ids == [tok.eos_id] and cont_ids == whole
