@@ -264,8 +264,8 @@ class Scorer:
     ) -> list[LogLikelihood]:
         """log P(continuation | context) for each pair, with greedy-match flags.
 
-        Pairs that share a context are read from one copy of the context's state (recurrent
-        models); the rest are batched longest first.
+        Pairs that share a context are scored from copies of the state after it, so the context
+        is read once; the rest are batched longest first.
         """
         encoded = [self.encode_pair(c, x) for c, x in pairs]
         groups: dict[tuple[int, ...], list[int]] = {}
@@ -277,8 +277,9 @@ class Scorer:
         for ctx_key, idx in groups.items():
             conts = [encoded[i][1] for i in idx]
             ctx = self._fit_context(list(ctx_key), max(len(c) for c in conts))
-            if self.recurrent and len(idx) > 1:
-                for i, score in zip(idx, self._from_shared_prefix(ctx, conts), strict=True):
+            shared = self._from_shared_prefix(ctx, conts) if len(idx) > 1 else None
+            if shared is not None:
+                for i, score in zip(idx, shared, strict=True):
                     out[i] = score
                 bar.update(len(idx))
             else:
@@ -293,9 +294,12 @@ class Scorer:
         bar.close()
         return [o for o in out if o is not None]
 
-    def _from_shared_prefix(self, ctx: list[int], conts: list[list[int]]) -> list[LogLikelihood]:
-        """Read the context once; score each continuation from a copy of its state."""
+    def _from_shared_prefix(self, ctx: list[int], conts: list[list[int]]) -> list[LogLikelihood] | None:
+        """Read the context once; score each continuation from a copy of its state (an RNN's
+        state or a transformer's KV cache). None when the model returns no state to continue from."""
         state, last = self.prefix_state(ctx)
+        if state is None:
+            return None
         scores: list[LogLikelihood] = []
         batch = self.batch_size if hasattr(state, "select") else 1
         for b in range(0, len(conts), batch):
