@@ -201,3 +201,52 @@ def test_harness_command_line(tasks: tuple[Path, dict[str, Path]], tmp_path: Pat
         "lambada_local"
     ]
     assert results["perplexity,none"] == pytest.approx(lam["ppl"], rel=1e-6)
+
+
+def test_harness_agrees_with_its_own_hugging_face_runner(
+    tasks: tuple[Path, dict[str, Path]], tmp_path: Path
+) -> None:
+    """The real peer: the harness's ``hf`` model (transformers' RwkvForCausalLM + the 20B tokenizer)
+    on the same weights scores the same tasks the same way. Tolerance: transformers' RWKV and
+    ours agree to ~1e-5 in the logits (float32), so perplexities get 1e-4 relative; accuracies on
+    these few examples must be equal."""
+    pytest.importorskip("accelerate")  # the harness's hf runner imports it
+    import lm_eval.models.huggingface  # noqa: F401  (registers "hf")
+    from conftest import shared_path
+    from transformers import PreTrainedTokenizerFast
+
+    from rwkvkit.convert import convert
+
+    vocab = shared_path("vocab", "20B_tokenizer.json")
+    cfg = RWKV4Config(vocab_size=50277, n_layer=2, n_embd=32, ffn_dim=64)
+    pth, hf_dir = tmp_path / "model.pth", tmp_path / "hf"
+    torch.save(random_rwkv4_state_dict(cfg, seed=4), pth)
+    convert(pth, hf_dir, "hf")
+    PreTrainedTokenizerFast(
+        tokenizer_file=str(vocab),
+        eos_token="<|endoftext|>",
+        bos_token="<|endoftext|>",
+        unk_token="<|endoftext|>",
+    ).save_pretrained(hf_dir)
+    task_dir, _ = tasks
+    names = ["piqa_local", "lambada_local", "docs_local"]
+    theirs = run_harness(
+        "hf",
+        task_dir,
+        names,
+        model_args={"pretrained": str(hf_dir), "dtype": "float32"},
+        device="cpu",
+        batch_size=2,
+    )
+    ours = run_harness(
+        "rwkvkit", task_dir, names, model_args={"pretrained": str(pth), "tokenizer": "20b"}, batch_size=2
+    )
+    assert ours["piqa_local"]["acc"] == theirs["piqa_local"]["acc"]
+    assert ours["piqa_local"]["acc_norm"] == theirs["piqa_local"]["acc_norm"]
+    assert ours["lambada_local"]["acc"] == theirs["lambada_local"]["acc"]
+    assert ours["lambada_local"]["perplexity"] == pytest.approx(
+        theirs["lambada_local"]["perplexity"], rel=1e-4
+    )
+    assert ours["docs_local"]["bits_per_byte"] == pytest.approx(
+        theirs["docs_local"]["bits_per_byte"], rel=1e-4
+    )
