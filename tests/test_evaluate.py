@@ -424,7 +424,6 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_cli_compares_models_side_by_side(tmp_path: Path) -> None:
-    pytest.importorskip("rwkvkit.tokenizer")
     cfg = RWKV4Config(vocab_size=256, n_layer=2, n_embd=32, ffn_dim=48, chunk_len=8)
     paths = []
     for seed in (1, 2):
@@ -450,28 +449,31 @@ def test_cli_compares_models_side_by_side(tmp_path: Path) -> None:
     )
     assert results[1]["mode"] == "window 16"
 
-    mc = write_jsonl(tmp_path / "mc.jsonl", [{"goal": "g", "sol1": "a", "sol2": "b", "label": 0}] * 3)
-    r = run_cli(
-        "eval", "--model", str(paths[0]), "--task", "multiple-choice", "--data", str(mc), "--limit", "2"
-    )
-    assert r.returncode == 0, r.stderr
-    assert "accuracy" in r.stdout and "examples" in r.stdout
 
-    bad = write_jsonl(tmp_path / "bad.jsonl", [{"txt": "no text field"}])
-    r = run_cli(
-        "eval", "--model", str(paths[0]), "--task", "lambada", "--data", str(bad), "--tokenizer", "byte"
+def test_cli_in_process(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from rwkvkit.cli import main
+
+    path = tmp_path / "m.pth"
+    torch.save(
+        random_rwkv4_state_dict(RWKV4Config(vocab_size=256, n_layer=1, n_embd=16, ffn_dim=32), seed=1), path
     )
-    assert r.returncode == 2
-    assert "missing the field 'text'" in r.stderr and "Traceback" not in r.stderr
+    mc = write_jsonl(tmp_path / "mc.jsonl", [{"goal": "g", "sol1": "a", "sol2": "b", "label": 0}] * 3)
+    assert (
+        main(["eval", "--model", str(path), "--task", "multiple-choice", "--data", str(mc), "--limit", "2"])
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "accuracy" in out and "examples" in out and " 2" in out
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"txt": "no text field"}])
+    assert main(["eval", "--model", str(path), "--task", "lambada", "--data", str(bad)]) == 2
+    assert "missing the field 'text'" in capsys.readouterr().err
 
 
 def test_boundary_with_the_pile_tokenizer(rwkv: nn.Module) -> None:
     """With the 20B BPE, encoding context and " word" apart gives the harness's whole-string split."""
-    tokenizer = pytest.importorskip("rwkvkit.tokenizer")
-    try:
-        tok = tokenizer.load_tokenizer("20b")
-    except Exception as e:  # the vocabulary ships with the package or ../shared
-        pytest.skip(f"20b tokenizer unavailable: {e}")
+    from rwkvkit import load_tokenizer
+
+    tok = load_tokenizer("20b")
     scorer = Scorer(rwkv, tok)
     pairs = [
         ("He looked at the sea and said the word", " sea"),

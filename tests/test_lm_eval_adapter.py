@@ -184,7 +184,6 @@ def test_harness_command_line(tasks: tuple[Path, dict[str, Path]], tmp_path: Pat
     import subprocess
     import sys
 
-    pytest.importorskip("rwkvkit.tokenizer")
     task_dir, files = tasks
     path = tmp_path / "model.pth"
     torch.save(random_rwkv4_state_dict(CFG, seed=11), path)
