@@ -489,3 +489,37 @@ def test_boundary_with_the_pile_tokenizer(rwkv: nn.Module) -> None:
             assert tok.decode(cont_ids) == (" " + cont if ctx.endswith(" ") else cont)
         else:
             assert ctx_ids == [tok.eos_id] and cont_ids == whole
+
+
+def test_gpt_baseline_windows_and_kv_prefix(tok: ByteTokenizer) -> None:
+    """The GPT baseline: read in windows of its n_ctx, its KV cache shared by a context's choices,
+    each score equal to one full forward pass over context + continuation."""
+    gpt = pytest.importorskip("rwkvkit.models.gpt")
+    torch.manual_seed(0)
+    cfg = gpt.GPTConfig(vocab_size=256, n_layer=2, n_embd=32, n_head=4, ffn_dim=64, n_ctx=24)
+    model = gpt.GPT(cfg).eval()
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    scorer = Scorer(model, tok, batch_size=2)
+    assert scorer.mode == "window 24" and not scorer.recurrent
+    pairs = [("Before we proceed any further,", c) for c in (" hear", " me speak", " x")] + [
+        ("All:", " Speak")
+    ]
+    got = scorer.loglikelihood(pairs)
+    for (ctx, cont), score in zip(pairs, got, strict=True):
+        ctx_ids = (
+            tok.encode(ctx)[-(24 + 1 - len(" me speak")) :] if ctx.startswith("Before") else tok.encode(ctx)
+        )
+        ids = ctx_ids + tok.encode(cont)
+        with torch.no_grad():
+            logp = model(ids[:-1])[0][0].double().log_softmax(-1)
+        direct = sum(float(logp[k - 1, ids[k]]) for k in range(len(ctx_ids), len(ids)))
+        assert score.logprob == pytest.approx(direct, abs=1e-4)
+    windows = Scorer(model, tok, ctx_len=8).rolling([TEXT])[0]
+    ids = [0, *tok.encode(TEXT)]
+    direct = 0.0
+    with torch.no_grad():
+        for start, first, end in rolling_windows(len(ids), 8):
+            logp = model(ids[start : end - 1])[0][0].double().log_softmax(-1)
+            direct += sum(float(logp[k - start - 1, ids[k]]) for k in range(first, end))
+    assert windows.logprob == pytest.approx(direct, abs=1e-4)
