@@ -131,6 +131,7 @@ class Scorer:
         ctx_len: int | None = None,
         batch_size: int = 8,
         chunk_len: int = 1024,
+        share_prefix: bool = True,
     ) -> None:
         native = model_window(model)
         if ctx_len is not None and ctx_len < 1:
@@ -148,6 +149,7 @@ class Scorer:
         self.recurrent = native is None  # the state may be carried from one call to the next
         self.batch_size = batch_size
         self.chunk_len = chunk_len
+        self.share_prefix = share_prefix  # False: every request reads its context (for comparison)
         self.device = next(model.parameters()).device
         eos = getattr(tokenizer, "eos_id", None)
         self.prefix: list[int] = [] if eos is None else [int(eos)]
@@ -277,7 +279,7 @@ class Scorer:
         for ctx_key, idx in groups.items():
             conts = [encoded[i][1] for i in idx]
             ctx = self._fit_context(list(ctx_key), max(len(c) for c in conts))
-            shared = self._from_shared_prefix(ctx, conts) if len(idx) > 1 else None
+            shared = self._from_shared_prefix(ctx, conts) if len(idx) > 1 and self.share_prefix else None
             if shared is not None:
                 for i, score in zip(idx, shared, strict=True):
                     out[i] = score

@@ -281,6 +281,15 @@ def test_loglikelihood_equals_direct(rwkv: nn.Module, tok: ByteTokenizer, batch_
         assert score.logprob == pytest.approx(sum(lps), abs=1e-4)
 
 
+def test_shared_prefix_equals_separate_reads(rwkv: nn.Module, tok: ByteTokenizer) -> None:
+    pairs = [("Before we proceed any further,", c) for c in (" hear me", " speak", " x", " hear")]
+    for ctx_len in (None, 12):
+        shared = Scorer(rwkv, tok, ctx_len=ctx_len, batch_size=3).loglikelihood(pairs)
+        separate = Scorer(rwkv, tok, ctx_len=ctx_len, share_prefix=False).loglikelihood(pairs)
+        for a, b in zip(shared, separate, strict=True):
+            assert a.logprob == pytest.approx(b.logprob, abs=1e-4) and a.greedy == b.greedy
+
+
 def test_greedy_flag_matches_argmax(rwkv: nn.Module, tok: ByteTokenizer) -> None:
     """Build the continuation from the model's own argmax: greedy; change one byte: not greedy."""
     ctx = tok.encode("All:\nSpeak")
