@@ -532,3 +532,26 @@ def test_gpt_baseline_windows_and_kv_prefix(tok: ByteTokenizer) -> None:
             logp = model(ids[start : end - 1])[0][0].double().log_softmax(-1)
             direct += sum(float(logp[k - start - 1, ids[k]]) for k in range(first, end))
     assert windows.logprob == pytest.approx(direct, abs=1e-4)
+
+
+def test_lambada_as_the_official_benchmark_scores_it(tmp_path: Path, tok: ByteTokenizer) -> None:
+    """The official package on the same weights, scored by the rule of RWKV's LAMBADA script:
+    one forward over context + target, log-softmax at each target position, correct when every
+    target token is the argmax; ppl = exp(-mean), acc = mean."""
+    rwkv_pkg = pytest.importorskip("rwkv.model")
+    cfg = RWKV4Config(vocab_size=256, n_layer=2, n_embd=32, ffn_dim=48)
+    path = tmp_path / "m.pth"
+    torch.save(random_rwkv4_state_dict(cfg, seed=8), path)
+    official = rwkv_pkg.RWKV(model=str(path.with_suffix("")), strategy="cpu fp32", verbose=False)
+    texts = ["He looked at the sea and said the word sea", "A dog and a cat and a dog", "The end of the end"]
+    data = write_jsonl(tmp_path / "lambada.jsonl", [{"text": t} for t in texts])
+    xsum, xacc = 0.0, 0
+    for t in texts:
+        src, dst = tok.encode(t.rsplit(" ", 1)[0]), tok.encode(" " + t.rsplit(" ", 1)[1])
+        out, _ = official.forward(src + dst, None, full_output=True)
+        logp = out.double().log_softmax(-1)
+        xsum += sum(float(logp[len(src) - 1 + i, d]) for i, d in enumerate(dst))
+        xacc += all(int(out[len(src) - 1 + i].argmax()) == d for i, d in enumerate(dst))
+    ours = evaluate(random_rwkv4(cfg, seed=8), tok, "lambada", data).metrics
+    assert ours["ppl"] == pytest.approx(math.exp(-xsum / len(texts)), rel=1e-4)
+    assert ours["acc"] == xacc / len(texts)
