@@ -211,12 +211,12 @@ def test_harness_agrees_with_its_own_hugging_face_runner(
     these few examples must be equal."""
     pytest.importorskip("accelerate")  # the harness's hf runner imports it
     import lm_eval.models.huggingface  # noqa: F401  (registers "hf")
-    from conftest import shared_path
     from transformers import PreTrainedTokenizerFast
 
+    import rwkvkit
     from rwkvkit.convert import convert
 
-    vocab = shared_path("vocab", "20B_tokenizer.json")
+    vocab = Path(rwkvkit.__file__).parent / "data" / "vocab" / "20B_tokenizer.json"  # package data
     cfg = RWKV4Config(vocab_size=50277, n_layer=2, n_embd=32, ffn_dim=64)
     pth, hf_dir = tmp_path / "model.pth", tmp_path / "hf"
     torch.save(random_rwkv4_state_dict(cfg, seed=4), pth)
