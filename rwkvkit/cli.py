@@ -14,6 +14,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "rwkvkit.convert",
         "convert a checkpoint between .pth, .safetensors, Hugging Face and rwkv.cpp",
     ),
+    "generate": ("rwkvkit.generate", "continue a prompt, streaming the text to stdout"),
+    "chat": ("rwkvkit.chat", "chat with a model; the state carries the conversation"),
     "eval": ("rwkvkit.evaluate", "perplexity, LAMBADA and multiple-choice scores for one or more models"),
 }
 

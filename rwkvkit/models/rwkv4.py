@@ -154,10 +154,13 @@ class RWKV4(nn.Module):
         return RWKV4State.zeros(self.config, batch, self.emb.weight.device)
 
     def forward(
-        self, tokens: Tensor | list[int], state: RWKV4State | None = None
+        self, tokens: Tensor | list[int], state: RWKV4State | None = None, *, last_only: bool = False
     ) -> tuple[Tensor, RWKV4State]:
         """tokens: (B, T) ids (a 1-D tensor or list means B = 1). Returns (B, T, V) float32 logits
-        and the state after the last token; the given state is left untouched."""
+        and the state after the last token; the given state is left untouched.
+
+        ``last_only=True`` returns the last position's logits only, (B, 1, V): prompt prefill needs
+        no others, and the head is a large share of a small model's work (a third at 169M)."""
         tokens = as_token_batch(tokens, self.emb.weight.device)
         B = tokens.shape[0]
         if state is None:
@@ -181,6 +184,8 @@ class RWKV4(nn.Module):
             h = block.ln2(x)
             x = x + block.ffn(h, state.ffn_x_prev[i].to(dtype))
             new["ffn_x_prev"].append(h[:, -1].float())
+        if last_only:
+            x = x[:, -1:]
         logits = self.head(self.ln_out(x)).float()
         return logits, RWKV4State(**{name: torch.stack(ts) for name, ts in new.items()})
 
