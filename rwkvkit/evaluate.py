@@ -30,7 +30,9 @@ state, the choices batched together; other requests are batched longest first.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import inspect
 import json
 import math
 import sys
@@ -108,6 +110,13 @@ def model_window(model: nn.Module) -> int | None:
     return None
 
 
+def _accepts_last_only(model: nn.Module) -> bool:
+    try:
+        return "last_only" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def _clone_state(state: Any) -> Any:
     if hasattr(state, "clone"):
         return state.clone()
@@ -151,6 +160,8 @@ class Scorer:
         self.chunk_len = chunk_len
         self.share_prefix = share_prefix  # False: every request reads its context (for comparison)
         self.device = next(model.parameters()).device
+        # Reading a context needs only its last position's logits: skip the head elsewhere if the model can.
+        self._last_only = {"last_only": True} if _accepts_last_only(model) else {}
         eos = getattr(tokenizer, "eos_id", None)
         self.prefix: list[int] = [] if eos is None else [int(eos)]
 
@@ -203,7 +214,7 @@ class Scorer:
         state, logits = None, None
         step = self._chunk(1, tokens.shape[1])
         for s in range(0, tokens.shape[1], step):
-            logits, state = self.model(tokens[:, s : s + step], state)
+            logits, state = self.model(tokens[:, s : s + step], state, **self._last_only)
         assert logits is not None
         return state, logits[0, -1].float()
 
@@ -650,30 +661,28 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def _tokenizer_for(model: nn.Module, name: str | None) -> Any:
-    """The tokenizer named on the command line, else the one the model's vocabulary implies."""
-    from .tokenizer import load_tokenizer, tokenizer_name_for_vocab_size
+    """The tokenizer named on the command line, else the checkpoint's (metadata, then vocabulary size)."""
+    from .runtime import tokenizer_name_for_model
+    from .tokenizer import load_tokenizer
 
-    if name is None:
-        name = getattr(model, "tokenizer_name", None)
-    if name is None:
-        vocab = getattr(getattr(model, "config", None), "vocab_size", None)
-        if vocab is None:
-            raise EvalDataError("cannot tell this model's vocabulary size; pass --tokenizer")
-        name = tokenizer_name_for_vocab_size(int(vocab))
-        if name is None:
-            raise EvalDataError(
-                f"no known tokenizer has this model's {vocab} tokens; pass --tokenizer NAME or a vocab file"
-            )
-    return load_tokenizer(name)
+    tokenizer = load_tokenizer(name or tokenizer_name_for_model(model))
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+    if vocab is not None and tokenizer.vocab_size > vocab:
+        raise EvalDataError(
+            f"the {tokenizer.name} tokenizer has {tokenizer.vocab_size} tokens but the model only {vocab}; "
+            "pass the model's own tokenizer with --tokenizer"
+        )
+    return tokenizer
 
 
-def add_arguments(parser: Any) -> None:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
         action="append",
-        required=True,
+        default=None,
         metavar="PATH",
-        help="checkpoint or run folder; give several times to compare models side by side",
+        help="checkpoint or run folder; give several times to compare models side by side "
+        "(default: the bundled model)",
     )
     parser.add_argument("--task", required=True, choices=TASKS)
     parser.add_argument(
@@ -711,14 +720,19 @@ def add_arguments(parser: Any) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
 
-def run(args: Any) -> int:
+def run(args: argparse.Namespace) -> int:
     from .checkpoint import load_model
     from .fileio import atomic_write_bytes
 
     if args.limit is not None and args.limit < 1:
         raise EvalDataError(f"--limit must be >= 1, got {args.limit}")
+    paths = args.model
+    if not paths:
+        from .runtime import model_path_from_args
+
+        paths = [str(model_path_from_args(argparse.Namespace(model=None)))]
     results = []
-    for path, name in zip(args.model, iter_models(args.model), strict=True):
+    for path, name in zip(paths, iter_models(paths), strict=True):
         model = load_model(path, device=args.device, dtype=DTYPES[args.dtype])
         tokenizer = _tokenizer_for(model, args.tokenizer)
         result = evaluate(
