@@ -139,7 +139,7 @@ class Scorer:
         *,
         ctx_len: int | None = None,
         batch_size: int = 8,
-        chunk_len: int = 1024,
+        chunk_len: int = 256,
         share_prefix: bool = True,
     ) -> None:
         native = model_window(model)
