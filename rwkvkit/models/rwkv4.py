@@ -145,6 +145,10 @@ class RWKV4(nn.Module):
         self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
         self.ln_out = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps)
         self.head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        # Set by rwkvkit.inference.optimize_for_inference (load_model does): T = 1 then takes the
+        # lean recurrent step there; this class's forward stays the reference it is tested against.
+        self.fast_decode = False
+        self.decode_constants = None
 
     def initial_state(self, batch: int = 1) -> RWKV4State:
         return RWKV4State.zeros(self.config, batch, self.emb.weight.device)
@@ -159,6 +163,10 @@ class RWKV4(nn.Module):
         if state is None:
             state = self.initial_state(B)
         check_state(state, RWKV4State, self.config.n_layer, B, self.config.n_embd)
+        if self.fast_decode and tokens.shape[1] == 1:
+            from ..inference import rwkv4_decode_step
+
+            return rwkv4_decode_step(self, tokens[:, 0], state)
         dtype = self.emb.weight.dtype
         x = self.emb(tokens)  # (B, T, C)
         new = {name: [] for name in state.tensors()}
