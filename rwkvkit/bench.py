@@ -119,8 +119,8 @@ def rwkvkit_contender(path: Path, variant: str, *, plain: bool = False) -> Conte
         return step
 
     def prefill(tokens: list[int]) -> None:
-        with torch.inference_mode():
-            model(torch.tensor([tokens]))
+        with torch.inference_mode():  # like the official package: the state and the last logits
+            model(torch.tensor([tokens]), last_only=True)
 
     name = f"rwkvkit {variant}" + (" (plain modules)" if plain else "")
     return Contender(name, make_step, prefill, batches=(1, 8))

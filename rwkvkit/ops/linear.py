@@ -138,7 +138,7 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         # x: (..., in) -> (..., out) in x's dtype
-        if not self.use_kernel or torch.is_grad_enabled() and x.requires_grad:
+        if not self.use_kernel or (torch.is_grad_enabled() and x.requires_grad):
             return int8_linear_reference(x, self.weight_int8, self.weight_scale).to(x.dtype)
         if self._scale_bf16 is None or self._scale_bf16.device != x.device:
             self._scale_bf16 = self.weight_scale.to(torch.bfloat16)  # exact: see quantize_int8
