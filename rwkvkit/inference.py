@@ -32,11 +32,34 @@ def optimize_for_inference(model: nn.Module, *, quantize: str | None = None) -> 
     from .quantize import swap_linear_layers
 
     swap_linear_layers(model, Int8Linear.from_linear if quantize == "int8" else FastLinear.from_linear)
+    _release_file_mappings(model)
     if hasattr(model, "fast_decode"):
         model.fast_decode = True
         model.decode_constants = None  # recomputed from the current parameters on the next step
     model.quantization = quantize  # type: ignore[assignment]
     return model
+
+
+def _release_file_mappings(model: nn.Module) -> None:
+    """Copy every tensor the swap did not create, so none still points into the checkpoint file.
+
+    load_model memory-maps the file; the fast layers copy the matrices (a new layout, int8), and as
+    long as any tensor (the embedding, a layer norm) still views the mapping, every page of the
+    file read so far stays resident beside the copies: 1.45 GB instead of 0.95 GB for the 169M
+    shape in fp32. Copying the rest (one tensor at a time) lets the mapping go.
+    """
+    fresh: set[int] = set()
+    for module in model.modules():
+        if isinstance(module, Int8Linear) or (
+            isinstance(module, FastLinear) and not module.weight.is_contiguous()
+        ):
+            fresh.update(id(t) for t in module.parameters(recurse=False))
+            fresh.update(id(t) for t in module.buffers(recurse=False))
+    with torch.no_grad():
+        for module in model.modules():
+            for t in [*module.parameters(recurse=False), *module.buffers(recurse=False)]:
+                if id(t) not in fresh and t.device.type == "cpu":
+                    t.data = t.data.clone()
 
 
 @dataclass

@@ -105,7 +105,7 @@ def test_int8_linear_matches_reference(in_features: int) -> None:
     lin = nn.Linear(in_features, 96, bias=False)
     layer = Int8Linear.from_linear(lin)
     assert layer.use_kernel == (in_features % 32 == 0)
-    for shape in [(1, in_features), (7, in_features), (2, 3, in_features)]:
+    for shape in [(1, in_features), (7, in_features), (2, 3, in_features), (40, in_features)]:
         x = torch.randn(shape)
         want = int8_linear_reference(x, layer.weight_int8, layer.weight_scale)
         got = layer(x)

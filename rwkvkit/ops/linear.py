@@ -23,6 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+# _weight_int8pack_mm is fast for a few rows (decode) and slow for many (4x slower than a bf16
+# matmul at 512 rows here); above this many rows the int8 weight is widened to bf16 (exact: |q| <=
+# 127 fits bf16's 8-bit significand) for one oneDNN matmul, its cost spread over the rows.
+INT8_KERNEL_MAX_ROWS = 16
 # _weight_int8pack_mm (PyTorch 2.4+, CPU) computes wrong results or crashes for some inner sizes
 # (K = 8 or 24 or 65 did here); every K that is a multiple of 32 was right, and RWKV's widths are.
 _INT8PACK_K_MULTIPLE = 32
@@ -105,7 +109,8 @@ class Int8Linear(nn.Module):
     """Weight-only int8 linear layer (no bias): int8 weights, per-output-channel scales.
 
     On the CPU it runs ``torch._weight_int8pack_mm`` with bfloat16 activations (the kernel's fast
-    input type; it accumulates in fp32); elsewhere, or for widths the kernel mishandles, it uses
+    input type; it accumulates in fp32) for up to INT8_KERNEL_MAX_ROWS rows, and a bf16 matmul on
+    the widened weight for more; elsewhere, or for widths the kernel mishandles, it uses
     the pure-PyTorch dequantizing form. The output has the input's dtype.
     """
 
@@ -143,5 +148,8 @@ class Int8Linear(nn.Module):
         if self._scale_bf16 is None or self._scale_bf16.device != x.device:
             self._scale_bf16 = self.weight_scale.to(torch.bfloat16)  # exact: see quantize_int8
         x2 = x.reshape(-1, self.in_features).to(torch.bfloat16)
-        y = torch._weight_int8pack_mm(x2, self.weight_int8, self._scale_bf16)
+        if x2.shape[0] <= INT8_KERNEL_MAX_ROWS:
+            y = torch._weight_int8pack_mm(x2, self.weight_int8, self._scale_bf16)
+        else:  # prefill: one bf16 matmul on the widened weight, then the per-channel scales
+            y = F.linear(x2, self.weight_int8.to(torch.bfloat16)) * self._scale_bf16
         return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
