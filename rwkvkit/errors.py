@@ -29,4 +29,4 @@ class StateError(RwkvkitError):
 
 
 class TokenizerError(RwkvkitError):
-    """A tokenizer cannot be found or loaded."""
+    """A tokenizer cannot be found or loaded, or is given ids outside its vocabulary."""

@@ -143,7 +143,11 @@ class RWKV4(nn.Module):
     def __init__(self, config: RWKV4Config) -> None:
         super().__init__()
         self.config = config
-        self.emb = nn.Embedding(config.vocab_size, config.n_embd)
+        # Weights come from a checkpoint or an init function, so nn.Embedding's own random init is
+        # skipped: on the meta device it would import torch's compiler stack (~4 s per process).
+        self.emb = nn.Embedding(
+            config.vocab_size, config.n_embd, _weight=torch.empty(config.vocab_size, config.n_embd)
+        )
         self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
         self.ln_out = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps)
         self.head = nn.Linear(config.n_embd, config.vocab_size, bias=False)

@@ -1,0 +1,241 @@
+"""Loading every format, converting between them, and refusing bad files clearly."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import rwkvkit
+from rwkvkit.convert import convert
+from rwkvkit.errors import CheckpointError, UnsupportedVersionError
+from rwkvkit.models.rwkv4 import RWKV4Config
+from rwkvkit.testing import random_rwkv4_state_dict
+
+PROMPT = [34, 105, 110]  # '"', 'i', 'n': the rwkv.cpp test prompt
+
+
+def _logits(path: Path | str, tokens: list[int], **kw: object) -> torch.Tensor:
+    model = rwkvkit.load_model(path, **kw)
+    with torch.no_grad():
+        return model(tokens)[0][0]
+
+
+# ---- rwkv.cpp conformance -------------------------------------------------------------------
+
+# Measured with this implementation (max abs diff to the expected logits): FP32 ~2.6e-6 (the
+# file stores -exp(time_decay), so undoing it costs an ulp), FP16 ~1.6e-3 (10-bit mantissas).
+# Quantized files are compared with the FP32 file's logits instead: Q5 keeps ~5 bits per weight.
+V4_TOLERANCES = {"FP32": 1e-4, "FP16": 5e-3}
+V4_QUANT_TOLERANCES = {"Q5_0": 0.5, "Q5_1": 0.3}
+
+
+@pytest.mark.parametrize("kind", ["FP32", "FP16"])
+def test_rwkvcpp_v4_fixture_reproduces_expected_logits(fixtures_dir: Path, kind: str) -> None:
+    expected = torch.from_numpy(np.fromfile(fixtures_dir / "expected-logits-4v0-660K.bin", dtype="<f4"))
+    path = fixtures_dir / f"tiny-rwkv-4v0-660K-{kind}.bin"
+    whole = _logits(path, PROMPT)
+    model = rwkvkit.load_model(path)
+    state = None
+    with torch.no_grad():
+        for t in PROMPT:  # one by one, as rwkv.cpp's test feeds them
+            out, state = model([t], state)
+    for got in (whole[-1], out[0, -1]):
+        assert (got - expected).abs().max() <= V4_TOLERANCES[kind]
+
+
+@pytest.mark.parametrize("kind", ["Q5_0", "Q5_1"])
+def test_rwkvcpp_v4_quantized_fixture_close_to_fp32(fixtures_dir: Path, kind: str) -> None:
+    reference = _logits(fixtures_dir / "tiny-rwkv-4v0-660K-FP32.bin", PROMPT)
+    got = _logits(fixtures_dir / f"tiny-rwkv-4v0-660K-{kind}.bin", PROMPT)
+    diff = (got - reference).abs().max().item()
+    assert 0 < diff <= V4_QUANT_TOLERANCES[kind], diff  # > 0: it really was quantized
+
+
+def test_rwkvcpp_newer_versions_are_refused_clearly(fixtures_dir: Path) -> None:
+    try:
+        rwkvkit.load_model(fixtures_dir / "tiny-rwkv-7v0-834K-FP32.bin")
+    except UnsupportedVersionError as e:
+        assert "RWKV-7" in str(e) and "tiny-rwkv-7v0-834K-FP32.bin" in str(e)
+    # (once RWKV-7 is supported the load simply succeeds)
+
+
+# ---- conversion round trips -----------------------------------------------------------------
+
+
+def test_convert_chain_keeps_logits(tmp_path: Path, small_pth: Path) -> None:
+    """pth -> safetensors -> hf -> rwkvcpp -> pth: every hop is exact in fp32."""
+    tokens = list(range(0, 97, 7))
+    reference = _logits(small_pth, tokens)
+    hops = [
+        ("safetensors", tmp_path / "m.safetensors"),
+        ("hf", tmp_path / "hf"),
+        ("rwkvcpp", tmp_path / "m.bin"),
+        ("pth", tmp_path / "back.pth"),
+    ]
+    src: Path = small_pth
+    for fmt, dst in hops:
+        convert(src, dst, fmt)
+        diff = (_logits(dst, tokens) - reference).abs().max().item()
+        # rwkv.cpp stores -exp(time_decay) and we take the log back: ~1 ulp on the decay.
+        assert diff <= (1e-5 if fmt == "rwkvcpp" else 0.0), (fmt, diff)
+        src = dst
+
+
+@pytest.mark.parametrize(("dtype", "tol"), [("fp16", 2e-2), ("bf16", 1.5e-1)])
+def test_convert_to_16_bit(tmp_path: Path, small_pth: Path, dtype: str, tol: float) -> None:
+    tokens = list(range(1, 40, 3))
+    reference = _logits(small_pth, tokens)
+    convert(small_pth, tmp_path / "half.pth", "pth", dtype=dtype)
+    sd = torch.load(tmp_path / "half.pth", weights_only=True)
+    assert sd["blocks.0.att.key.weight"].dtype == {"fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
+    assert (_logits(tmp_path / "half.pth", tokens) - reference).abs().max() <= tol
+
+
+def test_hf_output_config(tmp_path: Path, small_pth: Path, small_config: RWKV4Config) -> None:
+    convert(small_pth, tmp_path / "hf", "hf")
+    cfg = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert cfg["rescale_every"] == 0 and cfg["architectures"] == ["RwkvForCausalLM"]
+    assert (
+        cfg["intermediate_size"] == small_config.ffn_dim and cfg["num_hidden_layers"] == small_config.n_layer
+    )
+
+
+def test_load_in_bf16_keeps_decay_in_fp32(small_pth: Path) -> None:
+    model = rwkvkit.load_model(small_pth, dtype=torch.bfloat16)
+    assert model.blocks[0].att.key.weight.dtype == torch.bfloat16
+    assert model.blocks[0].att.time_decay.dtype == torch.float32
+    with torch.no_grad():
+        logits, _ = model([1, 2, 3])
+    assert logits.dtype == torch.float32 and torch.isfinite(logits).all()
+
+
+def test_time_mix_shapes_from_other_trainers_are_accepted(tmp_path: Path, small_config: RWKV4Config) -> None:
+    sd = random_rwkv4_state_dict(small_config)
+    flat = {k: (v.reshape(-1) if ".time_" in k else v) for k, v in sd.items()}  # (C,) instead of (1, 1, C)
+    torch.save(flat, tmp_path / "flat.pth")
+    torch.save(sd, tmp_path / "orig.pth")
+    assert torch.equal(_logits(tmp_path / "flat.pth", [1, 2]), _logits(tmp_path / "orig.pth", [1, 2]))
+
+
+# ---- bad input --------------------------------------------------------------------------------
+
+
+def _expect_error(path: Path, *fragments: str) -> CheckpointError:
+    with pytest.raises(CheckpointError) as info:
+        rwkvkit.load_model(path)
+    message = str(info.value)
+    assert str(path) in message
+    for fragment in fragments:
+        assert fragment in message, message
+    return info.value
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    _expect_error(tmp_path / "nope.pth", "no such file")
+
+
+def test_truncated_files(tmp_path: Path, small_pth: Path) -> None:
+    data = small_pth.read_bytes()
+    (tmp_path / "cut.pth").write_bytes(data[: len(data) // 2])
+    _expect_error(tmp_path / "cut.pth", "truncated")
+    convert(small_pth, tmp_path / "m.safetensors", "safetensors")
+    st = (tmp_path / "m.safetensors").read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(st[: len(st) - 100])
+    _expect_error(tmp_path / "cut.safetensors", "truncated")
+    (tmp_path / "tiny.bin").write_bytes(b"\x01\x02")
+    _expect_error(tmp_path / "tiny.bin", "truncated")
+
+
+def test_truncated_rwkvcpp(tmp_path: Path, fixtures_dir: Path) -> None:
+    data = (fixtures_dir / "tiny-rwkv-4v0-660K-FP16.bin").read_bytes()
+    (tmp_path / "cut.bin").write_bytes(data[:100_000])
+    _expect_error(tmp_path / "cut.bin")
+
+
+def test_wrong_magic_and_unknown_version(tmp_path: Path, fixtures_dir: Path) -> None:
+    (tmp_path / "junk.bin").write_bytes(b"GGUF" + bytes(100))
+    _expect_error(tmp_path / "junk.bin", "unrecognised file format")
+    data = bytearray((fixtures_dir / "tiny-rwkv-4v0-660K-FP16.bin").read_bytes())
+    data[4:8] = struct.pack("<i", 99)
+    (tmp_path / "v99.bin").write_bytes(bytes(data))
+    _expect_error(tmp_path / "v99.bin", "99")
+
+
+def test_unsupported_rwkv_version_by_keys(tmp_path: Path) -> None:
+    sd = {
+        "emb.weight": torch.zeros(10, 8),
+        "blocks.0.att.ln_x.weight": torch.ones(8),
+        "blocks.0.att.gate.weight": torch.zeros(8, 8),
+    }
+    torch.save(sd, tmp_path / "v5.pth")
+    if "5.2" not in __import__("rwkvkit.models", fromlist=["MODELS"]).MODELS:
+        err = _expect_error(tmp_path / "v5.pth", "RWKV-5.2", "not supported yet")
+        assert isinstance(err, UnsupportedVersionError)
+
+
+def test_missing_extra_misshaped_and_nan_keys(tmp_path: Path, small_config: RWKV4Config) -> None:
+    def save(name: str, sd: dict[str, torch.Tensor]) -> Path:
+        torch.save(sd, tmp_path / name)
+        return tmp_path / name
+
+    sd = random_rwkv4_state_dict(small_config)
+    _expect_error(
+        save("missing.pth", {k: v for k, v in sd.items() if k != "blocks.1.att.output.weight"}),
+        "missing keys",
+        "blocks.1.att.output.weight",
+    )
+    _expect_error(
+        save("extra.pth", {**sd, "blocks.0.att.bonus": torch.zeros(3)}),
+        "unexpected keys",
+        "blocks.0.att.bonus",
+    )
+    bad = dict(sd)
+    bad["blocks.2.ffn.value.weight"] = torch.zeros(40, 71)
+    _expect_error(save("shape.pth", bad), "blocks.2.ffn.value.weight", "(40, 71)", "(40, 72)")
+    nan = dict(sd)
+    nan["blocks.1.att.key.weight"] = sd["blocks.1.att.key.weight"].clone()
+    nan["blocks.1.att.key.weight"][3, 4] = float("nan")
+    _expect_error(save("nan.pth", nan), "blocks.1.att.key.weight", "NaN")
+    _expect_error(save("notdict.pth", [torch.zeros(2)]), "state dict")  # type: ignore[dict-item]
+
+
+class _RunsCode:
+    """A pickle payload that would create a file if unpickling ran it."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_malicious_pickle_is_refused_and_never_runs(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pth"
+    torch.save({"emb.weight": torch.zeros(2, 2), "payload": _RunsCode(marker)}, path)
+    _expect_error(path, "refused to load")
+    assert not marker.exists()
+    legacy = tmp_path / "evil-legacy.pth"
+    with open(legacy, "wb") as f:
+        pickle.dump({"payload": _RunsCode(marker)}, f, protocol=2)
+    _expect_error(legacy)
+    assert not marker.exists()
+
+
+def test_not_an_rwkv_hf_folder(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    _expect_error(tmp_path, "llama")
+
+
+def test_cli_convert_reports_errors_without_traceback(tmp_path: Path) -> None:
+    from rwkvkit.cli import main
+
+    (tmp_path / "junk.pth").write_bytes(b"junk" * 10)
+    assert main(["convert", str(tmp_path / "junk.pth"), str(tmp_path / "out.pth"), "--to", "pth"]) == 2
