@@ -149,6 +149,11 @@ def worker_interleaved(kind: str, positions: list[int], rounds: int, workdir: Pa
         model = rwkvkit.load_model(random_checkpoint("169m", workdir))
         for p in positions:
             tasks[p] = rwkv_stepper(model, rwkv_state_at(model, p, "constructed"))[0]
+        # An A/A control: the first position again, as a separate task. How far its median lands
+        # from the first one's is the noise floor of this run.
+        tasks[f"{positions[0]}-again"] = rwkv_stepper(
+            model, rwkv_state_at(model, positions[0], "constructed")
+        )[0]
     else:
         model = neox_model(max(positions))
         for p in positions:
@@ -213,6 +218,40 @@ def run_worker(args: list[str], threads: int) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def attach_interleaved(rows: list[dict], interleaved_ms: dict[str, dict[str, float]]) -> None:
+    for r in rows:
+        kind = "rwkv" if r["model"].startswith("RWKV") else "neox"
+        if r["how"] != "real" and str(r["position"]) in interleaved_ms.get(kind, {}):
+            r["ms_per_token_interleaved"] = interleaved_ms[kind][str(r["position"])]
+
+
+def aa_control(interleaved_ms: dict[str, dict[str, float]], positions: list[int]) -> dict | None:
+    rw = interleaved_ms.get("rwkv", {})
+    a, b = rw.get(str(positions[0])), rw.get(f"{positions[0]}-again")
+    if a is None or b is None:
+        return None
+    return {"position": positions[0], "ms_a": a, "ms_b": b, "relative_difference": abs(a - b) / min(a, b)}
+
+
+def rwkv_time_only(args: argparse.Namespace) -> int:
+    """Redo RWKV's interleaved timing alone (a minute, not the transformer's long rows)."""
+    from rwkvkit.bench import machine_info
+
+    positions = [int(x) for x in args.positions.split(",")]
+    res = run_worker(["time-rwkv", *map(str, positions), "--rounds", str(args.rounds)], args.threads)
+    if "error" in res:
+        raise SystemExit(res["error"])
+    ms = {"rwkv": {p: 1e3 * statistics.median(v["times"]) for p, v in res.items()}}
+    print(f"interleaved rwkv ms/token: {ms['rwkv']}")
+    if args.json and Path(args.json).exists():
+        result = json.loads(Path(args.json).read_text())
+        attach_interleaved([r for r in result["rows"] if r["model"].startswith("RWKV")], ms)
+        result["rwkv_aa"] = aa_control(ms, positions)
+        result["rwkv_time_rerun_machine"] = machine_info(args.threads)
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--positions", default="1000,10000,100000,1000000")
@@ -223,6 +262,11 @@ def main() -> int:
     p.add_argument("--json", default=None)
     p.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "rwkvkit-bench"))
     p.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
+    p.add_argument(
+        "--rwkv-time-only",
+        action="store_true",
+        help="rerun only RWKV's interleaved timing (with its A/A control) and update the --json file",
+    )
     args = p.parse_args()
     import torch
 
@@ -242,6 +286,8 @@ def main() -> int:
 
     from rwkvkit.bench import machine_info
 
+    if args.rwkv_time_only:
+        return rwkv_time_only(args)
     rows = []
     for position in [int(x) for x in args.positions.split(",")]:
         jobs = [("RWKV-4 169M (rwkvkit fp32)", ["rwkv", str(position), "constructed"])]
@@ -276,11 +322,12 @@ def main() -> int:
             continue
         interleaved_ms[kind] = {p: 1e3 * statistics.median(v["times"]) for p, v in res.items()}
         print(f"interleaved {kind} ms/token: {interleaved_ms[kind]}", flush=True)
-    for r in rows:
-        kind = "rwkv" if r["model"].startswith("RWKV") else "neox"
-        if r["how"] != "real" and str(r["position"]) in interleaved_ms.get(kind, {}):
-            r["ms_per_token_interleaved"] = interleaved_ms[kind][str(r["position"])]
-    result = {"machine": machine_info(args.threads), "rows": rows}
+    attach_interleaved(rows, interleaved_ms)
+    result = {
+        "machine": machine_info(args.threads),
+        "rows": rows,
+        "rwkv_aa": aa_control(interleaved_ms, positions),
+    }
     print()
     print(
         "| model | position | how | ms/token, own process | ms/token, interleaved | peak RSS MB | state / KV cache MB |"

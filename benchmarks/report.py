@@ -115,6 +115,14 @@ def context_section(res: dict) -> list[str]:
             "process's). Interleaved: one process per model holding every position's state or cache, "
             "one step at each position per round, median of rounds; the time plot and the growth goal "
             "use these, since on a shared machine rows measured minutes apart differ by the load."]  # fmt: skip
+    aa = res.get("rwkv_aa")
+    if aa:
+        out += ["", f"Noise floor (A/A control): the same {aa['position']:,}-token state measured twice as two "
+                f"tasks in RWKV's interleaved run gave {aa['ms_a']:.1f} and {aa['ms_b']:.1f} ms/token, "
+                f"{aa['relative_difference']:.0%} apart; differences between positions below that are noise."]  # fmt: skip
+    if res.get("rwkv_time_rerun_machine"):
+        out += ["", "RWKV's interleaved column comes from a later rerun (`--rwkv-time-only`): "
+                + machine_line(res["rwkv_time_rerun_machine"])]  # fmt: skip
     return out
 
 
