@@ -26,7 +26,7 @@ class RWKV4Config:
     ffn_dim: int  # channel-mixing width; 4 * n_embd in the official models, free here
     layer_norm_eps: float = 1e-5  # what BlinkDL, transformers and rwkv.cpp all use for v4
     # Tokens per chunk in the parallel WKV; a speed knob, not a numerics one. Its work is O(T L C):
-    # on the CPU 8 ran the 169M shape's WKV ~3x faster than 32 at T = 512 (benchmarks/prefill.py).
+    # on the CPU 8 ran the 169M shape's WKV 3-6x faster than 32 at T = 512 (benchmarks/wkv_chunk_len.py).
     chunk_len: int = 8
 
     version: ClassVar[str] = "4"
