@@ -10,6 +10,17 @@ from typing import Any
 
 from .checkpoint import load_model
 from .errors import CheckpointError, RwkvkitError, StateError, TokenizerError, UnsupportedVersionError
+from .generate import (
+    Generation,
+    GenerationResult,
+    Prefix,
+    generate,
+    generate_batch,
+    generate_text,
+    prefill_text,
+)
+from .sampling import SamplingParams
+from .statefile import load_state, save_state
 
 __version__ = "0.1.0"
 
@@ -23,11 +34,21 @@ def load_tokenizer(name_or_path: str) -> Any:
 
 __all__ = [
     "CheckpointError",
+    "Generation",
+    "GenerationResult",
+    "Prefix",
     "RwkvkitError",
+    "SamplingParams",
     "StateError",
     "TokenizerError",
     "UnsupportedVersionError",
     "__version__",
+    "generate",
+    "generate_batch",
+    "generate_text",
     "load_model",
+    "load_state",
     "load_tokenizer",
+    "prefill_text",
+    "save_state",
 ]

@@ -19,11 +19,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .errors import CheckpointError, RwkvkitError
-from .formats import hf
+from .errors import CheckpointError, RwkvkitError, UnsupportedVersionError
+from .formats import fla, hf
 from .models import detect_version, model_classes
 
 RWKVCPP_MAGIC = 0x67676D66
+RWKVCPP_V5_LN_X_EPS = 1e-5
 # Parameters kept in float32 whatever dtype the model runs in: the official package does the same,
 # because exp(time_decay) in 16 bits loses the slow decays that carry long memory.
 FP32_PARAMS = ("time_decay", "time_first", "time_faaaa")
@@ -112,10 +113,11 @@ def _read_hf_folder(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(path / "config.json", f"not valid JSON ({e})") from None
     model_type = cfg.get("model_type")
-    if model_type not in ("rwkv", None):
+    if model_type not in ("rwkv", "rwkv5", "rwkv6", "rwkv7", None):
         raise CheckpointError(
             path,
-            f"this Hugging Face folder holds a {model_type!r} model; RWKV-4 folders have model_type 'rwkv'",
+            f"this Hugging Face folder holds a {model_type!r} model; RWKV folders have model_type 'rwkv' "
+            "(RWKV-4), 'rwkv5', 'rwkv6' (RWKV/ remote-code folders) or 'rwkv7' (flash-linear-attention)",
         )
     files = sorted(path.glob("*.safetensors")) or sorted(path.glob("pytorch_model*.bin"))
     if not files:
@@ -123,6 +125,8 @@ def _read_hf_folder(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
     sd: dict[str, Tensor] = {}
     for f in files:  # sharded checkpoints: the shards together hold every key once
         sd.update(_safetensors_load(f)[0] if f.suffix == ".safetensors" else _torch_load(f, legacy=False))
+    if model_type == "rwkv7":
+        return sd, fla.config_overrides_from_fla(cfg)
     return sd, hf.config_overrides_from_hf(cfg)
 
 
@@ -141,7 +145,12 @@ def read_checkpoint(path: str | Path) -> RawCheckpoint:
     elif fmt == "safetensors":
         sd, meta = _safetensors_load(path)
         if "rwkvkit_config" in meta:
-            overrides = {k: v for k, v in json.loads(meta["rwkvkit_config"]).items() if k == "layer_norm_eps"}
+            # Settings the weights cannot tell; everything else is read off the shapes.
+            overrides = {
+                k: v
+                for k, v in json.loads(meta["rwkvkit_config"]).items()
+                if k in ("layer_norm_eps", "ln_x_eps")
+            }
     elif fmt == "hf":
         sd, overrides = _read_hf_folder(path)
     else:  # a training run folder: its newest checkpoint
@@ -150,10 +159,18 @@ def read_checkpoint(path: str | Path) -> RawCheckpoint:
         return read_checkpoint(latest_checkpoint(path))
     if hf.is_hf_state_dict(sd):
         sd = hf.hf_to_blinkdl(sd, path)
+    elif fla.is_fla_state_dict(sd):
+        sd = fla.fla_to_blinkdl(sd, path)
     try:
         version = detect_version(sd.keys())
+    except UnsupportedVersionError as e:
+        raise UnsupportedVersionError(path, e.problem) from None
     except RwkvkitError as e:
         raise CheckpointError(path, str(e)) from None
+    if fmt == "rwkvcpp" and version == "5":
+        # rwkv.cpp normalises RWKV-5's ln_x with eps 1e-5 (BlinkDL: 64e-5); its files' logits only
+        # come out right with its own value (shared/fixtures/rwkv-cpp-tiny/README.md).
+        overrides["ln_x_eps"] = RWKVCPP_V5_LN_X_EPS
     return RawCheckpoint(path, fmt, sd, version, overrides)
 
 
@@ -185,8 +202,9 @@ def _fit_to_model(
     for name, (shape, _) in expected.items():
         t = sd[name]
         if tuple(t.shape) != shape:
-            # time_mix_k is (1, 1, C) in some trainers' files and (C,) in others'.
-            if ".time_" in name and t.numel() == torch.Size(shape).numel():
+            # Vectors such as time_mix_k or x_r are (1, 1, C) in some trainers' files and (C,) in
+            # others' (rwkv.cpp squeezes them): differing only in size-1 dimensions is the same tensor.
+            if [d for d in t.shape if d != 1] == [d for d in shape if d != 1]:
                 t = t.reshape(shape)
             else:
                 raise CheckpointError(

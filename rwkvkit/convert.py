@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import warnings
 from pathlib import Path
 
 import torch
@@ -53,6 +54,25 @@ def save_hf(sd: dict[str, Tensor], dst: Path, config: object, dtype_name: str) -
         p.write_text(json.dumps(cfg, indent=2) + "\n")
 
 
+def _check_rwkvcpp_can_hold(config: object, source_format: str) -> None:
+    """rwkv.cpp knows RWKV-5 as "5.1" (no gate, per-head decay: BlinkDL's 5.0) and "5.2"; BlinkDL's
+    5.1 (gate with per-head decay) has no rwkv.cpp form. rwkv.cpp also runs v5's ln_x with eps 1e-5."""
+    if getattr(config, "version", None) != "5":
+        return
+    if config.gate and not config.per_channel_decay:  # type: ignore[attr-defined]
+        raise RwkvkitError(
+            "this is an RWKV-5.1 model (output gate, one decay per head), which rwkv.cpp's file format "
+            "cannot describe (its v5 files are 5.0 without gate or 5.2 with per-channel decay); "
+            "convert it to pth or safetensors instead"
+        )
+    if source_format != "rwkvcpp":
+        warnings.warn(
+            "rwkv.cpp runs RWKV-5's ln_x with eps 1e-5 where BlinkDL's code uses 64e-5, so the written "
+            "file's logits (in rwkv.cpp and in rwkvkit) will differ from this checkpoint's",
+            stacklevel=3,
+        )
+
+
 def convert(src: str | Path, dst: str | Path, to: str, dtype: str = "fp32") -> Path:
     """Read ``src`` in any supported form and write it to ``dst`` as ``to``."""
     if to not in TARGETS:
@@ -64,13 +84,22 @@ def convert(src: str | Path, dst: str | Path, to: str, dtype: str = "fp32") -> P
     config = config_cls.from_state_dict(raw.state_dict, **raw.config_overrides)
     dst = Path(dst)
     if to == "rwkvcpp":
+        from .formats.rwkvcpp import detect_version as rwkvcpp_version
         from .formats.rwkvcpp import write_rwkvcpp
 
         if dtype == "bf16":
             raise RwkvkitError("rwkv.cpp files hold fp32 or fp16 weights; pass --dtype fp32 or fp16")
-        write_rwkvcpp(dst, raw.state_dict, version=raw.version, data_type=dtype)
+        _check_rwkvcpp_can_hold(config, raw.format)
+        write_rwkvcpp(dst, raw.state_dict, version=rwkvcpp_version(raw.state_dict.keys()), data_type=dtype)
         return dst
     sd = _cast(raw.state_dict, DTYPES[dtype])
+    if to in ("pth", "hf") and getattr(config, "ln_x_eps", 64e-5) != 64e-5:
+        warnings.warn(
+            f"{raw.path} runs RWKV-{config.version}'s ln_x with eps {config.ln_x_eps} (rwkv.cpp's value), "
+            f"which a {to} checkpoint cannot record: it will load with BlinkDL's 64e-5 and give different "
+            "logits. Convert to safetensors to keep it.",
+            stacklevel=2,
+        )
     if to == "pth":
         save_pth(sd, dst)
     elif to == "safetensors":

@@ -11,6 +11,9 @@ import torch
 from torch import Tensor
 
 from .models.rwkv4 import RWKV4, RWKV4Config
+from .models.rwkv5 import RWKV5, RWKV5Config
+from .models.rwkv6 import RWKV6, RWKV6Config
+from .models.rwkv7 import RWKV7, RWKV7Config
 
 
 def random_rwkv4_state_dict(config: RWKV4Config, seed: int = 0) -> dict[str, Tensor]:
@@ -42,4 +45,120 @@ def random_rwkv4(config: RWKV4Config, seed: int = 0) -> RWKV4:
     """An RWKV4 model holding :func:`random_rwkv4_state_dict` weights."""
     model = RWKV4(config)
     model.load_state_dict(random_rwkv4_state_dict(config, seed))
+    return model.eval()
+
+
+def _meta_shapes(model_cls: type[torch.nn.Module], config: object) -> dict[str, torch.Size]:
+    with torch.device("meta"):
+        return {k: v.shape for k, v in model_cls(config).state_dict().items()}
+
+
+def _common_tensor(name: str, shape: torch.Size, gen: torch.Generator) -> Tensor:
+    """Weights every version shares: layer norms, embedding, linear layers (out, in)."""
+    if name.endswith(".bias"):
+        return torch.randn(shape, generator=gen) * 0.1
+    if ".ln" in name or name.startswith("ln_out"):
+        return 1 + torch.randn(shape, generator=gen) * 0.1
+    if name == "emb.weight":
+        return torch.randn(shape, generator=gen)
+    return torch.randn(shape, generator=gen) / shape[-1] ** 0.5
+
+
+def random_rwkv7_state_dict(config: RWKV7Config, seed: int = 0) -> dict[str, Tensor]:
+    """A BlinkDL-named RWKV-7 state dict in the value ranges of trained models.
+
+    The ranges follow the official initialisation and what trained checkpoints drift to: token-shift
+    weights in (0, 1), w0 from fast (-7) to slow (+1) decay, a0 around sigmoid^-1(0.45), v0 around 0.7,
+    k_k near 0.7, k_a near 1, r_k small, and low-rank matrices scaled so their terms matter.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    sd = {}
+    for name, shape in _meta_shapes(RWKV7, config).items():
+        part = name.rsplit(".", 1)[-1]
+        if part in ("x_r", "x_w", "x_k", "x_v", "x_a", "x_g"):
+            t = torch.rand(shape, generator=gen)
+        elif part == "w0":
+            t = torch.rand(shape, generator=gen) * 8 - 7
+        elif part == "a0":
+            t = torch.randn(shape, generator=gen) * 0.5 - 0.2
+        elif part == "v0":
+            t = torch.randn(shape, generator=gen) * 0.5 + 0.7
+        elif part == "k_k":
+            t = 0.7 + torch.randn(shape, generator=gen) * 0.1
+        elif part == "k_a":
+            t = 1 + torch.randn(shape, generator=gen) * 0.1
+        elif part == "r_k":
+            t = torch.randn(shape, generator=gen) * 0.3
+        elif part in ("w1", "a1", "v1", "g1"):  # (C, D): down-projection
+            t = torch.randn(shape, generator=gen) / shape[0] ** 0.5
+        elif part in ("w2", "a2", "v2", "g2"):  # (D, C): up-projection
+            t = torch.randn(shape, generator=gen) * 0.5 / shape[0] ** 0.5
+        else:
+            t = _common_tensor(name, shape, gen)
+        sd[name] = t.float()
+    return sd
+
+
+def random_rwkv7(config: RWKV7Config, seed: int = 0) -> RWKV7:
+    """An RWKV7 model holding :func:`random_rwkv7_state_dict` weights."""
+    model = RWKV7(config)
+    model.load_state_dict(random_rwkv7_state_dict(config, seed))
+    return model.eval()
+
+
+def random_rwkv5_state_dict(config: RWKV5Config, seed: int = 0) -> dict[str, Tensor]:
+    """A BlinkDL-named RWKV-5 (5.0, 5.1 or 5.2, as the config says) state dict.
+
+    time_decay spans per-token decays from ~1 - 0.0025 to e^-7 (trained models have both kinds),
+    so the chunked WKV's factorised and pairwise paths are both exercised.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    sd = {}
+    for name, shape in _meta_shapes(RWKV5, config).items():
+        if name.endswith("time_decay"):
+            t = torch.rand(shape, generator=gen) * 8 - 6
+        elif name.endswith("time_first"):
+            t = torch.randn(shape, generator=gen) - 1  # log of the bonus
+        elif name.endswith("time_faaaa"):
+            t = torch.randn(shape, generator=gen) * 0.5
+        elif ".time_mix_" in name:
+            t = torch.rand(shape, generator=gen)
+        else:
+            t = _common_tensor(name, shape, gen)
+        sd[name] = t.float()
+    return sd
+
+
+def random_rwkv6_state_dict(config: RWKV6Config, seed: int = 0) -> dict[str, Tensor]:
+    """A BlinkDL-named RWKV-6 state dict; the low-rank shift and decay terms are large enough to
+    move each token's mix and decay visibly (trained models' are)."""
+    gen = torch.Generator().manual_seed(seed)
+    sd = {}
+    for name, shape in _meta_shapes(RWKV6, config).items():
+        part = name.rsplit(".", 1)[-1]
+        if part == "time_decay":
+            t = torch.rand(shape, generator=gen) * 7 - 6
+        elif part in ("time_maa_w1", "time_decay_w1"):  # (C, D)
+            t = torch.randn(shape, generator=gen) * 0.5 / shape[0] ** 0.5
+        elif part in ("time_maa_w2", "time_decay_w2"):  # (5, D, C) and (D, A)
+            t = torch.randn(shape, generator=gen) * 0.5 / shape[-2] ** 0.5
+        elif part == "time_faaaa":
+            t = torch.randn(shape, generator=gen) * 0.5
+        elif part.startswith("time_maa_"):
+            t = torch.rand(shape, generator=gen)
+        else:
+            t = _common_tensor(name, shape, gen)
+        sd[name] = t.float()
+    return sd
+
+
+def random_rwkv5(config: RWKV5Config, seed: int = 0) -> RWKV5:
+    model = RWKV5(config)
+    model.load_state_dict(random_rwkv5_state_dict(config, seed))
+    return model.eval()
+
+
+def random_rwkv6(config: RWKV6Config, seed: int = 0) -> RWKV6:
+    model = RWKV6(config)
+    model.load_state_dict(random_rwkv6_state_dict(config, seed))
     return model.eval()

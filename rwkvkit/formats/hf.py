@@ -10,8 +10,11 @@ from torch import Tensor
 from ..errors import CheckpointError
 
 # BlinkDL suffix inside a block -> transformers suffix (the rest of the name is the same).
+# The RWKV-5/6 remote-code folders (RWKV/rwkv-5-world-*, RWKV/v6-Finch-*-HF) use the same scheme; their
+# extra tensors keep BlinkDL's names after the prefix, except 5.x's time_mix_g.
 _BLOCK_PARTS = {
     "ln0.": "pre_ln.",
+    "att.time_mix_g": "attention.time_mix_gate",
     "att.time_mix_k": "attention.time_mix_key",
     "att.time_mix_v": "attention.time_mix_value",
     "att.time_mix_r": "attention.time_mix_receptance",

@@ -163,9 +163,10 @@ class RWKV4(nn.Module):
         self, tokens: Tensor | list[int], state: RWKV4State | None = None, *, last_only: bool = False
     ) -> tuple[Tensor, RWKV4State]:
         """tokens: (B, T) ids (a 1-D tensor or list means B = 1). Returns (B, T, V) float32 logits
-        and the state after the last token; the given state is left untouched. ``last_only``:
-        logits for the last position only, (B, 1, V): a prompt's prefill needs no more, and the
-        head is a quarter of a small model's weights."""
+        and the state after the last token; the given state is left untouched.
+
+        ``last_only=True`` returns the last position's logits only, (B, 1, V): prompt prefill needs
+        no others, and the head is a large share of a small model's work (a third at 169M)."""
         tokens = as_token_batch(tokens, self.emb.weight.device)
         B = tokens.shape[0]
         if state is None:

@@ -1,0 +1,234 @@
+"""Multi-turn chat that never re-reads its history: the RNN state *is* the conversation.
+
+Each turn feeds only the new text, ``User: <message>\\n\\nAssistant:``, to the state left by the
+previous turn and generates until a blank line (the RWKV World chat format); the reply's tokens,
+blank line included, are already in the state when the turn ends. So turn n costs the tokens of
+turn n, whatever came before. The state can be saved to a file and loaded back (``/save``,
+``/load``), which resumes the conversation exactly.
+
+Python::
+
+    chat = Chat(model, tokenizer, system="You are terse.", temperature=0)
+    for piece in chat.send("Hello"):
+        print(piece, end="")
+    chat.save("hello.state")
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, TextIO
+
+import torch
+from torch import nn
+
+from .errors import RwkvkitError
+from .generate import GenerationResult, Prefix, generate, prefill_text
+from .sampling import SamplingParams, make_generator
+from .statefile import load_state, save_state
+
+TURN_END = "\n\n"  # World models end a turn with a blank line
+
+HELP = """commands:
+  /save FILE   save the conversation state to FILE (safetensors)
+  /load FILE   continue a conversation saved with /save
+  /reset       forget the conversation (keeps the system prompt)
+  /help        this list
+  /quit        leave (so does end of input)"""
+
+
+def clean_message(text: str) -> str:
+    """One turn's text: a blank line would end the turn early, so blank lines are collapsed."""
+    text = text.strip().replace("\r\n", "\n")
+    while "\n\n" in text:
+        text = text.replace("\n\n", "\n")
+    return text
+
+
+class Chat:
+    """A conversation held as an RNN state; :meth:`send` streams the reply to one message."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        *,
+        system: str | None = None,
+        user: str = "User",
+        assistant: str = "Assistant",
+        max_tokens: int = 500,
+        seed: int | None = None,
+        **sampling: Any,
+    ) -> None:
+        self.model, self.tokenizer = model, tokenizer
+        self.user, self.assistant = user, assistant
+        self.max_tokens = max_tokens
+        self.sampling = sampling
+        SamplingParams(**sampling)  # fail now, not at the first message
+        device = next(model.parameters()).device
+        self.generator = make_generator(seed, device)  # one stream for the whole conversation
+        self.system_prefix = (
+            prefill_text(model, tokenizer, f"System: {clean_message(system)}{TURN_END}") if system else None
+        )
+        self.prefix: Prefix | None = self.system_prefix
+        self.turns = 0
+        self.last: GenerationResult | None = None
+
+    def send(self, message: str) -> Iterator[str]:
+        """Stream the reply to ``message``; the state moves past the reply and its blank line."""
+        prompt = f"{self.user}: {clean_message(message)}{TURN_END}{self.assistant}:"
+        gen = generate(
+            self.model,
+            self.tokenizer,
+            prompt,
+            max_tokens=self.max_tokens,
+            stop=[TURN_END],
+            generator=self.generator,
+            state=self.prefix,
+            keep_state=True,
+            **self.sampling,
+        )
+        first = True
+        for piece in gen:
+            if first:  # the model answers " Hello": the space belongs to the format, not the reply
+                piece = piece.lstrip(" ")
+                first = not piece
+            if piece:
+                yield piece
+        result = gen.result
+        assert result is not None
+        before = self.prefix.tokens if self.prefix is not None else 0
+        prefix = result.prefix(before)
+        if result.stop_reason != "stop_string":  # cut short: close the turn so the format holds
+            prefix = prefill_text(self.model, self.tokenizer, TURN_END, prefix)
+        self.prefix, self.last = prefix, result
+        self.turns += 1
+
+    def reply(self, message: str) -> str:
+        """:meth:`send` without streaming."""
+        return "".join(self.send(message))
+
+    def reset(self) -> None:
+        self.prefix, self.turns = self.system_prefix, 0
+
+    def save(self, path: str | Path) -> Path:
+        if self.prefix is None:
+            raise RwkvkitError("nothing to save yet: the conversation is empty")
+        return save_state(
+            path,
+            self.prefix.state,
+            self.model,
+            tokens_consumed=self.prefix.tokens,
+            logits=self.prefix.logits,
+            tokenizer=getattr(self.tokenizer, "name", None),
+            extra={"kind": "chat", "turns": str(self.turns)},
+        )
+
+    def load(self, path: str | Path) -> None:
+        saved = load_state(path, self.model)
+        if saved.state.batch_size != 1:
+            raise RwkvkitError(f"{path}: holds {saved.state.batch_size} states; a chat needs one")
+        self.prefix = Prefix(saved.state, saved.logits, saved.tokens_consumed)
+        self.turns = int(saved.extra.get("turns", "0"))
+
+
+# --------------------------------------------------------------------------------------------
+# The ``rwkvkit chat`` command
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from .runtime import add_model_arguments, add_sampling_arguments
+
+    add_model_arguments(parser)
+    parser.add_argument("--system", metavar="TEXT", help="a system prompt, fed once before the first turn")
+    parser.add_argument("--state", metavar="FILE", help="continue a conversation saved with /save")
+    add_sampling_arguments(parser, max_tokens=500)
+
+
+def _read_messages(stdin: TextIO, interactive: bool, user: str) -> Iterator[str]:
+    while True:
+        if interactive:
+            try:
+                line = input(f"{user}: ")
+            except EOFError:
+                print(file=sys.stderr)
+                return
+        else:
+            line = stdin.readline()
+            if not line:
+                return
+        yield line.rstrip("\n")
+
+
+def _command(chat: Chat, line: str, err: TextIO) -> bool:
+    """Run a /command; return False to leave."""
+    name, _, arg = line.strip().partition(" ")
+    arg = arg.strip()
+    try:
+        if name in ("/quit", "/exit"):
+            return False
+        if name == "/help":
+            print(HELP, file=err)
+        elif name == "/reset":
+            chat.reset()
+            print("conversation reset", file=err)
+        elif name in ("/save", "/load"):
+            if not arg:
+                print(f"usage: {name} FILE", file=err)
+            elif name == "/save":
+                print(f"saved to {chat.save(arg)}", file=err)
+            else:
+                chat.load(arg)
+                print(f"loaded {arg}", file=err)
+        else:
+            print(f"unknown command {name}; /help lists the commands", file=err)
+    except RwkvkitError as e:
+        print(f"error: {e}", file=err)
+    return True
+
+
+def run(args: argparse.Namespace) -> int:
+    """Chat on standard input and output; scripts can pipe messages in, one per line."""
+    from .runtime import load_model_and_tokenizer, sampling_from_args
+
+    model, tokenizer = load_model_and_tokenizer(args)
+    chat = Chat(
+        model,
+        tokenizer,
+        system=args.system,
+        max_tokens=args.max_tokens,
+        seed=args.seed,
+        **sampling_from_args(args),
+    )
+    if args.state:
+        chat.load(args.state)
+    interactive = sys.stdin.isatty()
+    out, err = sys.stdout, sys.stderr
+    if interactive:
+        print("rwkvkit chat: /help lists the commands, /quit or Ctrl-D leaves", file=err)
+    for line in _read_messages(sys.stdin, interactive, chat.user):
+        if not line.strip():
+            continue
+        if line.startswith("/"):
+            if not _command(chat, line, err):
+                break
+            continue
+        out.write(f"{chat.assistant}: ")
+        out.flush()
+        try:
+            with torch.no_grad():
+                for piece in chat.send(line):
+                    out.write(piece)
+                    out.flush()
+        except KeyboardInterrupt:
+            if not interactive:
+                raise
+            out.write(" [interrupted: this turn is forgotten]")  # send() had not moved the state yet
+        out.write("\n\n" if interactive else "\n")
+        out.flush()
+        if args.stats and chat.last is not None:
+            print(chat.last.stats(), file=err)
+    return 0

@@ -1,0 +1,286 @@
+"""Generation: chunked prefill, streaming text, stop strings and ids, prefixes, batches, and greedy
+decoding against the official ``rwkv`` package."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+import rwkvkit
+from rwkvkit.errors import RwkvkitError
+from rwkvkit.generate import Prefix, generate, generate_batch, generate_text, prefill, prefill_text
+from rwkvkit.models.rwkv4 import RWKV4Config
+from rwkvkit.state import RecurrentState
+from rwkvkit.testing import random_rwkv4
+from rwkvkit.tokenizer import load_tokenizer
+
+
+@pytest.fixture(scope="module")
+def byte_tok():
+    return load_tokenizer("byte")
+
+
+@pytest.fixture(scope="module")
+def byte_model() -> nn.Module:
+    return random_rwkv4(RWKV4Config(vocab_size=256, n_layer=2, n_embd=48, ffn_dim=80, chunk_len=8), seed=5)
+
+
+# --- a model that writes a fixed script, one byte per step, so text-level behaviour is exact ---
+
+
+@dataclasses.dataclass
+class ScriptState(RecurrentState):
+    position: Tensor  # (1, B, 1): how many tokens were consumed
+
+
+class ScriptModel(nn.Module):
+    """Predicts ``script[position - prompt_len]``: whatever the prompt, it then types the script."""
+
+    def __init__(self, script: list[int], vocab_size: int = 256) -> None:
+        super().__init__()
+        self.script, self.vocab_size = script, vocab_size
+        self.dummy = nn.Parameter(torch.zeros(1))
+        self.prompt_len: int | None = None
+        self.calls: list[int] = []
+
+    def initial_state(self, batch: int = 1) -> ScriptState:
+        return ScriptState(torch.zeros(1, batch, 1))
+
+    def forward(self, tokens: Tensor, state: ScriptState | None = None) -> tuple[Tensor, ScriptState]:
+        tokens = torch.as_tensor(tokens)
+        tokens = tokens[None] if tokens.dim() == 1 else tokens
+        B, T = tokens.shape
+        self.calls.append(T)
+        state = self.initial_state(B) if state is None else state
+        pos = state.position + T
+        if self.prompt_len is None:
+            self.prompt_len = int(pos[0, 0, 0])
+        logits = torch.full((B, T, self.vocab_size), -10.0)
+        i = int(pos[0, 0, 0]) - self.prompt_len
+        logits[:, -1, self.script[i] if i < len(self.script) else 0] = 10.0
+        return logits, ScriptState(pos)
+
+
+def scripted(text: str) -> ScriptModel:
+    return ScriptModel(list(text.encode()) + [ord("~")] * 64)
+
+
+def pieces_and_result(model: nn.Module, tok, prompt: str = "P", **kw):
+    gen = generate(model, tok, prompt, temperature=0, **kw)
+    pieces = list(gen)
+    return pieces, gen.result
+
+
+def test_streaming_never_splits_a_character(byte_tok) -> None:
+    text = "héllo, 世界 🎉 Ωmega ✓"
+    pieces, result = pieces_and_result(scripted(text), byte_tok, max_tokens=len(text.encode()))
+    assert "".join(pieces) == text == result.text
+    assert len(pieces) == len(text)  # one piece per character, each whole
+    assert all("\ufffd" not in p for p in pieces)
+    assert result.stop_reason == "max_tokens" and len(result.token_ids) == len(text.encode())
+
+
+@pytest.mark.parametrize("name", ["world", "20b"])
+def test_streaming_with_real_vocabularies_never_splits_a_character(name: str) -> None:
+    tok = load_tokenizer(name)
+    text = "Emoji 🎉🧑\u200d🚀, 中文字符 and 𝔘𝔫𝔦𝔠𝔬𝔡𝔢\r\n\tdone"
+    ids = tok.encode(text)
+    model = ScriptModel(ids, vocab_size=tok.vocab_size)
+    pieces, result = pieces_and_result(model, tok, max_tokens=len(ids))
+    assert "".join(pieces) == text == result.text and result.token_ids == ids
+    assert all(p and "\ufffd" not in p for p in pieces)
+
+    def whole_utf8(b: bytes) -> bool:
+        try:
+            b.decode("utf-8")
+            return True
+        except UnicodeDecodeError:
+            return False
+
+    assert not all(whole_utf8(tok.decode_bytes([i])) for i in ids)  # some tokens hold part of a character
+
+
+def test_a_broken_byte_sequence_at_the_end_is_flushed_as_a_replacement(byte_tok) -> None:
+    model = ScriptModel([ord("a"), 0xE4, 0xB8])  # "a" then 2 of the 3 bytes of 世
+    pieces, result = pieces_and_result(model, byte_tok, max_tokens=3)
+    assert result.text == "a\ufffd" and "".join(pieces) == result.text
+
+
+def test_stop_string_split_across_tokens_is_never_emitted(byte_tok) -> None:
+    pieces, result = pieces_and_result(scripted("abc<END>def"), byte_tok, stop=["<END>"], max_tokens=50)
+    assert "".join(pieces) == "abc" == result.text
+    assert result.stop_reason == "stop_string" and result.stop == "<END>"
+    assert result.token_ids == list(b"abc<END>")  # the tokens that made the stop string
+
+
+def test_a_false_start_of_a_stop_string_is_released(byte_tok) -> None:
+    pieces, result = pieces_and_result(
+        scripted("a<ENx<EN<END>z"), byte_tok, stop=["<END>", "Q"], max_tokens=50
+    )
+    assert result.text == "a<ENx<EN" == "".join(pieces)
+    # text that may begin a stop string is held back until it cannot, then released at max_tokens
+    pieces, result = pieces_and_result(scripted("ab<E"), byte_tok, stop=["<END>"], max_tokens=4)
+    assert result.text == "ab<E" and result.stop_reason == "max_tokens"
+    assert pieces[0] == "a" and "".join(pieces) == "ab<E"
+
+
+def test_earliest_stop_string_wins_and_multibyte_stops_work(byte_tok) -> None:
+    _, result = pieces_and_result(scripted("xx世界yy"), byte_tok, stop=["yy", "界"], max_tokens=50)
+    assert result.text == "xx世" and result.stop == "界"
+
+
+def test_stop_token_ids_and_max_tokens(byte_tok) -> None:
+    model = ScriptModel([ord("h"), ord("i"), 3, ord("x")])
+    _, result = pieces_and_result(model, byte_tok, stop_token_ids=[3], max_tokens=10)
+    assert result.text == "hi" and result.stop_reason == "stop_token" and result.stop == 3
+    assert result.token_ids == [104, 105]  # the stop id is not part of the output
+    # by default the tokenizer's end-of-text id stops it (0 for the byte tokenizer)
+    _, result = pieces_and_result(ScriptModel([ord("h"), 0, ord("x")]), byte_tok, max_tokens=10)
+    assert result.text == "h" and result.stop_reason == "stop_token" and result.stop == byte_tok.eos_id == 0
+    _, result = pieces_and_result(scripted("hello"), byte_tok, max_tokens=2)
+    assert result.text == "he" and result.stop_reason == "max_tokens"
+    _, result = pieces_and_result(scripted("hello"), byte_tok, max_tokens=0)
+    assert result.text == "" and result.token_ids == []
+
+
+def test_prefill_runs_in_bounded_chunks_and_equals_one_call(byte_model, byte_tok) -> None:
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 256, (1, 300), generator=gen)
+    full_logits, full_state = byte_model(ids)
+    for chunk in (5, 64, 5000):
+        logits, state = prefill(byte_model, ids, chunk_len=chunk)
+        # the chunked parallel WKV and the recurrent path differ by float rounding only
+        torch.testing.assert_close(logits, full_logits[:, -1], rtol=1e-4, atol=1e-4)
+        for name, t in state.tensors().items():
+            torch.testing.assert_close(t, full_state.tensors()[name], rtol=1e-4, atol=1e-4, msg=name)
+    script = scripted("ok")
+    prefill(script, list(range(100)) * 10, chunk_len=64)
+    assert max(script.calls) == 64 and sum(script.calls) == 1000  # memory is bounded by the chunk
+
+
+def test_last_only_logits_are_the_last_row_of_all_logits(byte_model) -> None:
+    ids = torch.randint(0, 256, (2, 37), generator=torch.Generator().manual_seed(1))
+    all_logits, state = byte_model(ids)
+    last, state_last = byte_model(ids, last_only=True)
+    assert last.shape == (2, 1, 256)
+    # the same computation; only the head's matmul shape differs, which changes BLAS rounding (~1e-6)
+    torch.testing.assert_close(last, all_logits[:, -1:], rtol=1e-5, atol=1e-5)
+    for name, t in state.tensors().items():
+        assert torch.equal(t, state_last.tensors()[name]), name
+
+
+def test_greedy_equals_the_official_rwkv_package(small_pth: Path, byte_tok) -> None:
+    """The official package's greedy loop (forward on the prompt, then one token at a time)."""
+    from rwkv.model import RWKV as OfficialRWKV
+
+    official = OfficialRWKV(str(small_pth), strategy="cpu fp32")
+    prompt = [5, 17, 33, 2, 90, 41, 41, 7, 60, 3]
+    expected, out, state = [], *official.forward(prompt, None)
+    for _ in range(48):
+        token = int(torch.argmax(out))
+        expected.append(token)
+        out, state = official.forward([token], state)
+    ours = rwkvkit.load_model(small_pth)
+    result = generate_text(ours, byte_tok, prompt, temperature=0, max_tokens=48, stop_token_ids=[])
+    assert result.token_ids == expected
+
+
+def test_seed_reproducibility(byte_model, byte_tok) -> None:
+    kw = dict(max_tokens=40, temperature=1.0, top_p=0.9, presence_penalty=0.3, frequency_penalty=0.3)
+    a = generate_text(byte_model, byte_tok, "Once upon", seed=11, **kw)
+    b = generate_text(byte_model, byte_tok, "Once upon", seed=11, **kw)
+    c = generate_text(byte_model, byte_tok, "Once upon", seed=12, **kw)
+    assert a.token_ids == b.token_ids and a.text == b.text
+    assert a.token_ids != c.token_ids
+    g = torch.Generator().manual_seed(11)
+    assert generate_text(byte_model, byte_tok, "Once upon", generator=g, **kw).token_ids == a.token_ids
+
+
+def test_a_prefix_is_reused_and_never_changed(byte_model, byte_tok) -> None:
+    prompt = "The quick brown fox jumps over"
+    prefix = prefill_text(byte_model, byte_tok, prompt)
+    before = prefix.clone()
+    direct = generate_text(byte_model, byte_tok, prompt, temperature=0, max_tokens=20)
+    for _ in range(2):
+        again = generate_text(byte_model, byte_tok, "", state=prefix, temperature=0, max_tokens=20)
+        assert again.token_ids == direct.token_ids and again.prompt_tokens == 0
+    split = prefill_text(byte_model, byte_tok, "The quick brown ")
+    assert (
+        generate_text(byte_model, byte_tok, "fox jumps over", state=split, temperature=0, max_tokens=20).text
+        == direct.text
+    )
+    for name, t in prefix.state.tensors().items():
+        assert torch.equal(t, before.state.tensors()[name]), name
+    assert torch.equal(prefix.logits, before.logits)
+    with pytest.raises(RwkvkitError, match="empty prompt"):
+        generate_text(byte_model, byte_tok, "", state=prefix.state, max_tokens=3)
+
+
+def test_kept_state_continues_the_text_exactly(byte_model, byte_tok) -> None:
+    kw = dict(temperature=0, stop_token_ids=[])  # the byte tokenizer's end of text (0) must not cut it short
+    whole = generate_text(byte_model, byte_tok, "Hello", max_tokens=30, **kw)
+    first = generate_text(byte_model, byte_tok, "Hello", max_tokens=12, keep_state=True, **kw)
+    rest = generate_text(byte_model, byte_tok, "", state=first.prefix(), max_tokens=18, **kw)
+    assert first.token_ids + rest.token_ids == whole.token_ids
+    assert first.prefix().tokens == 5 + 12
+    # the kept state is the model's state after the prompt and every generated token
+    _, expected = byte_model(list(b"Hello") + first.token_ids)
+    torch.testing.assert_close(first.state.wkv_num, expected.wkv_num, rtol=1e-4, atol=1e-4)
+
+
+def test_batch_of_ragged_prompts_equals_one_at_a_time(byte_model, byte_tok) -> None:
+    prompts = ["a", "Hello there, how", "The rain in Spain falls", "xyz"]
+    greedy = generate_batch(byte_model, byte_tok, prompts, temperature=0, max_tokens=16, stop=["e"])
+    for p, r in zip(prompts, greedy, strict=True):
+        alone = generate_text(byte_model, byte_tok, p, temperature=0, max_tokens=16, stop=["e"])
+        assert (r.token_ids, r.text, r.stop_reason) == (alone.token_ids, alone.text, alone.stop_reason)
+        assert r.prompt_tokens == len(p.encode())
+    sampled = generate_batch(byte_model, byte_tok, prompts, seed=100, max_tokens=16, top_k=20)
+    for i, (p, r) in enumerate(zip(prompts, sampled, strict=True)):
+        assert (
+            r.token_ids
+            == generate_text(byte_model, byte_tok, p, seed=100 + i, max_tokens=16, top_k=20).token_ids
+        )
+
+
+def test_many_samples_from_one_prefix(byte_model, byte_tok) -> None:
+    prefix = prefill_text(byte_model, byte_tok, "Samples:")
+    results = generate_batch(byte_model, byte_tok, [""] * 4, state=prefix, seed=0, max_tokens=10)
+    assert len({tuple(r.token_ids) for r in results}) > 1
+    assert (
+        results[2].token_ids
+        == generate_text(byte_model, byte_tok, "", state=prefix, seed=2, max_tokens=10).token_ids
+    )
+
+
+def test_result_reports_timing_and_is_reachable_from_the_iterator(byte_model, byte_tok) -> None:
+    gen = rwkvkit.generate(byte_model, byte_tok, "Timing", max_tokens=8, seed=0)
+    assert gen.result is None
+    text = "".join(gen)
+    r = gen.result
+    assert r is not None and r.text == text and gen.finish() is r
+    assert r.prompt_tokens == 6 and r.prompt_tokens_per_s > 0 and r.generated_tokens_per_s > 0
+    assert "tok/s" in r.stats()
+
+
+def test_bad_arguments(byte_model, byte_tok) -> None:
+    with pytest.raises(RwkvkitError, match="top_p"):
+        generate_text(byte_model, byte_tok, "x", top_p=2.0)
+    with pytest.raises(TypeError, match="tempreature"):
+        generate_text(byte_model, byte_tok, "x", tempreature=1.0)
+    with pytest.raises(RwkvkitError, match="max_tokens"):
+        generate_text(byte_model, byte_tok, "x", max_tokens=-1)
+    with pytest.raises(RwkvkitError, match="empty prompt"):
+        generate_text(byte_model, byte_tok, "")
+    assert isinstance(prefill_text(byte_model, byte_tok, "x"), Prefix)
+
+
+@pytest.mark.slow
+def test_100k_token_prompt(byte_model, byte_tok) -> None:
+    ids = torch.randint(0, 256, (100_000,), generator=torch.Generator().manual_seed(0)).tolist()
+    logits, state = prefill(byte_model, ids, chunk_len=256)
+    assert torch.isfinite(logits).all() and all(torch.isfinite(t).all() for t in state.tensors().values())
