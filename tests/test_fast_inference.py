@@ -223,3 +223,38 @@ def test_bench_cli_runs_on_a_tiny_model(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "rwkvkit int8, B=8" in proc.stdout and "prefill, 8 tokens" in proc.stdout
     assert out.exists()
+
+
+def _other_version_models() -> list[tuple[str, nn.Module]]:
+    import inspect
+
+    from rwkvkit import testing
+    from rwkvkit.models import rwkv5, rwkv6, rwkv7
+
+    out = []
+    for name, make, cfg_cls in [
+        ("v5", testing.random_rwkv5, rwkv5.RWKV5Config),
+        ("v6", testing.random_rwkv6, rwkv6.RWKV6Config),
+        ("v7", testing.random_rwkv7, rwkv7.RWKV7Config),
+    ]:
+        params = inspect.signature(cfg_cls).parameters
+        kw = {"vocab_size": 100, "n_layer": 2, "n_embd": 64}
+        kw.update({k: v for k, v in (("ffn_dim", 128), ("head_size", 32)) if k in params})
+        out.append((name, make(cfg_cls(**kw))))
+    return out
+
+
+@pytest.mark.parametrize("quantize", [None, "int8"])
+def test_fast_layers_on_rwkv5_6_7(quantize: str | None) -> None:
+    """The layer swap is version-agnostic: v5/v6/v7 keep their numbers (fp32) or stay close (int8)."""
+    tokens = torch.tensor([[1, 2, 3, 4, 5]])
+    for name, ref in _other_version_models():
+        fast = optimize_for_inference(copy.deepcopy(ref), quantize=quantize)
+        with torch.no_grad():
+            want, _ = ref(tokens)
+            got, state = fast(tokens[:, :3])
+            step, _ = fast(tokens[:, 3:4], state)
+        got = torch.cat([got, step], dim=1)
+        spread = want.abs().max().item()
+        tol = 1e-5 if quantize is None else 0.05 * spread
+        torch.testing.assert_close(got, want[:, :4], atol=tol, rtol=0, msg=name)
