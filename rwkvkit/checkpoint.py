@@ -149,7 +149,7 @@ def read_checkpoint(path: str | Path) -> RawCheckpoint:
             overrides = {
                 k: v
                 for k, v in json.loads(meta["rwkvkit_config"]).items()
-                if k in ("layer_norm_eps", "ln_x_eps")
+                if k in ("layer_norm_eps", "ln_x_eps", "n_head")
             }
     elif fmt == "hf":
         sd, overrides = _read_hf_folder(path)

@@ -17,6 +17,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("rwkvkit.bench", "measure decode and prefill speed, ours and the peers', side by side"),
     "generate": ("rwkvkit.generate", "continue a prompt, streaming the text to stdout"),
     "chat": ("rwkvkit.chat", "chat with a model; the state carries the conversation"),
+    "prepare": ("rwkvkit.prepare", "tokenize text, JSONL or binidx files into training token files"),
+    "train": ("rwkvkit.train.cli", "train an RWKV-4 (or a GPT baseline) on prepared tokens"),
 }
 
 

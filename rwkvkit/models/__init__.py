@@ -8,6 +8,7 @@ from typing import Any
 from torch import nn
 
 from ..errors import UnsupportedVersionError
+from .gpt import GPT, GPTConfig, GPTState
 from .rwkv4 import RWKV4, RWKV4Config, RWKV4State
 from .rwkv5 import RWKV5, RWKV5Config, RWKV5State
 from .rwkv6 import RWKV6, RWKV6Config, RWKV6State
@@ -19,16 +20,19 @@ MODELS: dict[str, tuple[Any, type[nn.Module]]] = {
     "5": (RWKV5Config, RWKV5),
     "6": (RWKV6Config, RWKV6),
     "7": (RWKV7Config, RWKV7),
+    "gpt": (GPTConfig, GPT),  # the transformer baseline that `rwkvkit train --arch gpt` trains
 }
 
 
 def detect_version(keys: Iterable[str]) -> str:
     """The RWKV version a BlinkDL-named state dict belongs to, from its key names alone.
 
-    Returns "4", "5", "6" or "7". The RWKV-5 sub-versions (5.0, 5.1, 5.2) are one model whose
+    Returns "4", "5", "6" or "7" ("gpt" for the training baseline of models/gpt.py). The RWKV-5 sub-versions (5.0, 5.1, 5.2) are one model whose
     config reads the differences off the keys and shapes (see models/rwkv5.py).
     """
     names = {k.split(".", 2)[-1] if k.startswith("blocks.") else k for k in keys}
+    if "wpe.weight" in names and "attn.qkv.weight" in names:
+        return "gpt"
     if {"att.time_aaaaa", "att.time_misc_a", "att.time_misc_kkk"} & names:
         raise UnsupportedVersionError(
             None,
@@ -64,11 +68,14 @@ def model_classes(version: str, path: Any = None) -> tuple[Any, type[nn.Module]]
 
 
 __all__ = [
+    "GPT",
     "MODELS",
     "RWKV4",
     "RWKV5",
     "RWKV6",
     "RWKV7",
+    "GPTConfig",
+    "GPTState",
     "RWKV4Config",
     "RWKV4State",
     "RWKV5Config",

@@ -112,8 +112,11 @@ def wkv4_chunked(
 def wkv4(
     w: Tensor, u: Tensor, k: Tensor, v: Tensor, state: WKVState, chunk_len: int = 32
 ) -> tuple[Tensor, WKVState]:
-    """The one dispatch point: recurrent step for one token, chunked parallel form for more."""
+    """The one dispatch point: recurrent step for one token, chunked parallel form (matmul variant,
+    with gradients: ops/wkv4_train.py) for more."""
     if k.shape[1] == 1:
         out, state = wkv4_step(w, u, k[:, 0], v[:, 0], state)
         return out[:, None], state
-    return wkv4_chunked(w, u, k, v, state, chunk_len)
+    from .wkv4_train import wkv4_chunked_matmul  # the same numbers, faster; falls back to wkv4_chunked
+
+    return wkv4_chunked_matmul(w, u, k, v, state, chunk_len)
