@@ -1,6 +1,8 @@
 """What weight-only int8 costs in accuracy, on real text and on the 169M shape.
 
-1. Real text: no trained RWKV checkpoint can be downloaded here, so this script trains a small
+1. Real text: by default rwkvkit's bundled byte-level model (trained on Shakespeare; the eval
+   plays are part of its training text, so this measures how far int8 moves a trained model's
+   predictions). With ``--model train`` (or without a bundled model) this script trains a small
    byte-level RWKV-4 (vocabulary 256, 2 layers x 128, ffn 512) on Shakespeare
    (/work/shared/corpora/shakespeare, or --corpus) for a few minutes with plain PyTorch autograd
    through rwkvkit's model, then measures bits per byte on held-out plays (never trained on) with
@@ -102,6 +104,12 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--corpus", default="/work/shared/corpora/shakespeare")
     p.add_argument("--train-seconds", type=float, default=420)
+    p.add_argument(
+        "--model",
+        default="bundled",
+        help="byte-level model to evaluate: 'bundled' (rwkvkit's default model, trained on Shakespeare), "
+        "'train' (train a small one here), or a checkpoint path",
+    )
     p.add_argument("--eval-bytes", type=int, default=20000)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "rwkvkit-bench"))
@@ -113,9 +121,18 @@ def main() -> int:
     result: dict = {"machine": machine_info(args.threads)}
 
     train, held = read_corpus(Path(args.corpus))
-    ckpt = workdir / "shakespeare-byte-rwkv4.pth"
-    result["training"] = train_byte_model(train, args.train_seconds, ckpt)
-    print("trained:", result["training"], flush=True)
+    from rwkvkit.defaults import default_model_path
+
+    if args.model == "bundled" and default_model_path() is not None:
+        ckpt = default_model_path()
+        result["model"] = "rwkvkit's bundled default model (byte-level RWKV-4, trained on Shakespeare)"
+    elif args.model in ("bundled", "train"):
+        ckpt = workdir / "shakespeare-byte-rwkv4.pth"
+        result["training"] = train_byte_model(train, args.train_seconds, ckpt)
+        print("trained:", result["training"], flush=True)
+    else:
+        ckpt = Path(args.model)
+        result["model"] = str(ckpt)
     rows = {}
     for name, kw in {
         "fp32": {},

@@ -158,13 +158,20 @@ def plot_context(res: dict) -> str:
 
 
 def int8_section(res: dict) -> list[str]:
-    t = res["training"]
     bpb = res["shakespeare_bits_per_byte"]
+    works = ", ".join(res["eval"]["works"])
+    if "training" in res:
+        t = res["training"]
+        what = (f"a byte-level RWKV-4 (2 x 128, vocabulary 256) trained here for {t['seconds']:.0f} s "
+                f"({t['steps']} steps of {t['batch'][0]} x {t['batch'][1]} bytes, final train loss "
+                f"{t['final_train_loss_bits']:.2f} bits/byte) on Shakespeare, evaluated on "
+                f"{res['eval']['bytes']:,} bytes of held-out plays ({works}).")  # fmt: skip
+    else:
+        what = (f"{res['model']}, evaluated on the first {res['eval']['bytes']:,} bytes of {works} "
+                "(text it was trained on: this measures how far int8 moves a trained model's "
+                "predictions, not generalisation).")  # fmt: skip
     out = ["### What int8 costs in accuracy", "", machine_line(res["machine"]), "",
-           f"Real text: a byte-level RWKV-4 (2 x 128, vocabulary 256) trained here for {t['seconds']:.0f} s "
-           f"({t['steps']} steps of {t['batch'][0]} x {t['batch'][1]} bytes, final train loss "
-           f"{t['final_train_loss_bits']:.2f} bits/byte) on Shakespeare, evaluated on "
-           f"{res['eval']['bytes']:,} bytes of held-out plays ({', '.join(res['eval']['works'])}).", "",
+           f"Real text: {what}", "",
            "| weights | bits per byte | vs fp32 |", "|---|---:|---:|"]  # fmt: skip
     for name, v in bpb.items():
         out.append(f"| {name} | {v:.4f} | {v - bpb['fp32']:+.4f} |")
