@@ -49,9 +49,9 @@ def small_pth(tmp_path: Path, small_config: RWKV4Config) -> Path:
     return path
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def single_thread():
-    """Run a test on one intra-op thread. The tests' tensors are tiny, and on a shared, busy
+    """Run every test on one intra-op thread. The tests' tensors are tiny, and on a shared, busy
     machine every multi-threaded kernel launch waits for a descheduled second thread (a 32x8 bmm
     measured 24 ms with 2 threads against 0.01 ms with 1), which made small-op tests ~5x slower."""
     before = torch.get_num_threads()

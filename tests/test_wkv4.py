@@ -6,6 +6,10 @@ import pytest
 import torch
 
 from rwkvkit.ops.wkv4 import initial_wkv_state, wkv4, wkv4_chunked, wkv4_reference
+from rwkvkit.ops.wkv4_train import wkv4_chunked_matmul
+
+# The two parallel forms: row-max (exact for any values) and matmul (the model's, with fallback).
+PARALLEL_FORMS = [wkv4_chunked, wkv4_chunked_matmul]
 
 # fp32 rounding of exponents near 1e2 reaches ~1e-5 relative; outputs are averages of O(1) values.
 TOL = 2e-5
@@ -41,17 +45,19 @@ def test_dispatch_single_token_uses_step() -> None:
     torch.testing.assert_close(out, ref, atol=0, rtol=0)
 
 
-def test_extreme_values_stay_finite() -> None:
+@pytest.mark.parametrize("form", PARALLEL_FORMS)
+@pytest.mark.parametrize("k_scale", [60.0, 5.0])  # 60: the matmul form falls back; 5: it runs itself
+def test_extreme_values_stay_finite(form, k_scale: float) -> None:
     """Decays from none to total, huge bonuses and keys: no overflow, no NaN, same numbers."""
     C = 10
     w = -torch.exp(torch.tensor([-60.0, -20, -5, 0, 2, 5, 20, 60, 100, 1000]))  # last ones are -inf
     u = torch.tensor([-1e3, -50, -5, 0, 1, 5, 50, 1e3, 0, 10])
     g = torch.Generator().manual_seed(0)
-    k = torch.randn(2, 300, C, generator=g) * 60
+    k = torch.randn(2, 300, C, generator=g) * k_scale
     v = torch.randn(2, 300, C, generator=g)
     state = initial_wkv_state(2, C)
     ref, ref_state = wkv4_reference(w, u, k, v, state)
-    out, out_state = wkv4_chunked(w, u, k, v, state, chunk_len=32)
+    out, out_state = form(w, u, k, v, state, chunk_len=32)
     assert torch.isfinite(out).all() and torch.isfinite(ref).all()
     # Exponents reach ~1e3 here, where one float32 ulp is ~6e-5: outputs agree to that.
     torch.testing.assert_close(out, ref, atol=1e-3, rtol=1e-3)
@@ -60,7 +66,8 @@ def test_extreme_values_stay_finite() -> None:
         torch.testing.assert_close(a, b, atol=1e-3, rtol=1e-4)
 
 
-def test_100k_tokens_in_chunks_match_reference() -> None:
+@pytest.mark.parametrize("form", PARALLEL_FORMS)
+def test_100k_tokens_in_chunks_match_reference(form) -> None:
     """A 100,000-token input fed in pieces with the state carried equals the sequential loop.
 
     The truth is the reference loop in float64: over 1e5 steps the float32 loop itself drifts by
