@@ -80,8 +80,15 @@ def _wkv4_chunked_matmul(
         # 2. The carried state reaches output j after j decay steps; the current token gets u.
         carry = mx[:, None, :] + p * wc  # (C, n, B)
         bonus = uc + kc  # (C, n, B)
-        m = torch.maximum(torch.maximum(M, carry), bonus).detach()  # cancels out of num / den
-        e_in, e_carry, e_bonus = torch.exp(M - m), torch.exp(carry - m), torch.exp(bonus - m)
+        # Row 0 has no past token inside the chunk, so M bounds nothing there: leaving it in the
+        # maximum could underflow every real term of that row (0 / 0) when the carry and the bonus
+        # are far below the chunk's largest k. For rows j >= 1 the term of token j-1 (decay 1) is
+        # within SAFE_K_SPREAD of M, so some term always survives.
+        M_rows = torch.where(p == 0, float("-inf"), M)  # (C, n, B)
+        m = torch.maximum(torch.maximum(M_rows, carry), bonus).detach()  # cancels out of num / den
+        # row 0's inner sum is exactly 0, so its factor only has to stay finite: clamp at e^0
+        e_in = torch.exp((M - m).clamp(max=0.0))
+        e_carry, e_bonus = torch.exp(carry - m), torch.exp(bonus - m)
         out_num = e_in * inner_num + e_carry * num[:, None, :] + e_bonus * vc
         out_den = e_in * inner_den + e_carry * den[:, None, :] + e_bonus
         outs.append(out_num / out_den)
