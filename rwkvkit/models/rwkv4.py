@@ -25,9 +25,10 @@ class RWKV4Config:
     n_embd: int
     ffn_dim: int  # channel-mixing width; 4 * n_embd in the official models, free here
     layer_norm_eps: float = 1e-5  # what BlinkDL, transformers and rwkv.cpp all use for v4
-    # Tokens per chunk in the parallel WKV; a speed knob, not a numerics one. Its work is O(T L C):
-    # on the CPU 8 ran the 169M shape's WKV 3-6x faster than 32 at T = 512 (benchmarks/wkv_chunk_len.py).
-    chunk_len: int = 8
+    # Tokens per chunk in the parallel WKV; a speed knob, not a numerics one. On the CPU a 169M
+    # prefill of 512 tokens (matmul form, ops/wkv4_train.py) ran fastest at 16, ~1.2x 8 and 32;
+    # the row-max fallback alone is fastest at 8 (benchmarks/wkv_chunk_len.py [--whole-model]).
+    chunk_len: int = 16
 
     version: ClassVar[str] = "4"
 
