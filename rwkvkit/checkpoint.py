@@ -248,10 +248,16 @@ def load_model(
 
     The format (BlinkDL .pth or .safetensors, Hugging Face folder, rwkv.cpp .bin) and the RWKV
     version are detected from the content. ``dtype`` is the weights' dtype (the WKV state and the
-    logits stay float32).
+    logits stay float32). ``quantize="int8"`` stores the matrices as weight-only int8 (per-output
+    channel scales); the rest keeps ``dtype``. The model comes back with the fast inference layers
+    of :mod:`rwkvkit.inference` in place (same numbers as the plain modules, within the tolerances
+    tests/test_fast_inference.py states).
     """
-    if quantize is not None:
-        raise RwkvkitError(f"quantize={quantize!r} is not available yet; pass quantize=None")
+    from .inference import QUANTIZE_MODES, optimize_for_inference
+
+    if quantize is not None and quantize not in QUANTIZE_MODES:
+        raise RwkvkitError(f"unknown quantize={quantize!r}; choose one of {QUANTIZE_MODES} or None")
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise RwkvkitError(f"dtype must be a floating torch.dtype such as torch.float32, got {dtype!r}")
-    return build_model(read_checkpoint(path), device=device, dtype=dtype)
+    model = build_model(read_checkpoint(path), device=device, dtype=dtype)
+    return optimize_for_inference(model, quantize=quantize)

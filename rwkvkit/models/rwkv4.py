@@ -25,7 +25,10 @@ class RWKV4Config:
     n_embd: int
     ffn_dim: int  # channel-mixing width; 4 * n_embd in the official models, free here
     layer_norm_eps: float = 1e-5  # what BlinkDL, transformers and rwkv.cpp all use for v4
-    chunk_len: int = 32  # tokens per chunk in the parallel WKV; a speed knob, not a numerics one
+    # Tokens per chunk in the parallel WKV; a speed knob, not a numerics one. On the CPU a 169M
+    # prefill of 512 tokens (matmul form, ops/wkv4_train.py) ran fastest at 16, ~1.2x 8 and 32;
+    # the row-max fallback alone is fastest at 8 (benchmarks/wkv_chunk_len.py [--whole-model]).
+    chunk_len: int = 16
 
     version: ClassVar[str] = "4"
 
@@ -149,6 +152,10 @@ class RWKV4(nn.Module):
         self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
         self.ln_out = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps)
         self.head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        # Set by rwkvkit.inference.optimize_for_inference (load_model does): T = 1 then takes the
+        # lean recurrent step there; this class's forward stays the reference it is tested against.
+        self.fast_decode = False
+        self.decode_constants = None
 
     def initial_state(self, batch: int = 1) -> RWKV4State:
         return RWKV4State.zeros(self.config, batch, self.emb.weight.device)
@@ -166,6 +173,10 @@ class RWKV4(nn.Module):
         if state is None:
             state = self.initial_state(B)
         check_state(state, RWKV4State, self.config.n_layer, B, self.config.n_embd)
+        if self.fast_decode and tokens.shape[1] == 1:
+            from ..inference import rwkv4_decode_step
+
+            return rwkv4_decode_step(self, tokens[:, 0], state)
         dtype = self.emb.weight.dtype
         x = self.emb(tokens)  # (B, T, C)
         new = {name: [] for name in state.tensors()}

@@ -78,19 +78,16 @@ def wkv4_chunked(
     steps = (pos[:, None] - 1 - pos[None, :]).to(torch.float32)  # (L, L)
     below = pos[:, None] > pos[None, :]  # (L, L) i < j: past tokens
     diag = pos[:, None] == pos[None, :]  # (L, L) i == j: the current token, with bonus
+    # 1. Exponent of token i's weight in output j, less k_i: (j-1-i) w below the diagonal, u on it
+    #    (its k_i is k_j), -inf above it (the future). The same for every chunk, so built once.
+    base = torch.where(below[..., None], steps[..., None] * w, float("-inf"))
+    base = torch.where(diag[..., None], u, base)  # (L, L, C)
     num, den, mx = state
     outs = []
     for start in range(0, T, L):
         kc, vc = k[:, start : start + L], v[:, start : start + L]  # (B, n, C)
         n = kc.shape[1]
-        # 1. Exponent of token i's weight in output j: (j-1-i) w + k_i below the diagonal,
-        #    u + k_j on it, -inf above it (the future).
-        decay = steps[:n, :n, None] * w  # (n, n, C)
-        expo = torch.where(
-            below[:n, :n, None],
-            decay + kc[:, None, :, :],  # (B, n, n, C)
-            torch.where(diag[:n, :n, None], (u + kc)[:, :, None, :], float("-inf")),
-        )
+        expo = base[:n, :n] + kc[:, None, :, :]  # (B, n, n, C)
         # 2. The carried state reaches output j after j decay steps.
         carry = mx[:, None, :] + pos[:n, None] * w  # (B, n, C)
         # 3. Normalise each output row by its largest exponent, then sum.

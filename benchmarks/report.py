@@ -1,0 +1,260 @@
+"""Write BENCHMARKS.md and the PNG plots from the JSON files the other scripts wrote.
+
+    python benchmarks/report.py            # reads benchmarks/results/*.json
+
+Every table names the machine, the versions and the command that produced it.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+PLOTS = ROOT / "benchmarks" / "plots"
+
+
+def load(name: str) -> dict | None:
+    path = RESULTS / name
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def machine_line(m: dict) -> str:
+    v = m["versions"]
+    peers = ", ".join(f"{k} {v[k]}" for k in ("rwkv", "transformers", "rwkv_cpp") if v.get(k))
+    load_avg = m.get("load_average_at_start")
+    load_txt = f"; load average at start {load_avg[0]:.1f}" if load_avg else ""
+    return (
+        f"Machine: {m['cpu']}, {m['logical_cpus']} logical CPUs, {m['threads']} thread(s) used{load_txt}. "
+        f"Python {v['python']}, torch {v['torch']}, rwkvkit {v['rwkvkit']}; peers: {peers or 'none'}. "
+        f"Command: `{m['command']}`."
+    )
+
+
+def speed_section(res: dict, shape: str) -> list[str]:
+    out = [f"### {shape}: decode and prefill, random weights", "", machine_line(res["machine"]), ""]
+    dec = res["decode_tok_s"]
+    ref_names = ("rwkv.cpp fp32, B=1", "rwkv.cpp fp16, B=1", "rwkv cpu fp32, B=1")
+    refs = {n: dec[n]["median"] for n in ref_names if n in dec}
+    head = "| decode | tokens/s (median of rounds) | min - max |" + "".join(f" vs {n[:-5]} |" for n in refs)
+    out += [head, "|---|---:|---:|" + "---:|" * len(refs)]
+    for name, s in dec.items():
+        ratios = "".join(f" {s['median'] / r:.2f}x |" for r in refs.values())
+        out.append(f"| {name} | {s['median']:.1f} | {s['min']:.1f} - {s['max']:.1f} |{ratios}")
+    pre = res.get("prefill_tok_s") or {}
+    if pre:
+        peak = res.get("matmul_peak_gflops", {})
+        gflop = res.get("prefill_matmul_gflop")
+        off = {k: pre[k]["median"] for k in ("rwkv cpu fp32", "rwkv cpu bf16") if k in pre}
+        out += ["", f"| prefill, {res['prefill_len']} tokens | tokens/s | min - max | matmul GFLOP/s |"
+                + "".join(f" vs {k} |" for k in off), "|---|---:|---:|---:|" + "---:|" * len(off)]  # fmt: skip
+        for name, s in pre.items():
+            g = f"{gflop * s['median'] / res['prefill_len']:.1f}" if gflop else "-"
+            ratios = "".join(f" {s['median'] / r:.2f}x |" for r in off.values())
+            out.append(f"| {name} | {s['median']:.1f} | {s['min']:.1f} - {s['max']:.1f} | {g} |{ratios}")
+        if peak:
+            out += ["", f"Matmul peak measured in the same run (prefill-shaped `F.linear`): fp32 "
+                    f"{peak['fp32']:.1f} GFLOP/s, bf16 {peak['bf16']:.1f} GFLOP/s. Prefill rows count "
+                    "only the block matrices' work (the WKV and elementwise work come on top)."]  # fmt: skip
+    for note in res.get("notes", []):
+        out += ["", f"Note: {note}"]
+    return out
+
+
+def plot_speed(results: dict[str, dict]) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = []
+    for key, title in (
+        ("decode_tok_s", "decode, batch 1 (tokens/s)"),
+        ("prefill_tok_s", "prefill (tokens/s)"),
+    ):
+        fig, axes = plt.subplots(1, len(results), figsize=(6 * len(results), 4.5), squeeze=False)
+        for ax, (shape, res) in zip(axes[0], results.items(), strict=True):
+            rows = {k: v for k, v in res[key].items() if "B=8" not in k}
+            names = [k.replace(", B=1", "") for k in rows]
+            vals = [v["median"] for v in rows.values()]
+            errs = [
+                [v["median"] - v["min"] for v in rows.values()],
+                [v["max"] - v["median"] for v in rows.values()],
+            ]
+            colors = ["tab:blue" if n.startswith("rwkvkit") else "tab:gray" for n in names]
+            ax.barh(names, vals, xerr=errs, color=colors)
+            ax.invert_yaxis()
+            ax.set_title(f"{shape} random RWKV-4: {title}")
+            ax.set_xlabel("tokens/s (median; bars: min-max of rounds)")
+        fig.tight_layout()
+        name = f"{key.split('_')[0]}.png"
+        PLOTS.mkdir(parents=True, exist_ok=True)
+        fig.savefig(PLOTS / name, dpi=110)
+        plt.close(fig)
+        files.append(name)
+    return files
+
+
+def context_section(res: dict) -> list[str]:
+    out = ["### Decode cost against context position: RWKV-4 vs a transformer with a KV cache", "",
+           machine_line(res["machine"]), "",
+           "| model | position | how the position is reached | ms/token, own process | ms/token, positions interleaved | peak RSS (MB) | state / KV cache (MB) |",
+           "|---|---:|---|---:|---:|---:|---:|"]  # fmt: skip
+    for r in res["rows"]:
+        if "ms_per_token" in r:
+            inter = f"{r['ms_per_token_interleaved']:.1f}" if "ms_per_token_interleaved" in r else "-"
+            out.append(f"| {r['model']} | {r['position']:,} | {r['how']} | {r['ms_per_token']:.1f} | {inter} | "
+                       f"{r['peak_rss_mb']:.0f} | {r['state_or_cache_mb']:.2f} |")  # fmt: skip
+        else:
+            out.append(
+                f"| {r['model']} | {r['position']:,} | {r['how']} | - | - | - | {r.get('note') or r.get('error')} |"
+            )
+    out += ["", "Own process: each row measured in a fresh process, one after another (peak RSS is that "
+            "process's). Interleaved: one process per model holding every position's state or cache, "
+            "one step at each position per round, median of rounds; the time plot and the growth goal "
+            "use these, since on a shared machine rows measured minutes apart differ by the load."]  # fmt: skip
+    aa = res.get("rwkv_aa")
+    if aa:
+        out += ["", f"Noise floor (A/A control): the same {aa['position']:,}-token state measured twice as two "
+                f"tasks in RWKV's interleaved run gave {aa['ms_a']:.1f} and {aa['ms_b']:.1f} ms/token, "
+                f"{aa['relative_difference']:.0%} apart; differences between positions below that are noise."]  # fmt: skip
+    if res.get("rwkv_time_rerun_machine"):
+        out += ["", "RWKV's interleaved column comes from a later rerun (`--rwkv-time-only`): "
+                + machine_line(res["rwkv_time_rerun_machine"])]  # fmt: skip
+    return out
+
+
+def plot_context(res: dict) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    models = sorted({r["model"] for r in res["rows"]})
+    for model in models:
+        rows = [r for r in res["rows"] if r["model"] == model and "ms_per_token" in r and r["how"] != "real"]
+        if not rows:
+            continue
+        x = [r["position"] for r in rows]
+        a1.plot(x, [r.get("ms_per_token_interleaved", r["ms_per_token"]) for r in rows], "o-", label=model)
+        a2.plot(x, [r["peak_rss_mb"] for r in rows], "o-", label=model)
+    for ax, ylabel in ((a1, "decode ms/token (median)"), (a2, "peak RSS (MB)")):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("context position (tokens)")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    a1.set_title("time per generated token")
+    a2.set_title("peak memory")
+    fig.tight_layout()
+    PLOTS.mkdir(parents=True, exist_ok=True)
+    fig.savefig(PLOTS / "context.png", dpi=110)
+    plt.close(fig)
+    return "context.png"
+
+
+def int8_section(res: dict) -> list[str]:
+    bpb = res["shakespeare_bits_per_byte"]
+    works = ", ".join(res["eval"]["works"])
+    if "training" in res:
+        t = res["training"]
+        what = (f"a byte-level RWKV-4 (2 x 128, vocabulary 256) trained here for {t['seconds']:.0f} s "
+                f"({t['steps']} steps of {t['batch'][0]} x {t['batch'][1]} bytes, final train loss "
+                f"{t['final_train_loss_bits']:.2f} bits/byte) on Shakespeare, evaluated on "
+                f"{res['eval']['bytes']:,} bytes of held-out plays ({works}).")  # fmt: skip
+    else:
+        what = (f"{res['model']}, evaluated on the first {res['eval']['bytes']:,} bytes of {works} "
+                "(text it was trained on: this measures how far int8 moves a trained model's "
+                "predictions, not generalisation).")  # fmt: skip
+    out = ["### What int8 costs in accuracy", "", machine_line(res["machine"]), "",
+           f"Real text: {what}", "",
+           "| weights | bits per byte | vs fp32 |", "|---|---:|---:|"]  # fmt: skip
+    for name, v in bpb.items():
+        out.append(f"| {name} | {v:.4f} | {v - bpb['fp32']:+.4f} |")
+    out += ["", "Random 169M-shaped weights (not a perplexity: random weights have nothing to lose), "
+            "64-token prompt, against fp32:", "",
+            "| weights | max abs logit error | logit magnitude | mean KL (nats/token) | top-1 agreement |",
+            "|---|---:|---:|---:|---:|"]  # fmt: skip
+    for name, r in res["random_169m_vs_fp32"].items():
+        out.append(f"| {name} | {r['max_abs_logit_error']:.4f} | {r['logit_spread']:.2f} | "
+                   f"{r['mean_kl_nats_per_token']:.2e} | {r['top1_agreement']:.3f} |")  # fmt: skip
+    return out
+
+
+def goal_rows(speeds: dict[str, dict], context: dict | None) -> list[str]:
+    """Each goal of the issue, with the ratio reached in these runs (computed, not typed in)."""
+    out = ["| goal | target | reached | met |", "|---|---:|---:|---|"]
+
+    def add(goal: str, target: float, value: float | None, fmt: str = "{:.2f}x") -> None:
+        if value is None:
+            out.append(f"| {goal} | {fmt.format(target)} | not measured | - |")
+        else:
+            out.append(
+                f"| {goal} | {fmt.format(target)} | {fmt.format(value)} | {'yes' if value >= target else 'no'} |"
+            )
+
+    for shape, res in speeds.items():
+        d = {k: v["median"] for k, v in res["decode_tok_s"].items()}
+        p = {k: v["median"] for k, v in res.get("prefill_tok_s", {}).items()}
+
+        def ratio(a: str, b: str, table: dict[str, float]) -> float | None:
+            return table[a] / table[b] if a in table and b in table else None
+
+        add(f"{shape} decode fp32 vs rwkv.cpp fp32", 1.1, ratio("rwkvkit fp32, B=1", "rwkv.cpp fp32, B=1", d))
+        add(f"{shape} decode bf16 vs rwkv.cpp fp16", 1.0, ratio("rwkvkit bf16, B=1", "rwkv.cpp fp16, B=1", d))
+        add(f"{shape} decode fp16 vs rwkv.cpp fp16", 1.0, ratio("rwkvkit fp16, B=1", "rwkv.cpp fp16, B=1", d))
+        add(f"{shape} decode int8 vs rwkv.cpp fp16", 1.5, ratio("rwkvkit int8, B=1", "rwkv.cpp fp16, B=1", d))
+        for v in ("fp32", "bf16", "int8"):
+            add(f"{shape} batched decode {v}: B=8 vs B=1 aggregate", 4.0,
+                ratio(f"rwkvkit {v}, B=8", f"rwkvkit {v}, B=1", d))  # fmt: skip
+        add(f"{shape} prefill fp32 vs official fp32", 1.0, ratio("rwkvkit fp32", "rwkv cpu fp32", p))
+        add(f"{shape} prefill bf16 vs official bf16", 1.2, ratio("rwkvkit bf16", "rwkv cpu bf16", p))
+        peak, gflop = res.get("matmul_peak_gflops"), res.get("prefill_matmul_gflop")
+        if peak and gflop and "rwkvkit fp32" in p:
+            frac = gflop * p["rwkvkit fp32"] / res["prefill_len"] / peak["fp32"]
+            add(f"{shape} prefill fp32, fraction of matmul peak", 0.85, frac, "{:.0%}")
+    if context:
+        for model in sorted({r["model"] for r in context["rows"]}):
+            rows = [r for r in context["rows"] if r["model"] == model and "ms_per_token_interleaved" in r]
+            if model.startswith("RWKV") and len(rows) > 1:
+                lo = min(rows, key=lambda r: r["position"])
+                hi = max(rows, key=lambda r: r["position"])
+                span = f"{lo['position']:,} -> {hi['position']:,}"
+                growth_t = hi["ms_per_token_interleaved"] / lo["ms_per_token_interleaved"] - 1
+                growth_m = hi["peak_rss_mb"] / lo["peak_rss_mb"] - 1
+                out.append(f"| RWKV decode time growth, position {span} | <= +5% | {growth_t:+.1%} | "
+                           f"{'yes' if growth_t <= 0.05 else 'no (noise? see table)'} |")  # fmt: skip
+                out.append(f"| RWKV peak memory growth, position {span} | <= +5% | {growth_m:+.1%} | "
+                           f"{'yes' if growth_m <= 0.05 else 'no'} |")  # fmt: skip
+    return out
+
+
+def main() -> int:
+    speeds = {s: r for s in ("169m", "430m") if (r := load(f"speed_{s}.json"))}
+    context = load("context.json")
+    int8 = load("int8_quality.json")
+    intro = (ROOT / "benchmarks" / "INTRO.md").read_text()
+    lines = [intro.rstrip(), "", "## The issue's goals, as reached in the runs below", "",
+             *goal_rows(speeds, context), ""]  # fmt: skip
+    if speeds:
+        lines += ["## Speed against the peers", ""]
+        for shape, res in speeds.items():
+            lines += [*speed_section(res, shape), ""]
+        files = plot_speed(speeds)
+        lines += [f"![{f}](benchmarks/plots/{f})" for f in files] + [""]
+    if context:
+        lines += ["## Context length", "", *context_section(context), "",
+                  f"![context](benchmarks/plots/{plot_context(context)})", ""]  # fmt: skip
+    if int8:
+        lines += ["## Quantization", "", *int8_section(int8), ""]
+    (ROOT / "BENCHMARKS.md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {ROOT / 'BENCHMARKS.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
