@@ -120,7 +120,7 @@ def test_penalties_follow_the_official_rule() -> None:
     assert pen.apply(logits[None])[0, 11] == logits[11]
     for _ in range(300):
         pen.update(torch.tensor([11]))
-    assert pen.apply(logits[None])[0, 7] == pytest.approx(logits[7] - 0.4, abs=1e-6)
+    assert pen.apply(logits[None])[0, 7] == pytest.approx(float(logits[7]) - 0.4, abs=1e-6)
 
 
 def test_penalties_change_the_distribution_as_specified() -> None:

@@ -14,7 +14,8 @@ from .loop import TrainConfig, train
 _HELP = {
     "data": "folder made by `rwkvkit prepare`",
     "out": "run folder: checkpoints, metrics.jsonl, loss.png, samples.txt",
-    "arch": "rwkv4, or gpt for the transformer baseline of the same width, depth and size",
+    "arch": "rwkv4, rwkv7, or gpt for the transformer baseline of the same width, depth and size",
+    "head_size": "RWKV-7: channels per head (n_embd must be a multiple)",
     "ctx_len": "tokens per training window",
     "chunk_len": "truncated-BPTT segment: windows are processed in pieces of this many tokens with the state carried (0: whole window)",
     "wkv_chunk": "tokens per chunk inside the parallel WKV (a speed knob)",

@@ -59,8 +59,9 @@ def init_rwkv4_(model: RWKV4) -> None:
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW groups: 2x and 3x learning rate for time_decay and time_first (as the official
-    trainer does), weight decay on matrices only (never on 1-D vectors, biases, norms, mixes)."""
+    """AdamW groups: 2x and 3x learning rate for time_decay and time_first (RWKV-7: 2x for the decay
+    bias att.w0), as the official trainers do; weight decay on the layers' weight matrices only (never
+    on 1-D vectors, biases, norms, mixes, nor RWKV-7's low-rank factors w1, a2, ...)."""
     groups: dict[str, dict] = {
         "decay": {"params": [], "weight_decay": weight_decay, "lr_scale": 1.0},
         "no_decay": {"params": [], "weight_decay": 0.0, "lr_scale": 1.0},
@@ -70,11 +71,13 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        if name.endswith("time_decay"):
+        if name.endswith("time_decay") or name.endswith("att.w0"):
             groups["time_decay"]["params"].append(p)
         elif name.endswith("time_first"):
             groups["time_first"]["params"].append(p)
-        elif p.squeeze().dim() >= 2:  # matrices; time_mix (1, 1, C) counts as 1-D, as officially
+        elif p.squeeze().dim() >= 2 and name.endswith(
+            ".weight"
+        ):  # matrices; time_mix (1, 1, C) counts as 1-D, as officially
             groups["decay"]["params"].append(p)
         else:
             groups["no_decay"]["params"].append(p)

@@ -25,6 +25,7 @@ from ..errors import RwkvkitError
 from ..fileio import atomic_write_bytes
 from ..models.gpt import GPT, GPTConfig, gpt_ffn_dim_matching, init_gpt_
 from ..models.rwkv4 import RWKV4, RWKV4Config
+from ..models.rwkv7 import RWKV7, RWKV7Config, init_rwkv7_
 from . import run as runfiles
 from .data import TokenData, TokenSampler, eval_windows, get_tokenizer
 from .init import init_rwkv4_, param_groups
@@ -34,11 +35,12 @@ from .init import init_rwkv4_, param_groups
 class TrainConfig:
     data: str
     out: str
-    arch: str = "rwkv4"  # or "gpt"
+    arch: str = "rwkv4"  # or "rwkv7", or "gpt"
     n_layer: int = 4
     n_embd: int = 256
     ffn_mult: float = 4.0  # RWKV channel-mixing width = ffn_mult * n_embd
     n_head: int = 4  # GPT only
+    head_size: int = 64  # RWKV-7 only: channels per head (every released RWKV-7 uses 64)
     ctx_len: int = 256  # tokens per training window
     chunk_len: int = 0  # truncated-BPTT segment; 0 = the whole window
     wkv_chunk: int = 32  # tokens per chunk inside the parallel WKV (speed only)
@@ -103,6 +105,20 @@ class L2Wrap(torch.autograd.Function):
 # ---------------------------------------------------------------- model construction
 
 
+def rwkv7_lora_dims(n_embd: int) -> dict[str, int]:
+    """The official RWKV-7 trainer's low-rank widths: multiples of 32 growing like sqrt(C) (C^0.8 for the gate)."""
+
+    def width(scale: float, power: float) -> int:
+        return max(32, int(round(scale * n_embd**power / 32) * 32))
+
+    return {
+        "decay_lora": width(1.8, 0.5),
+        "iclr_lora": width(1.8, 0.5),
+        "value_lora": width(1.3, 0.5),
+        "gate_lora": width(0.6, 0.8),
+    }
+
+
 def build(cfg: TrainConfig, vocab_size: int) -> tuple[nn.Module, dict[str, Any]]:
     """A freshly initialised model and its config dict (what the checkpoints' metadata holds)."""
     ffn_dim = round(cfg.ffn_mult * cfg.n_embd)
@@ -117,8 +133,17 @@ def build(cfg: TrainConfig, vocab_size: int) -> tuple[nn.Module, dict[str, Any]]
         mc = GPTConfig(vocab_size, cfg.n_layer, cfg.n_embd, cfg.n_head, gffn, cfg.ctx_len)  # type: ignore[assignment]
         model = GPT(mc)  # type: ignore[arg-type]
         init_gpt_(model)  # type: ignore[arg-type]
+    elif cfg.arch == "rwkv7":
+        if cfg.n_embd % cfg.head_size:
+            raise RwkvkitError(f"--n-embd {cfg.n_embd} is not a multiple of --head-size {cfg.head_size}")
+        mc = RWKV7Config(  # type: ignore[assignment]
+            vocab_size, cfg.n_layer, cfg.n_embd, ffn_dim, head_size=cfg.head_size, chunk_len=cfg.wkv_chunk,
+            **rwkv7_lora_dims(cfg.n_embd),
+        )  # fmt: skip
+        model = RWKV7(mc)  # type: ignore[arg-type]
+        init_rwkv7_(model, seed=cfg.seed)  # type: ignore[arg-type]
     else:
-        raise RwkvkitError(f"--arch must be rwkv4 or gpt, got {cfg.arch!r}")
+        raise RwkvkitError(f"--arch must be rwkv4, rwkv7 or gpt, got {cfg.arch!r}")
     d = mc.to_dict()
     d.pop("chunk_len", None)  # a speed knob, not part of the model
     return model, d
