@@ -5,9 +5,10 @@ Both models live in one fresh process per dtype (the official package's RWKV-7 p
 with RWKV_V7_ON=1 at import, CUDA kernels off: a CPU benchmark) and are timed in alternation, a
 block of decode steps each in turn, so that load from other work on the machine hits both alike.
 Decode: median time of a one-token forward over all steps; prefill: median of ``--rounds`` forwards
-of ``--prefill`` tokens. The official package offers fp32/fp16/bf16 for RWKV-7, no int8.
+of ``--prefill`` tokens. The official package offers fp32/fp16/bf16 for RWKV-7, no int8, so rwkvkit's int8 (``quantize="int8"``) is
+timed next to the official bf16.
 
-    python benchmarks/rwkv7_decode.py [--steps 48] [--prefill 128] [--rounds 3] [--dtypes fp32 bf16] [--threads N]
+    python benchmarks/rwkv7_decode.py [--steps 48] [--prefill 128] [--rounds 3] [--dtypes fp32 bf16 int8] [--threads N]
 """
 
 from __future__ import annotations
@@ -33,8 +34,10 @@ import torch
 import rwkvkit
 from rwkv.model import RWKV
 path, dtype, steps, prefill, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
-ours = rwkvkit.load_model(path, dtype={"fp32": torch.float32, "bf16": torch.bfloat16}[dtype])
-official = RWKV(path[:-4], f"cpu {dtype}")
+load_args = {"fp32": {}, "bf16": {"dtype": torch.bfloat16}, "int8": {"quantize": "int8"}}[dtype]
+ours = rwkvkit.load_model(path, **load_args)
+# The official package has no int8 for RWKV-7 on the CPU: int8 is compared with its bf16.
+official = RWKV(path[:-4], f"cpu {'bf16' if dtype == 'int8' else dtype}")
 prompt = list(range(1, prefill + 1))
 
 def ours_prefill():
