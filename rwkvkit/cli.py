@@ -18,7 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("rwkvkit.generate", "continue a prompt, streaming the text to stdout"),
     "chat": ("rwkvkit.chat", "chat with a model; the state carries the conversation"),
     "prepare": ("rwkvkit.prepare", "tokenize text, JSONL or binidx files into training token files"),
-    "train": ("rwkvkit.train.cli", "train an RWKV-4 (or a GPT baseline) on prepared tokens"),
+    "train": ("rwkvkit.train.cli", "train an RWKV-4 or RWKV-7 (or a GPT baseline) on prepared tokens"),
     "eval": ("rwkvkit.evaluate", "perplexity, LAMBADA and multiple-choice scores for one or more models"),
 }
 
