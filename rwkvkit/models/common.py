@@ -7,9 +7,23 @@ from torch import Tensor
 
 from ..errors import StateError
 from ..state import RecurrentState
-from .rwkv4 import as_token_batch, token_shift
 
 __all__ = ["as_token_batch", "check_state_shapes", "token_shift"]
+
+
+def token_shift(x: Tensor, x_prev: Tensor) -> Tensor:
+    """The previous token's input at every position: x_prev, x_0, ..., x_{T-2}. (B, T, C)"""
+    return torch.cat([x_prev[:, None], x[:, :-1]], dim=1)
+
+
+def as_token_batch(tokens: Tensor | list[int], device: torch.device) -> Tensor:
+    """Accept (B, T) ids, a 1-D tensor or a list; return a (B, T) long tensor on the model's device."""
+    t = torch.as_tensor(tokens, dtype=torch.long, device=device)
+    if t.dim() == 1:
+        t = t[None]
+    if t.dim() != 2 or t.shape[1] == 0:
+        raise ValueError(f"tokens must be (B, T) with T >= 1, got shape {tuple(t.shape)}")
+    return t
 
 
 def check_state_shapes(state: RecurrentState, expected: RecurrentState) -> None:

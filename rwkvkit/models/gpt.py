@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from ..errors import StateError
 from ..state import RecurrentState
+from .common import as_token_batch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,8 +126,6 @@ class GPT(nn.Module):
         return GPTState(z, z.clone())
 
     def forward(self, tokens: Tensor | list[int], state: GPTState | None = None) -> tuple[Tensor, GPTState]:
-        from .rwkv4 import as_token_batch
-
         tokens = as_token_batch(tokens, self.wte.weight.device)
         B, T = tokens.shape
         if state is not None and not isinstance(state, GPTState):

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from ..ops.wkv4 import EMPTY_MAX, wkv4
 from ..state import RecurrentState
+from .common import as_token_batch, token_shift
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,11 +66,6 @@ class RWKV4State(RecurrentState):
         shape = (config.n_layer, batch, config.n_embd)
         z = torch.zeros(shape, dtype=torch.float32, device=device)
         return cls(z, z.clone(), z.clone(), torch.full_like(z, EMPTY_MAX), z.clone())
-
-
-def token_shift(x: Tensor, x_prev: Tensor) -> Tensor:
-    """The previous token's input at every position: x_prev, x_0, ..., x_{T-2}. (B, T, C)"""
-    return torch.cat([x_prev[:, None], x[:, :-1]], dim=1)
 
 
 class TimeMix(nn.Module):
@@ -199,16 +195,6 @@ class RWKV4(nn.Module):
             x = x[:, -1:]
         logits = self.head(self.ln_out(x)).float()
         return logits, RWKV4State(**{name: torch.stack(ts) for name, ts in new.items()})
-
-
-def as_token_batch(tokens: Tensor | list[int], device: torch.device) -> Tensor:
-    """Accept (B, T) ids, a 1-D tensor or a list; return a (B, T) long tensor on the model's device."""
-    t = torch.as_tensor(tokens, dtype=torch.long, device=device)
-    if t.dim() == 1:
-        t = t[None]
-    if t.dim() != 2 or t.shape[1] == 0:
-        raise ValueError(f"tokens must be (B, T) with T >= 1, got shape {tuple(t.shape)}")
-    return t
 
 
 def check_state(

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from ..ops.wkv5 import wkv5
 from ..state import RecurrentState
 from .common import as_token_batch, check_state_shapes, token_shift, zeros
+from .rwkv4 import ChannelMix  # channel mixing ("ffn") is RWKV-4's, unchanged
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,25 +163,6 @@ class TimeMix(nn.Module):
         if hasattr(self, "gate"):
             y = y * F.silu(self.gate(torch.lerp(shifted, x, self.time_mix_g)))
         return self.output(y), wkv_state
-
-
-class ChannelMix(nn.Module):
-    """Channel mixing ("ffn"): a receptance-gated squared-ReLU MLP, as in RWKV-4."""
-
-    def __init__(self, config: RWKV5Config) -> None:
-        super().__init__()
-        C, Fd = config.n_embd, config.ffn_dim
-        self.time_mix_k = nn.Parameter(torch.zeros(1, 1, C))
-        self.time_mix_r = nn.Parameter(torch.zeros(1, 1, C))
-        self.key = nn.Linear(C, Fd, bias=False)
-        self.receptance = nn.Linear(C, C, bias=False)
-        self.value = nn.Linear(Fd, C, bias=False)
-
-    def forward(self, x: Tensor, x_prev: Tensor) -> Tensor:
-        # x: (B, T, C); x_prev: (B, C)
-        shifted = token_shift(x, x_prev)
-        hidden = torch.square(torch.relu(self.key(torch.lerp(shifted, x, self.time_mix_k))))  # (B, T, F)
-        return torch.sigmoid(self.receptance(torch.lerp(shifted, x, self.time_mix_r))) * self.value(hidden)
 
 
 class Block(nn.Module):
