@@ -140,7 +140,7 @@ class Chat:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from .runtime import add_model_arguments, add_sampling_arguments
+    from .cli.flags import add_model_arguments, add_sampling_arguments
 
     add_model_arguments(parser)
     parser.add_argument("--system", metavar="TEXT", help="a system prompt, fed once before the first turn")
@@ -192,7 +192,7 @@ def _command(chat: Chat, line: str, err: TextIO) -> bool:
 
 def run(args: argparse.Namespace) -> int:
     """Chat on standard input and output; scripts can pipe messages in, one per line."""
-    from .runtime import load_model_and_tokenizer, sampling_from_args
+    from .cli.flags import load_model_and_tokenizer, sampling_from_args
 
     model, tokenizer = load_model_and_tokenizer(args)
     chat = Chat(

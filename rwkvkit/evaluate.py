@@ -662,7 +662,7 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 def _tokenizer_for(model: nn.Module, name: str | None) -> Any:
     """The tokenizer named on the command line, else the checkpoint's (metadata, then vocabulary size)."""
-    from .runtime import tokenizer_name_for_model
+    from .cli.flags import tokenizer_name_for_model
     from .tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(name or tokenizer_name_for_model(model))
@@ -728,7 +728,7 @@ def run(args: argparse.Namespace) -> int:
         raise EvalDataError(f"--limit must be >= 1, got {args.limit}")
     paths = args.model
     if not paths:
-        from .runtime import model_path_from_args
+        from .cli.flags import model_path_from_args
 
         paths = [str(model_path_from_args(argparse.Namespace(model=None)))]
     results = []

@@ -535,7 +535,7 @@ def prefill_text(
 
 
 def add_arguments(parser: Any) -> None:
-    from .runtime import add_model_arguments, add_sampling_arguments
+    from .cli.flags import add_model_arguments, add_sampling_arguments
 
     add_model_arguments(parser)
     parser.add_argument(
@@ -560,7 +560,7 @@ def run(args: Any) -> int:
     """Stream the continuation of --prompt to stdout."""
     import sys
 
-    from .runtime import load_model_and_tokenizer, sampling_from_args, unescape
+    from .cli.flags import load_model_and_tokenizer, sampling_from_args, unescape
     from .statefile import load_state, save_state
 
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt

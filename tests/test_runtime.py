@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 import rwkvkit
 from rwkvkit.errors import TokenizerError
 from rwkvkit.models.rwkv4 import RWKV4Config
-from rwkvkit.runtime import tokenizer_name_for_model, unescape
+from rwkvkit.cli.flags import tokenizer_name_for_model, unescape
 from rwkvkit.testing import random_rwkv4_state_dict
 
 

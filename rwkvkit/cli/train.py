@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from .loop import TrainConfig, train
+from ..train.loop import TrainConfig, train
 
 _HELP = {
     "data": "folder made by `rwkvkit prepare`",

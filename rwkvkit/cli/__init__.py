@@ -6,7 +6,7 @@ import argparse
 import importlib
 import sys
 
-from .errors import RwkvkitError
+from ..errors import RwkvkitError
 
 # subcommand -> (module, one-line help). Modules are imported only when their command runs.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -17,8 +17,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("rwkvkit.bench", "measure decode and prefill speed, ours and the peers', side by side"),
     "generate": ("rwkvkit.generate", "continue a prompt, streaming the text to stdout"),
     "chat": ("rwkvkit.chat", "chat with a model; the state carries the conversation"),
-    "prepare": ("rwkvkit.prepare", "tokenize text, JSONL or binidx files into training token files"),
-    "train": ("rwkvkit.train.cli", "train an RWKV-4 or RWKV-7 (or a GPT baseline) on prepared tokens"),
+    "prepare": ("rwkvkit.cli.prepare", "tokenize text, JSONL or binidx files into training token files"),
+    "train": ("rwkvkit.cli.train", "train an RWKV-4 or RWKV-7 (or a GPT baseline) on prepared tokens"),
     "eval": ("rwkvkit.evaluate", "perplexity, LAMBADA and multiple-choice scores for one or more models"),
 }
 

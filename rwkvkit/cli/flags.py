@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import RwkvkitError, TokenizerError
+from ..errors import RwkvkitError, TokenizerError
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -102,7 +102,7 @@ def unescape(text: str) -> str:
 def model_path_from_args(args: argparse.Namespace) -> Path:
     if args.model:
         return Path(args.model)
-    from .defaults import default_model_path
+    from ..defaults import default_model_path
 
     path = default_model_path()
     if path is None:
@@ -132,7 +132,7 @@ def tokenizer_name_for_model(model: nn.Module) -> str:
         for key in ("rwkvkit_tokenizer", "tokenizer"):
             if meta.get(key):
                 return meta[key]
-    from .tokenizer import tokenizer_name_for_vocab_size
+    from ..tokenizer import tokenizer_name_for_vocab_size
 
     vocab = model.config.vocab_size  # type: ignore[attr-defined]
     name = tokenizer_name_for_vocab_size(vocab)
@@ -145,8 +145,8 @@ def tokenizer_name_for_model(model: nn.Module) -> str:
 
 
 def load_model_and_tokenizer(args: argparse.Namespace) -> tuple[nn.Module, Any]:
-    from . import load_model
-    from .tokenizer import load_tokenizer
+    from .. import load_model
+    from ..tokenizer import load_tokenizer
 
     model = load_model(model_path_from_args(args), device=args.device, dtype=DTYPES[args.dtype])
     tokenizer = load_tokenizer(args.tokenizer or tokenizer_name_for_model(model))

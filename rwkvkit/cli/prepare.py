@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .train.data import prepare
+from ..train.data import prepare
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
