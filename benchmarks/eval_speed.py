@@ -18,7 +18,7 @@ import time
 import torch
 
 from rwkvkit import load_tokenizer
-from rwkvkit.evaluate import Scorer
+from rwkvkit.eval.scorer import Scorer
 from rwkvkit.models.rwkv4 import RWKV4Config
 from rwkvkit.testing import random_rwkv4
 

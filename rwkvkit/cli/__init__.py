@@ -19,7 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "chat": ("rwkvkit.chat", "chat with a model; the state carries the conversation"),
     "prepare": ("rwkvkit.cli.prepare", "tokenize text, JSONL or binidx files into training token files"),
     "train": ("rwkvkit.cli.train", "train an RWKV-4 or RWKV-7 (or a GPT baseline) on prepared tokens"),
-    "eval": ("rwkvkit.evaluate", "perplexity, LAMBADA and multiple-choice scores for one or more models"),
+    "eval": ("rwkvkit.eval.scorer", "perplexity, LAMBADA and multiple-choice scores for one or more models"),
 }
 
 

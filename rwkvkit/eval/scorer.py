@@ -44,7 +44,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .errors import RwkvkitError
+from ..errors import RwkvkitError
 
 TASKS = ("perplexity", "lambada", "multiple-choice")
 # Window attributes of fixed-context models, looked up on ``model.config`` then on the model.
@@ -662,8 +662,8 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 def _tokenizer_for(model: nn.Module, name: str | None) -> Any:
     """The tokenizer named on the command line, else the checkpoint's (metadata, then vocabulary size)."""
-    from .cli.flags import tokenizer_name_for_model
-    from .tokenizer import load_tokenizer
+    from ..cli.flags import tokenizer_name_for_model
+    from ..tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(name or tokenizer_name_for_model(model))
     vocab = getattr(getattr(model, "config", None), "vocab_size", None)
@@ -721,14 +721,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .checkpoint import load_model
-    from .fileio import atomic_write_bytes
+    from ..checkpoint import load_model
+    from ..fileio import atomic_write_bytes
 
     if args.limit is not None and args.limit < 1:
         raise EvalDataError(f"--limit must be >= 1, got {args.limit}")
     paths = args.model
     if not paths:
-        from .cli.flags import model_path_from_args
+        from ..cli.flags import model_path_from_args
 
         paths = [str(model_path_from_args(argparse.Namespace(model=None)))]
     results = []

@@ -22,7 +22,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from rwkvkit.evaluate import (
+from rwkvkit.eval.scorer import (
     Choice,
     EvalDataError,
     Scorer,

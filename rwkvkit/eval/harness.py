@@ -3,7 +3,7 @@
 Importing this module registers the model class. The harness has no plugin discovery, so its
 command line runs through this module, which registers first and then hands over::
 
-    python -m rwkvkit.lm_eval_adapter run --model rwkvkit \\
+    python -m rwkvkit.eval.harness run --model rwkvkit \\
         --model_args pretrained=RWKV-4-Pile-169M.pth,tokenizer=20b \\
         --tasks lambada_openai,piqa --batch_size 8
 
@@ -15,7 +15,7 @@ instance: ``lm_eval.simple_evaluate(model=RwkvkitLM(model=m, tokenizer=t), tasks
 ``dtype`` (fp32, bf16, fp16), ``batch_size``, ``ctx_len`` (read in windows of that many tokens
 instead of one stream, for a like-for-like comparison with a transformer), ``max_gen_toks``.
 
-Scoring is :class:`rwkvkit.evaluate.Scorer`'s, so ``rwkvkit eval`` and the harness give the same
+Scoring is :class:`rwkvkit.eval.scorer.Scorer`'s, so ``rwkvkit eval`` and the harness give the same
 numbers; requests that share a context (multiple choice) read it once. ``generate_until`` decodes
 greedily (the harness's default ``do_sample=False``) and stops at the ``until`` strings.
 """
@@ -31,7 +31,7 @@ from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 from torch import nn
 
-from .evaluate import DTYPES, EvalDataError, Scorer, _tokenizer_for
+from .scorer import DTYPES, EvalDataError, Scorer, _tokenizer_for
 
 DEFAULT_BATCH = 8
 
@@ -89,7 +89,7 @@ class RwkvkitLM(LM):
         if model is None:
             if pretrained is None:
                 raise EvalDataError("pass model_args pretrained=PATH (a checkpoint or run folder)")
-            from .checkpoint import load_model
+            from ..checkpoint import load_model
 
             if dtype not in DTYPES:
                 raise EvalDataError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
@@ -156,7 +156,7 @@ def main() -> None:
     """The harness's own command line, with ``--model rwkvkit`` available."""
     from lm_eval.__main__ import cli_evaluate
 
-    import rwkvkit.lm_eval_adapter  # noqa: F401  (registers "rwkvkit")
+    import rwkvkit.eval.harness  # noqa: F401  (registers "rwkvkit")
 
     cli_evaluate()
 

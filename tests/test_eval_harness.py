@@ -17,10 +17,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 lm_eval = pytest.importorskip("lm_eval")
 
 import torch  # noqa: E402
-from test_evaluate import ByteTokenizer, bigram_logprob, successor_model  # noqa: E402
+from test_eval_scorer import ByteTokenizer, bigram_logprob, successor_model  # noqa: E402
 from torch import nn  # noqa: E402
 
-from rwkvkit.evaluate import (  # noqa: E402
+from rwkvkit.eval.scorer import (  # noqa: E402
     Scorer,
     evaluate_lambada,
     evaluate_multiple_choice,
@@ -28,7 +28,7 @@ from rwkvkit.evaluate import (  # noqa: E402
     read_lambada,
     read_multiple_choice,
 )
-from rwkvkit.lm_eval_adapter import RwkvkitLM, greedy_until  # noqa: E402
+from rwkvkit.eval.harness import RwkvkitLM, greedy_until  # noqa: E402
 from rwkvkit.models.rwkv4 import RWKV4Config  # noqa: E402
 from rwkvkit.testing import random_rwkv4, random_rwkv4_state_dict  # noqa: E402
 
@@ -180,7 +180,7 @@ def test_harness_loads_by_name(tasks: tuple[Path, dict[str, Path]], tmp_path: Pa
 
 @pytest.mark.slow
 def test_harness_command_line(tasks: tuple[Path, dict[str, Path]], tmp_path: Path, rwkv: nn.Module) -> None:
-    """The documented command: ``python -m rwkvkit.lm_eval_adapter run --model rwkvkit ...``."""
+    """The documented command: ``python -m rwkvkit.eval.harness run --model rwkvkit ...``."""
     import subprocess
     import sys
 
@@ -189,7 +189,7 @@ def test_harness_command_line(tasks: tuple[Path, dict[str, Path]], tmp_path: Pat
     torch.save(random_rwkv4_state_dict(CFG, seed=11), path)
     repo = Path(__file__).resolve().parents[1]
     r = subprocess.run(
-        [sys.executable, "-m", "rwkvkit.lm_eval_adapter", "run", "--model", "rwkvkit",
+        [sys.executable, "-m", "rwkvkit.eval.harness", "run", "--model", "rwkvkit",
          "--model_args", f"pretrained={path},tokenizer=byte", "--tasks", "lambada_local",
          "--include_path", str(task_dir), "--batch_size", "2", "--output_path", str(tmp_path / "out")],
         cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)}, capture_output=True, text=True, timeout=600,

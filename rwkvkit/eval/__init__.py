@@ -1,0 +1,1 @@
+"""Evaluation: the scorer, the task readers, the tasks and their table, and the lm-eval adapter."""
