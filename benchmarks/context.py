@@ -142,7 +142,7 @@ def neox_stepper(model, cache, position: int):
 def worker_interleaved(kind: str, positions: list[int], rounds: int, workdir: Path) -> dict:
     """Time per token at every position in one process, positions interleaved round by round."""
     import rwkvkit
-    from rwkvkit.bench import interleaved, random_checkpoint
+    from rwkvkit.bench.contenders import interleaved, random_checkpoint
 
     tasks = {}
     if kind == "rwkv":
@@ -175,7 +175,7 @@ def worker_interleaved(kind: str, positions: list[int], rounds: int, workdir: Pa
 
 def worker_rwkv(position: int, mode: str, tokens: int, workdir: Path) -> dict:
     import rwkvkit
-    from rwkvkit.bench import random_checkpoint
+    from rwkvkit.bench.contenders import random_checkpoint
 
     model = rwkvkit.load_model(random_checkpoint("169m", workdir))
     step, box = rwkv_stepper(model, rwkv_state_at(model, position, mode))
@@ -235,7 +235,7 @@ def aa_control(interleaved_ms: dict[str, dict[str, float]], positions: list[int]
 
 def rwkv_time_only(args: argparse.Namespace) -> int:
     """Redo RWKV's interleaved timing alone (a minute, not the transformer's long rows)."""
-    from rwkvkit.bench import machine_info
+    from rwkvkit.bench.contenders import machine_info
 
     positions = [int(x) for x in args.positions.split(",")]
     res = run_worker(["time-rwkv", *map(str, positions), "--rounds", str(args.rounds)], args.threads)
@@ -284,7 +284,7 @@ def main() -> int:
         print(json.dumps(out))
         return 0
 
-    from rwkvkit.bench import machine_info
+    from rwkvkit.bench.contenders import machine_info
 
     if args.rwkv_time_only:
         return rwkv_time_only(args)

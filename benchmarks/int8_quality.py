@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # measure this checkout's rwkvkit, not an installed copy
 
 from rwkvkit import load_model  # noqa: E402
-from rwkvkit.bench import machine_info, random_checkpoint  # noqa: E402
+from rwkvkit.bench.contenders import machine_info, random_checkpoint  # noqa: E402
 from rwkvkit.models.rwkv4 import RWKV4, RWKV4Config  # noqa: E402
 from rwkvkit.testing import random_rwkv4_state_dict  # noqa: E402
 

@@ -23,7 +23,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # measure this checkout's rwkvkit, not an installed copy
 
-from rwkvkit.bench import SHAPES, format_table, random_checkpoint, run_bench  # noqa: E402
+from rwkvkit.bench.contenders import SHAPES, format_table, random_checkpoint, run_bench  # noqa: E402
 
 ALL = "fp32,bf16,fp16,int8,plain-fp32,rwkv-fp32,rwkv-bf16,hf-fp32,rwkvcpp-fp32,rwkvcpp-fp16"
 

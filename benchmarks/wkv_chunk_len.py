@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's rwkvkit
 
-from rwkvkit.bench import interleaved, machine_info
+from rwkvkit.bench.contenders import interleaved, machine_info
 from rwkvkit.ops.wkv4 import initial_wkv_state, wkv4_chunked
 
 
@@ -28,7 +28,7 @@ def whole_model(args: argparse.Namespace) -> int:
     import tempfile
 
     import rwkvkit
-    from rwkvkit.bench import random_checkpoint
+    from rwkvkit.bench.contenders import random_checkpoint
 
     torch.set_num_threads(args.threads)
     model = rwkvkit.load_model(random_checkpoint("169m", Path(tempfile.gettempdir()) / "rwkvkit-bench"))

@@ -14,7 +14,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "rwkvkit.convert",
         "convert a checkpoint between .pth, .safetensors, Hugging Face and rwkv.cpp",
     ),
-    "bench": ("rwkvkit.bench", "measure decode and prefill speed, ours and the peers', side by side"),
+    "bench": ("rwkvkit.bench.contenders", "measure decode and prefill speed, ours and the peers', side by side"),
     "generate": ("rwkvkit.generate", "continue a prompt, streaming the text to stdout"),
     "chat": ("rwkvkit.chat", "chat with a model; the state carries the conversation"),
     "prepare": ("rwkvkit.cli.prepare", "tokenize text, JSONL or binidx files into training token files"),

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from .errors import RwkvkitError
+from ..errors import RwkvkitError
 
 SHAPES = {  # the RWKV-4 Pile models' shapes
     "169m": dict(vocab_size=50277, n_layer=12, n_embd=768, ffn_dim=3072),
@@ -64,7 +64,7 @@ def machine_info(threads: int) -> dict[str, Any]:
             versions[pkg] = version(pkg.replace("_", "-"))
         except Exception:
             versions[pkg] = None
-    from . import __version__
+    from .. import __version__
 
     versions["rwkvkit"] = __version__
     return {
@@ -79,15 +79,15 @@ def machine_info(threads: int) -> dict[str, Any]:
 
 def random_checkpoint(shape: str, folder: Path, seed: int = 0) -> Path:
     """A random BlinkDL .pth of a named shape (cached in ``folder``)."""
-    from .models.rwkv4 import RWKV4Config
-    from .testing import random_rwkv4_state_dict
+    from ..models.rwkv4 import RWKV4Config
+    from ..testing import random_rwkv4_state_dict
 
     if shape not in SHAPES:
         raise RwkvkitError(f"unknown shape {shape!r}; choose one of {', '.join(SHAPES)}")
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"rwkv4-random-{shape}-seed{seed}.pth"
     if not path.exists():
-        from .fileio import atomic_write
+        from ..fileio import atomic_write
 
         sd = random_rwkv4_state_dict(RWKV4Config(**SHAPES[shape]), seed)
         atomic_write(path, lambda p: torch.save(sd, p))
@@ -99,8 +99,8 @@ def random_checkpoint(shape: str, folder: Path, seed: int = 0) -> Path:
 
 def rwkvkit_contender(path: Path, variant: str, *, plain: bool = False) -> Contender:
     """Ours through the public API: ``load_model(path, dtype=..., quantize=...)``."""
-    from . import load_model
-    from .checkpoint import build_model, read_checkpoint
+    from .. import load_model
+    from ..checkpoint import build_model, read_checkpoint
 
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": torch.float32}
     if plain:  # the reference modules, no fast layers: what the speed-ups are measured against
@@ -153,7 +153,7 @@ def hf_contender(path: Path, workdir: Path) -> Contender:
     """transformers' RwkvForCausalLM on the same weights (converted with ``rwkvkit convert --to hf``)."""
     from transformers import RwkvForCausalLM  # type: ignore[import-not-found]
 
-    from .convert import convert
+    from ..convert import convert
 
     folder = workdir / (path.stem + "-hf")
     if not (folder / "config.json").exists():
@@ -307,7 +307,7 @@ def run_bench(
 ) -> dict[str, Any]:
     torch.set_num_threads(threads)
     contenders, notes = build_contenders(path, names, workdir, threads)
-    from .checkpoint import read_checkpoint
+    from ..checkpoint import read_checkpoint
 
     vocab = read_checkpoint(path).state_dict["emb.weight"].shape[0]
     decode: dict[str, Callable[[], float]] = {}
@@ -394,7 +394,7 @@ def run(args: argparse.Namespace) -> int:
     )
     print(format_table(result, args.reference))
     if args.json:
-        from .fileio import atomic_path
+        from ..fileio import atomic_path
 
         with atomic_path(Path(args.json)) as p:
             p.write_text(json.dumps(result, indent=2) + "\n")
