@@ -1,11 +1,10 @@
-"""``rwkvkit convert`` for RWKV-5/6/7: pth, safetensors and rwkv.cpp outputs load back to the same
-logits (the rwkv.cpp FP32 form stores decays transformed, so it agrees to float32 rounding)."""
+"""Converting checkpoints: every format to every other keeps the logits (exactly in fp32, but for
+the rwkv.cpp form, which stores decays transformed and so agrees to float32 rounding), 16-bit
+outputs within their rounding, the Hugging Face config, and what rwkv.cpp files cannot hold."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
+import json
 from pathlib import Path
 
 import pytest
@@ -14,14 +13,12 @@ import torch
 import rwkvkit
 from rwkvkit.convert import convert
 from rwkvkit.errors import RwkvkitError
+from rwkvkit.models.rwkv4 import RWKV4Config
 from rwkvkit.models.rwkv5 import RWKV5Config
 from rwkvkit.models.rwkv6 import RWKV6Config
 from rwkvkit.models.rwkv7 import RWKV7Config
 from rwkvkit.testing import random_rwkv5_state_dict, random_rwkv6_state_dict, random_rwkv7_state_dict
 
-pytestmark = pytest.mark.usefixtures("single_thread")
-
-REPO = Path(__file__).resolve().parents[1]
 TOKENS = [3, 1, 4, 1, 5, 9, 2, 6]
 CASES = {
     "5.2": (RWKV5Config(vocab_size=60, n_layer=2, n_embd=32, ffn_dim=64, head_size=8), random_rwkv5_state_dict),
@@ -32,9 +29,9 @@ CASES = {
 }  # fmt: skip
 
 
-def _logits(path: Path) -> torch.Tensor:
+def logits(path: Path, tokens: list[int] = TOKENS) -> torch.Tensor:
     with torch.no_grad():
-        return rwkvkit.load_model(path)(TOKENS)[0]
+        return rwkvkit.load_model(path)(tokens)[0]
 
 
 @pytest.mark.parametrize("version", list(CASES))
@@ -42,17 +39,17 @@ def test_convert_round_trips(tmp_path: Path, version: str) -> None:
     config, make = CASES[version]
     src = tmp_path / "src.pth"
     torch.save(make(config, seed=2), src)
-    want = _logits(src)
+    want = logits(src)
     st = convert(src, tmp_path / "m.safetensors", "safetensors")
-    assert torch.equal(_logits(st), want)
+    assert torch.equal(logits(st), want)
     back = convert(st, tmp_path / "back.pth", "pth")
-    assert torch.equal(_logits(back), want)
+    assert torch.equal(logits(back), want)
     if version == "5.2":
         with pytest.warns(UserWarning, match="eps"):  # rwkv.cpp's v5 eps differs from BlinkDL's
             convert(src, tmp_path / "m.bin", "rwkvcpp")
         return
     cpp = convert(src, tmp_path / "m.bin", "rwkvcpp")
-    torch.testing.assert_close(_logits(cpp), want, atol=2e-5, rtol=2e-5)
+    torch.testing.assert_close(logits(cpp), want, atol=2e-5, rtol=2e-5)
 
 
 def test_rwkvcpp_v5_eps_survives_safetensors_and_warns_for_pth(tmp_path: Path) -> None:
@@ -62,7 +59,7 @@ def test_rwkvcpp_v5_eps_survives_safetensors_and_warns_for_pth(tmp_path: Path) -
         cpp = convert(tmp_path / "src.pth", tmp_path / "m.bin", "rwkvcpp")
     st = convert(cpp, tmp_path / "m.safetensors", "safetensors")
     assert rwkvkit.load_model(st).config.ln_x_eps == 1e-5
-    torch.testing.assert_close(_logits(st), _logits(cpp), atol=0, rtol=0)
+    torch.testing.assert_close(logits(st), logits(cpp), atol=0, rtol=0)
     with pytest.warns(UserWarning, match="cannot record"):
         convert(cpp, tmp_path / "m.pth", "pth")
 
@@ -75,19 +72,39 @@ def test_v5_1_has_no_rwkvcpp_form(tmp_path: Path) -> None:
         convert(tmp_path / "v51.pth", tmp_path / "x.bin", "rwkvcpp")
 
 
-def test_cli_converts_v7(tmp_path: Path) -> None:
-    config, make = CASES["7"]
-    torch.save(make(config, seed=4), tmp_path / "src.pth")
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "rwkvkit", "convert", str(tmp_path / "src.pth"), str(tmp_path / "o.safetensors"),
-         "--to", "safetensors", "--dtype", "bf16"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    model = rwkvkit.load_model(tmp_path / "o.safetensors", dtype=torch.bfloat16)
-    assert model.config.version == "7"
-    with torch.no_grad():
-        got = model(TOKENS)[0]
-    # bf16 weights: 8 bits of mantissa, logits ~5 -> differences of a few 1e-2 are rounding.
-    torch.testing.assert_close(got, _logits(tmp_path / "src.pth"), atol=0.25, rtol=0.05)
+def test_convert_chain_keepslogits(tmp_path: Path, small_pth: Path) -> None:
+    """pth -> safetensors -> hf -> rwkvcpp -> pth: every hop is exact in fp32."""
+    tokens = list(range(0, 97, 7))
+    reference = logits(small_pth, tokens)
+    hops = [
+        ("safetensors", tmp_path / "m.safetensors"),
+        ("hf", tmp_path / "hf"),
+        ("rwkvcpp", tmp_path / "m.bin"),
+        ("pth", tmp_path / "back.pth"),
+    ]
+    src: Path = small_pth
+    for fmt, dst in hops:
+        convert(src, dst, fmt)
+        diff = (logits(dst, tokens) - reference).abs().max().item()
+        # rwkv.cpp stores -exp(time_decay) and we take the log back: ~1 ulp on the decay.
+        assert diff <= (1e-5 if fmt == "rwkvcpp" else 0.0), (fmt, diff)
+        src = dst
+
+
+@pytest.mark.parametrize(("dtype", "tol"), [("fp16", 2e-2), ("bf16", 1.5e-1)])
+def test_convert_to_16_bit(tmp_path: Path, small_pth: Path, dtype: str, tol: float) -> None:
+    tokens = list(range(1, 40, 3))
+    reference = logits(small_pth, tokens)
+    convert(small_pth, tmp_path / "half.pth", "pth", dtype=dtype)
+    sd = torch.load(tmp_path / "half.pth", weights_only=True)
+    assert sd["blocks.0.att.key.weight"].dtype == {"fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
+    assert (logits(tmp_path / "half.pth", tokens) - reference).abs().max() <= tol
+
+
+def test_hf_output_config(tmp_path: Path, small_pth: Path, small_config: RWKV4Config) -> None:
+    convert(small_pth, tmp_path / "hf", "hf")
+    cfg = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert cfg["rescale_every"] == 0 and cfg["architectures"] == ["RwkvForCausalLM"]
+    assert (
+        cfg["intermediate_size"] == small_config.ffn_dim and cfg["num_hidden_layers"] == small_config.n_layer
+    )

@@ -1,29 +1,39 @@
-"""rwkv.cpp file reading and writing, checked against rwkv.cpp's own files.
+"""rwkv.cpp files: reading and writing, checked against rwkv.cpp's own files; and its tiny trained
+RWKV-5.0 ("5v1"), 5.2 ("5v2"), 6 and 7 models reproduce the logits rwkv.cpp produced for them,
+through ``rwkvkit.load_model``, in one call and token by token.
 
 The fixtures are real rwkv.cpp files (FP32, FP16 and Q5_x of one model each); the test reads them
 with an independent little parser where it compares bytes, so a layout mistake in the module
 cannot hide behind the same mistake in the test.
+
+Logit tolerances (max abs logit difference, logits of size ~10-20): FP32 files must agree to
+float32 rounding (1e-5; measured <= 3.6e-6). FP16 and Q5 files are lossy: rwkv.cpp computed the
+expected logits from the FP32 weights, so a quantized file can only come as close as its rounding
+allows. Their bounds are the values an independent correct implementation measured (fixtures
+README) with ~25% headroom; a wrong transform or eps misses by far more (e.g. v5 with eps 64e-5:
+~1.2 on FP32).
 """
 
 from __future__ import annotations
 
-import os
 import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import rwkvcpp_fixtures
 from torch import Tensor
 
+import rwkvkit
 from rwkvkit.errors import CheckpointError
 from rwkvkit.formats.rwkvcpp import (
     RwkvCppHeader,
-    detect_version,
     from_rwkvcpp_layout,
     is_rwkvcpp_file,
     read_rwkvcpp,
     read_rwkvcpp_raw,
+    rwkvcpp_version,
     to_rwkvcpp_layout,
     write_rwkvcpp,
 )
@@ -43,20 +53,8 @@ FP16_REL = 2.0**-11  # half an fp16 ulp, relative (round to nearest)
 FP16_SUBNORMAL = 2.0**-25  # half the spacing of fp16 subnormals: the absolute floor near zero
 
 
-def _fixtures_dir() -> Path:
-    env = os.environ.get("RWKVKIT_FIXTURES")
-    folder = (
-        Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "rwkv-cpp-tiny"
-    )
-    if not folder.is_dir():
-        pytest.skip(
-            f"rwkv.cpp fixtures not found at {folder}; set RWKVKIT_FIXTURES to the rwkv-cpp-tiny folder"
-        )
-    return folder
-
-
 def fixture(name: str) -> Path:
-    path = _fixtures_dir() / name
+    path = rwkvcpp_fixtures() / name
     if not path.is_file():
         pytest.skip(f"fixture {path} is absent")
     return path
@@ -98,7 +96,7 @@ def test_every_fixture_reads(name: str) -> None:
     assert (header.n_vocab, header.n_embed, header.n_layer) == (256, n_embed, n_layer)
     assert header.data_type_name == fmt
     assert header.file_version in (100, 101)
-    assert detect_version(sd.keys()) == version
+    assert rwkvcpp_version(sd.keys()) == version
     assert all(t.dtype == torch.float32 for t in sd.values())
     assert tuple(sd["emb.weight"].shape) == (256, n_embed)
     assert tuple(sd["head.weight"].shape) == (256, n_embed)
@@ -520,12 +518,76 @@ def test_writer_refuses_mismatched_version_and_type(tmp_path: Path) -> None:
     assert read_rwkvcpp(out)[0] == RwkvCppHeader(101, 4, 2, 1, 0)
 
 
-def test_detect_version_names() -> None:
+def test_rwkvcpp_version_names() -> None:
+    """rwkv.cpp's names for what rwkvkit.models.detect_version finds (RWKV-5 split by its gate)."""
     base = ["emb.weight", "blocks.0.ln1.weight"]
-    assert detect_version([*base, "blocks.0.att.time_first"]) == "4"
-    assert detect_version([*base, "blocks.0.att.ln_x.weight", "blocks.0.att.time_first"]) == "5.1"
-    assert detect_version([*base, "blocks.0.att.ln_x.weight", "blocks.0.att.gate.weight"]) == "5.2"
-    assert detect_version([*base, "blocks.0.att.ln_x.weight", "blocks.0.att.time_maa_x"]) == "6"
-    assert detect_version([*base, "blocks.0.att.ln_x.weight", "blocks.0.att.k_k", "blocks.0.att.x_r"]) == "7"
-    with pytest.raises(CheckpointError):
-        detect_version(base)
+    assert rwkvcpp_version([*base, "blocks.0.att.time_first", "blocks.0.att.time_decay"]) == "4"
+    assert rwkvcpp_version([*base, "blocks.0.att.ln_x.weight", "blocks.0.att.time_first"]) == "5.1"
+    assert rwkvcpp_version([*base, "blocks.0.att.ln_x.weight", "blocks.0.att.gate.weight"]) == "5.2"
+    assert rwkvcpp_version([*base, "blocks.0.att.ln_x.weight", "blocks.0.att.time_maa_x"]) == "6"
+    assert rwkvcpp_version([*base, "blocks.0.att.ln_x.weight", "blocks.0.att.k_k", "blocks.0.att.x_r"]) == "7"
+    with pytest.raises(CheckpointError, match=r"x\.bin: the keys match no RWKV version"):
+        rwkvcpp_version(base, path="x.bin")
+    with pytest.raises(CheckpointError, match="unknown RWKV version 'gpt'"):
+        rwkvcpp_version([*base, "wpe.weight", "blocks.0.attn.qkv.weight"])
+
+
+# --- rwkv.cpp's v5, v6 and v7 files through load_model: rwkv.cpp's own logits ---------------------
+
+
+PROMPT = [34, 105, 110]  # '"', 'i', 'n'
+# (stem, format, model class, bound)
+LOGIT_CASES = [
+    ("tiny-rwkv-5v1-730K", "FP32", "RWKV5", 1e-5),
+    ("tiny-rwkv-5v1-730K", "FP16", "RWKV5", 6e-3),
+    ("tiny-rwkv-5v1-730K", "Q5_0", "RWKV5", 2.2),
+    ("tiny-rwkv-5v1-730K", "Q5_1", "RWKV5", 0.35),
+    ("tiny-rwkv-5v2-730K", "FP32", "RWKV5", 1e-5),
+    ("tiny-rwkv-5v2-730K", "FP16", "RWKV5", 3.2e-3),
+    ("tiny-rwkv-5v2-730K", "Q5_0", "RWKV5", 0.65),
+    ("tiny-rwkv-5v2-730K", "Q5_1", "RWKV5", 0.47),
+    ("tiny-rwkv-6v0-3m", "Q5_0", "RWKV6", 0.2),
+    ("tiny-rwkv-6v0-3m", "Q5_1", "RWKV6", 0.1),
+    ("tiny-rwkv-7v0-834K", "FP32", "RWKV7", 1e-5),
+    ("tiny-rwkv-7v0-834K", "FP16", "RWKV7", 1e-5),  # v7's FP16 files keep the sensitive tensors FP32
+    ("tiny-rwkv-7v0-834K", "Q5_0", "RWKV7", 5e-3),
+    ("tiny-rwkv-7v0-834K", "Q5_1", "RWKV7", 5.5e-3),
+]
+
+
+@pytest.mark.parametrize(
+    ("stem", "fmt", "cls", "bound"), LOGIT_CASES, ids=[f"{c[0][10:13]}-{c[1]}" for c in LOGIT_CASES]
+)
+def test_fixture_reproduces_expected_logits(
+    fixtures_dir: Path, stem: str, fmt: str, cls: str, bound: float
+) -> None:
+    path = fixtures_dir / f"{stem}-{fmt}.bin"
+    expected_path = fixtures_dir / f"expected-logits-{stem.removeprefix('tiny-rwkv-')}.bin"
+    if not path.exists() or not expected_path.exists():
+        pytest.skip(f"{path.name} or {expected_path.name} is absent")
+    expected = torch.from_numpy(np.fromfile(expected_path, dtype="<f4"))
+    model = rwkvkit.load_model(path)
+    assert type(model).__name__ == cls
+    with torch.no_grad():
+        whole, _ = model(PROMPT)
+        state = None
+        for token in PROMPT:
+            last, state = model([token], state)
+    assert (whole[0, -1] - expected).abs().max().item() <= bound
+    assert (last[0, -1] - expected).abs().max().item() <= bound
+
+
+def test_v5_files_run_with_rwkvcpp_eps(fixtures_dir: Path) -> None:
+    """rwkv.cpp's eps is what makes its v5 logits come out; BlinkDL's misses them by ~1."""
+    path = fixtures_dir / "tiny-rwkv-5v2-730K-FP32.bin"
+    if not path.exists():
+        pytest.skip(f"{path.name} is absent")
+    model = rwkvkit.load_model(path)
+    assert model.config.ln_x_eps == 1e-5
+    raw = rwkvkit.checkpoint.read_checkpoint(path)
+    raw.config_overrides = {}
+    blinkdl_eps = rwkvkit.checkpoint.build_model(raw)
+    assert blinkdl_eps.config.ln_x_eps == 64e-5
+    expected = torch.from_numpy(np.fromfile(fixtures_dir / "expected-logits-5v2-730K.bin", dtype="<f4"))
+    with torch.no_grad():
+        assert (blinkdl_eps(PROMPT)[0][0, -1] - expected).abs().max() > 0.1
