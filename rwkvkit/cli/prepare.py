@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..train.data import prepare
+from .flags import add_progress_flag, add_tokenizer_flag
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -15,20 +16,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="text files, .jsonl files ({'text': ...} per line), binidx .bin/.idx, or folders of them",
     )
     p.add_argument("--out", required=True, help="folder for train.bin, val.bin and manifest.json")
-    p.add_argument(
-        "--tokenizer", default="byte", help="byte, world, 20b, or a vocabulary file (default: byte)"
-    )
+    add_tokenizer_flag(p, default="byte")
     p.add_argument(
         "--val-fraction",
         type=float,
         default=0.05,
         help="share of tokens held out for validation (the end of the stream)",
     )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_progress_flag(p)
 
 
 def run(args: argparse.Namespace) -> int:
-    m = prepare(args.inputs, args.out, args.tokenizer, args.val_fraction, progress=not args.no_progress)
+    m = prepare(args.inputs, args.out, args.tokenizer, args.val_fraction, progress=args.progress)
     print(
         f"{args.out}: {m['train_tokens']:,} train + {m['val_tokens']:,} validation tokens "
         f"({m['tokenizer']}, {m['dtype']})"
