@@ -17,10 +17,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 lm_eval = pytest.importorskip("lm_eval")
 
 import torch  # noqa: E402
-from test_eval_scorer import ByteTokenizer, bigram_logprob, successor_model  # noqa: E402
+from eval_models import bigram_logprob, successor_model  # noqa: E402
 from torch import nn  # noqa: E402
 
-from rwkvkit.eval.scorer import (  # noqa: E402
+from rwkvkit.eval import (  # noqa: E402
     Scorer,
     evaluate_lambada,
     evaluate_multiple_choice,
@@ -31,6 +31,7 @@ from rwkvkit.eval.scorer import (  # noqa: E402
 from rwkvkit.eval.harness import RwkvkitLM, greedy_until  # noqa: E402
 from rwkvkit.models.rwkv4 import RWKV4Config  # noqa: E402
 from rwkvkit.testing import random_rwkv4, random_rwkv4_state_dict  # noqa: E402
+from rwkvkit.tokenizer import ByteTokenizer  # noqa: E402
 
 CFG = RWKV4Config(vocab_size=256, n_layer=2, n_embd=32, ffn_dim=48, chunk_len=8)
 

@@ -1,5 +1,5 @@
-"""Evaluation: known answers from a model forced to a known distribution, and exact agreement with
-a direct token-by-token computation on random RWKV weights.
+"""The scorer: exact agreement with a direct token-by-token computation on random RWKV weights,
+windows, shared prefixes, batching, greedy flags, fixed-context models.
 
 Tolerances: the bigram model's answers are exact up to float32 log-softmax rounding (1e-5 per
 token); RWKV sums compare the evaluator (chunked parallel WKV, batched, padded) with the model
@@ -10,198 +10,32 @@ over at most a few hundred tokens get 1e-4 absolute.
 from __future__ import annotations
 
 import dataclasses
-import itertools
-import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from eval_models import (
+    P_NEXT,
+    TEXT,
+    UNIFORM,
+    NoEosByteTokenizer,
+    brute_logprobs,
+    successor_model,
+    write_jsonl,
+)
 from torch import Tensor, nn
 
-from rwkvkit.eval.scorer import (
+from rwkvkit.eval import (
     Choice,
     EvalDataError,
     Scorer,
     evaluate,
-    evaluate_lambada,
     evaluate_multiple_choice,
     evaluate_perplexity,
-    format_table,
-    read_lambada,
-    read_multiple_choice,
-    read_texts,
     rolling_windows,
 )
-from rwkvkit.models.rwkv4 import RWKV4Config
-from rwkvkit.state import RecurrentState
-from rwkvkit.testing import random_rwkv4, random_rwkv4_state_dict
-
-REPO = Path(__file__).resolve().parents[1]
-
-TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak. Ünïcødé ✓\n"
-
-
-class ByteTokenizer:
-    """Bytes as tokens, end-of-text 0: the interface the evaluator needs, nothing more."""
-
-    name = "byte"
-    vocab_size = 256
-
-    def __init__(self, eos_id: int | None = 0) -> None:
-        self.eos_id = eos_id
-
-    def encode(self, text: str) -> list[int]:
-        return list(text.encode("utf-8"))
-
-    def decode(self, ids: list[int]) -> str:
-        return bytes(ids).decode("utf-8", errors="replace")
-
-    def decode_bytes(self, ids: list[int]) -> bytes:
-        return bytes(ids)
-
-
-@dataclasses.dataclass
-class CounterState(RecurrentState):
-    seen: Tensor  # (1, B, 1): tokens read so far; the bigram model needs no memory
-
-
-class Bigram(nn.Module):
-    """P(next | current) from a fixed table: every log-likelihood is known in closed form."""
-
-    def __init__(self, probs: Tensor) -> None:
-        super().__init__()
-        self.logits = nn.Parameter(probs.log())
-        self.calls = 0
-
-    def forward(
-        self, tokens: Tensor | list[int], state: CounterState | None = None
-    ) -> tuple[Tensor, CounterState]:
-        t = torch.as_tensor(tokens, dtype=torch.long)
-        t = t[None] if t.dim() == 1 else t
-        self.calls += 1
-        seen = torch.zeros(1, t.shape[0], 1) if state is None else state.seen
-        return self.logits[t].float(), CounterState(seen + t.shape[1])
-
-
-P_NEXT = 0.6  # probability of the designated successor; the rest is spread evenly
-
-
-def successor_model(chain: str) -> Bigram:
-    """Byte bigram: after each character of ``chain`` comes the next one with P_NEXT; bytes with
-    no successor predict uniformly."""
-    probs = torch.full((256, 256), 1 / 256, dtype=torch.float64)
-    for a, b in zip(chain.encode(), chain.encode()[1:], strict=False):
-        probs[a] = (1 - P_NEXT) / 255
-        probs[a, b] = P_NEXT
-    return Bigram(probs)
-
-
-def bigram_logprob(model: Bigram, ids: list[int]) -> float:
-    """The direct computation: sum of log P(ids[i+1] | ids[i]) from the table."""
-    table = model.logits.detach().double().log_softmax(-1)
-    return sum(float(table[a, b]) for a, b in itertools.pairwise(ids))
-
-
-LO = math.log((1 - P_NEXT) / 255)  # an off-successor byte after a byte that has a successor
-UNIFORM = math.log(1 / 256)
-
-
-@pytest.fixture
-def tok() -> ByteTokenizer:
-    return ByteTokenizer()
-
-
-@pytest.fixture(scope="module")
-def rwkv() -> nn.Module:
-    cfg = RWKV4Config(vocab_size=256, n_layer=2, n_embd=32, ffn_dim=48, chunk_len=8)
-    return random_rwkv4(cfg, seed=5)
-
-
-_BRUTE: dict[tuple[int, tuple[int, ...]], list[float]] = {}
-
-
-def brute_logprobs(model: nn.Module, ids: list[int]) -> list[float]:
-    """log P(ids[i+1] | ids[:i+1]) with the model called one token at a time."""
-    key = (id(model), tuple(ids))
-    if key not in _BRUTE:
-        _BRUTE[key] = _brute_logprobs(model, ids)
-    return _BRUTE[key]
-
-
-def _brute_logprobs(model: nn.Module, ids: list[int]) -> list[float]:
-    out, state = [], None
-    with torch.no_grad():
-        for a, b in itertools.pairwise(ids):
-            logits, state = model([a], state)
-            out.append(float(logits[0, -1].double().log_softmax(-1)[b]))
-    return out
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
-
-
-# ---------------------------------------------------------------------------------------------
-# Known answers: the bigram model
-
-
-def test_perplexity_known_distribution(tok: ByteTokenizer) -> None:
-    model = successor_model("abcdefg")
-    m = evaluate_perplexity(Scorer(model, tok), ["abcdefg"])
-    # eos(0) -> 'a' is uniform (0 has no successor), then six designated successors.
-    expected = UNIFORM + 6 * math.log(P_NEXT)
-    assert m["tokens"] == 7 and m["bytes"] == 7
-    assert m["nll_per_token"] == pytest.approx(-expected / 7, abs=1e-6)
-    assert m["ppl"] == pytest.approx(math.exp(-expected / 7), rel=1e-6)
-    assert m["bits_per_byte"] == pytest.approx(-expected / math.log(2) / 7, rel=1e-6)
-
-
-def test_uniform_model_has_perplexity_of_its_vocabulary(tok: ByteTokenizer) -> None:
-    model = Bigram(torch.full((256, 256), 1 / 256, dtype=torch.float64))
-    for ctx_len in (None, 5):
-        m = evaluate_perplexity(Scorer(model, tok, ctx_len=ctx_len), [TEXT, "xy"])
-        assert m["ppl"] == pytest.approx(256, rel=1e-5)
-        assert m["bits_per_byte"] == pytest.approx(8, rel=1e-5)  # byte tokens: one token per byte
-
-
-def test_lambada_known_answers(tmp_path: Path, tok: ByteTokenizer) -> None:
-    model = successor_model("ab cd")  # a->b, b->' ', ' '->c, c->d
-    data = write_jsonl(tmp_path / "lambada.jsonl", [{"text": "xab cd"}, {"text": "ab dc"}])
-    pairs = read_lambada(data)
-    assert pairs == [("xab", " cd"), ("ab", " dc")]
-    m = evaluate_lambada(Scorer(model, tok), pairs)
-    ll_hit = 3 * math.log(P_NEXT)  # ' ', 'c', 'd' all the argmax: greedy
-    ll_miss = math.log(P_NEXT) + LO + UNIFORM  # ' ' then 'd' (not ' '->c) then 'c' after 'd' (no successor)
-    assert m["acc"] == 0.5
-    assert m["ppl"] == pytest.approx(math.exp(-(ll_hit + ll_miss) / 2), rel=1e-5)
-
-
-def test_multiple_choice_known_answers(tmp_path: Path, tok: ByteTokenizer) -> None:
-    model = successor_model("ab cdc")  # ... c->d, d->c
-    data = write_jsonl(
-        tmp_path / "mc.jsonl",
-        [
-            {"context": "ab", "choices": ["cd", "dc"], "label": 0},  # both metrics right
-            {"context": "ab", "choices": ["x", "cdq"], "label": 1},  # the sum picks "x", per char "cdq"
-            {"goal": "ab", "sol1": "dd", "sol2": "cdcd", "label": "1"},  # PIQA form, label as a string
-        ],
-    )
-    items = read_multiple_choice(data)
-    assert items[2] == Choice("Question: ab\nAnswer:", ("dd", "cdcd"), 1)
-
-    def lp(ctx: str, cont: str) -> float:
-        return bigram_logprob(model, tok.encode(ctx + cont)) - bigram_logprob(model, tok.encode(ctx))
-
-    x, cdq = lp("ab", " x"), lp("ab", " cdq")
-    assert x == pytest.approx(math.log(P_NEXT) + LO) and cdq == pytest.approx(3 * math.log(P_NEXT) + LO)
-    assert x > cdq and x / 1 < cdq / 3  # the case where the two accuracies disagree
-    m = evaluate_multiple_choice(Scorer(model, tok, batch_size=3), items)
-    assert m == {"acc": pytest.approx(2 / 3), "acc_norm": 1.0, "acc_bytes": 1.0}
+from rwkvkit.tokenizer import ByteTokenizer
 
 
 def test_shared_context_is_read_once(tok: ByteTokenizer) -> None:
@@ -214,14 +48,10 @@ def test_shared_context_is_read_once(tok: ByteTokenizer) -> None:
     assert model.calls == 2
 
 
-# ---------------------------------------------------------------------------------------------
-# Exact sums against a direct computation: random RWKV-4
-
-
 def test_stream_perplexity_equals_token_by_token(rwkv: nn.Module, tok: ByteTokenizer) -> None:
     docs = [TEXT, "Speak.", "x"]  # "x": eos + one token; multi-byte characters count as their bytes
     direct = [sum(brute_logprobs(rwkv, [0, *tok.encode(d)])) for d in docs]
-    scorer = Scorer(rwkv, tok, batch_size=2, chunk_len=7)  # odd chunks: state carried across calls
+    scorer = Scorer(rwkv, tok, batch_size=2, tokens_per_call=7)  # odd chunks: state carried across calls
     scores = scorer.rolling(docs)
     for s, d, doc in zip(scores, direct, docs, strict=True):
         assert s.logprob == pytest.approx(d, abs=1e-4)
@@ -234,7 +64,7 @@ def test_window_longer_than_text_equals_stream(rwkv: nn.Module, tok: ByteTokeniz
     n = len(tok.encode(TEXT)) + 1
     stream = Scorer(rwkv, tok).rolling([TEXT])[0]
     for ctx_len in (n - 1, n, 4 * n):  # n - 1 tokens of input is the whole text
-        windowed = Scorer(rwkv, tok, ctx_len=ctx_len, chunk_len=5).rolling([TEXT])[0]
+        windowed = Scorer(rwkv, tok, ctx_len=ctx_len, tokens_per_call=5).rolling([TEXT])[0]
         assert windowed.logprob == pytest.approx(stream.logprob, abs=1e-4)
         assert windowed.tokens == stream.tokens
 
@@ -271,7 +101,7 @@ def test_loglikelihood_equals_direct(rwkv: nn.Module, tok: ByteTokenizer, batch_
         ("hear me ", "speak"),  # trailing space moves into the continuation
         ("", "Citizen"),  # empty context: read after end-of-text
     ]
-    got = Scorer(rwkv, tok, batch_size=batch_size, chunk_len=4).loglikelihood(pairs)
+    got = Scorer(rwkv, tok, batch_size=batch_size, tokens_per_call=4).loglikelihood(pairs)
     for (ctx, cont), score in zip(pairs, got, strict=True):
         if ctx.endswith(" "):
             ctx, cont = ctx.rstrip(" "), " " + cont
@@ -363,119 +193,15 @@ def test_fixed_context_model_is_read_in_windows(rwkv: nn.Module, tok: ByteTokeni
         Scorer(gpt_like, tok, ctx_len=13)
 
 
-# ---------------------------------------------------------------------------------------------
-# Data files and results
-
-
-def test_readers_and_errors(tmp_path: Path) -> None:
-    txt = tmp_path / "play.txt"
-    txt.write_text(TEXT, encoding="utf-8")
-    assert read_texts(txt) == [TEXT]
-    docs = write_jsonl(tmp_path / "docs.jsonl", [{"text": "a b"}, {"text": "c d"}, {"text": "e f"}])
-    assert read_texts(docs, limit=2) == ["a b", "c d"]
-    (tmp_path / "bad.jsonl").write_text('{"text": "a b"}\n{"text": \n', encoding="utf-8")
-    with pytest.raises(EvalDataError, match=r"bad.jsonl:2: not valid JSON"):
-        read_lambada(tmp_path / "bad.jsonl")
-    with pytest.raises(EvalDataError, match=r":1: missing the field 'text'"):
-        read_lambada(write_jsonl(tmp_path / "x.jsonl", [{"txt": "a b"}]))
-    with pytest.raises(EvalDataError, match="no last word"):
-        read_lambada(write_jsonl(tmp_path / "y.jsonl", [{"text": "word"}]))
-    with pytest.raises(EvalDataError, match="label 2 is not an index"):
-        read_multiple_choice(
-            write_jsonl(tmp_path / "z.jsonl", [{"goal": "g", "sol1": "a", "sol2": "b", "label": 2}])
-        )
-    with pytest.raises(EvalDataError, match="neither PIQA"):
-        read_multiple_choice(write_jsonl(tmp_path / "w.jsonl", [{"question": "q"}]))
-    with pytest.raises(EvalDataError, match="no such file"):
-        read_texts(tmp_path / "missing.txt")
-    with pytest.raises(EvalDataError, match="holds no examples"):
-        read_lambada(write_jsonl(tmp_path / "empty.jsonl", []))
-
-
 def test_empty_context_without_end_of_text_is_refused() -> None:
     model = successor_model("ab")
-    scorer = Scorer(model, ByteTokenizer(eos_id=None))
+    scorer = Scorer(model, NoEosByteTokenizer())
     with pytest.raises(EvalDataError, match="end-of-text"):
         scorer.loglikelihood([("", "ab")])
     # Perplexity without an end-of-text token: the first byte conditions and is not counted.
     m = evaluate_perplexity(scorer, ["xab"])
     assert m["tokens"] == 2 and m["bytes"] == 2
     assert m["nll_per_token"] == pytest.approx(-(UNIFORM + math.log(P_NEXT)) / 2)
-
-
-def test_evaluate_and_table(tmp_path: Path, rwkv: nn.Module, tok: ByteTokenizer) -> None:
-    txt = tmp_path / "play.txt"
-    txt.write_text(TEXT, encoding="utf-8")
-    a = evaluate(rwkv, tok, "perplexity", txt, model_name="rwkv")
-    b = evaluate(rwkv, tok, "perplexity", txt, ctx_len=8, model_name="rwkv-w8")
-    assert a.mode == "stream" and b.mode == "window 8"
-    assert a.metrics["bytes"] == len(TEXT.encode())
-    table = format_table([a, b])
-    assert "bits per byte" in table and "rwkv-w8" in table and "window 8" in table
-    assert f"{a.metrics['bits_per_byte']:.4f}" in table
-    json.dumps([a.to_dict(), b.to_dict()])
-
-
-# ---------------------------------------------------------------------------------------------
-# The command line
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run(
-        [sys.executable, "-m", "rwkvkit", *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
-def test_cli_compares_models_side_by_side(tmp_path: Path) -> None:
-    cfg = RWKV4Config(vocab_size=256, n_layer=2, n_embd=32, ffn_dim=48, chunk_len=8)
-    paths = []
-    for seed in (1, 2):
-        paths.append(tmp_path / f"m{seed}.pth")
-        torch.save(random_rwkv4_state_dict(cfg, seed=seed), paths[-1])
-    play = tmp_path / "play.txt"
-    play.write_text(TEXT, encoding="utf-8")
-    out = tmp_path / "res.json"
-    r = run_cli(
-        "eval", "--model", str(paths[0]), "--model", str(paths[1]), "--task", "perplexity",
-        "--data", str(play), "--tokenizer", "byte", "--ctx-len", "16", "--json", str(out),
-    )  # fmt: skip
-    assert r.returncode == 0, r.stderr
-    results = json.loads(out.read_text())
-    assert [x["model"] for x in results] == ["m1.pth", "m2.pth"]
-    assert "m1.pth" in r.stdout and "m2.pth" in r.stdout and "bits per byte" in r.stdout
-    model = random_rwkv4(cfg, seed=2)
-    from rwkvkit import load_tokenizer
-
-    expected = evaluate(model, load_tokenizer("byte"), "perplexity", play, ctx_len=16)
-    assert results[1]["metrics"]["bits_per_byte"] == pytest.approx(
-        expected.metrics["bits_per_byte"], rel=1e-6
-    )
-    assert results[1]["mode"] == "window 16"
-
-
-def test_cli_in_process(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from rwkvkit.cli import main
-
-    path = tmp_path / "m.pth"
-    torch.save(
-        random_rwkv4_state_dict(RWKV4Config(vocab_size=256, n_layer=1, n_embd=16, ffn_dim=32), seed=1), path
-    )
-    mc = write_jsonl(tmp_path / "mc.jsonl", [{"goal": "g", "sol1": "a", "sol2": "b", "label": 0}] * 3)
-    assert (
-        main(["eval", "--model", str(path), "--task", "multiple-choice", "--data", str(mc), "--limit", "2"])
-        == 0
-    )
-    out = capsys.readouterr().out
-    assert "accuracy" in out and "examples" in out and " 2" in out
-    bad = write_jsonl(tmp_path / "bad.jsonl", [{"txt": "no text field"}])
-    assert main(["eval", "--model", str(path), "--task", "lambada", "--data", str(bad)]) == 2
-    assert "missing the field 'text'" in capsys.readouterr().err
 
 
 def test_boundary_with_the_pile_tokenizer(rwkv: nn.Module) -> None:
@@ -532,26 +258,3 @@ def test_gpt_baseline_windows_and_kv_prefix(tok: ByteTokenizer) -> None:
             logp = model(ids[start : end - 1])[0][0].double().log_softmax(-1)
             direct += sum(float(logp[k - start - 1, ids[k]]) for k in range(first, end))
     assert windows.logprob == pytest.approx(direct, abs=1e-4)
-
-
-def test_lambada_as_the_official_benchmark_scores_it(tmp_path: Path, tok: ByteTokenizer) -> None:
-    """The official package on the same weights, scored by the rule of RWKV's LAMBADA script:
-    one forward over context + target, log-softmax at each target position, correct when every
-    target token is the argmax; ppl = exp(-mean), acc = mean."""
-    rwkv_pkg = pytest.importorskip("rwkv.model")
-    cfg = RWKV4Config(vocab_size=256, n_layer=2, n_embd=32, ffn_dim=48)
-    path = tmp_path / "m.pth"
-    torch.save(random_rwkv4_state_dict(cfg, seed=8), path)
-    official = rwkv_pkg.RWKV(model=str(path.with_suffix("")), strategy="cpu fp32", verbose=False)
-    texts = ["He looked at the sea and said the word sea", "A dog and a cat and a dog", "The end of the end"]
-    data = write_jsonl(tmp_path / "lambada.jsonl", [{"text": t} for t in texts])
-    xsum, xacc = 0.0, 0
-    for t in texts:
-        src, dst = tok.encode(t.rsplit(" ", 1)[0]), tok.encode(" " + t.rsplit(" ", 1)[1])
-        out, _ = official.forward(src + dst, None, full_output=True)
-        logp = out.double().log_softmax(-1)
-        xsum += sum(float(logp[len(src) - 1 + i, d]) for i, d in enumerate(dst))
-        xacc += all(int(out[len(src) - 1 + i].argmax()) == d for i, d in enumerate(dst))
-    ours = evaluate(random_rwkv4(cfg, seed=8), tok, "lambada", data).metrics
-    assert ours["ppl"] == pytest.approx(math.exp(-xsum / len(texts)), rel=1e-4)
-    assert ours["acc"] == xacc / len(texts)

@@ -31,7 +31,10 @@ from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 from torch import nn
 
-from .scorer import DTYPES, EvalDataError, Scorer, _tokenizer_for
+from ..checkpoint import load_model, tokenizer_for_model
+from ..dtypes import dtype_from_name
+from ..errors import EvalDataError
+from .scorer import Scorer
 
 DEFAULT_BATCH = 8
 
@@ -89,15 +92,12 @@ class RwkvkitLM(LM):
         if model is None:
             if pretrained is None:
                 raise EvalDataError("pass model_args pretrained=PATH (a checkpoint or run folder)")
-            from ..checkpoint import load_model
-
-            if dtype not in DTYPES:
-                raise EvalDataError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+            torch_dtype = dtype_from_name(dtype)
             if device is None or (str(device).startswith("cuda") and not torch.cuda.is_available()):
                 device = "cpu"  # the harness's command line asks for cuda by default, GPU or not
-            model = load_model(pretrained, device=device, dtype=DTYPES[dtype])
+            model = load_model(pretrained, device=device, dtype=torch_dtype)
         if tokenizer is None or isinstance(tokenizer, str):
-            tokenizer = _tokenizer_for(model, tokenizer)
+            tokenizer = tokenizer_for_model(model, tokenizer)
         batch = (
             DEFAULT_BATCH
             if batch_size in (None, "auto") or str(batch_size).startswith("auto")

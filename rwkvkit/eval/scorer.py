@@ -1,5 +1,4 @@
-"""Evaluation as the papers report it: perplexity and bits per byte, LAMBADA last-word accuracy,
-multiple choice (PIQA-style), for any model called as ``logits, state = model(tokens, state)``.
+"""The scorer: log-likelihoods of text under any model called as ``logits, state = model(tokens, state)``.
 
 Two ways to read text:
 - **stream**: a recurrent model (RWKV) reads each document as one long stream, the state carried
@@ -9,73 +8,37 @@ Two ways to read text:
   ``max_position_embeddings``) are always read this way; any model can be, with ``ctx_len=N``,
   so RWKV can be compared with a transformer like for like.
 
-The numbers follow lm-evaluation-harness and the official RWKV benchmark script:
-- log-likelihoods are natural-log sums over the continuation's tokens; a continuation is
-  tokenized on its own with its leading space, and whitespace at the end of a context is moved
-  to the start of the continuation (the harness's rule), so no token straddles the boundary;
-  an empty context is replaced by the end-of-text token;
-- LAMBADA: context = text up to its last space, target = " " + last word; perplexity is
-  ``exp(-mean over examples of the target's log-likelihood)`` and accuracy counts examples whose
-  every target token is the argmax;
-- multiple choice: accuracy of the argmax of summed log-likelihoods (``acc``), of
-  log-likelihood per character of the choice (``acc_norm``, the harness's) and per UTF-8 byte
-  (``acc_bytes``); PIQA items are asked as ``"Question: {goal}\\nAnswer:"`` like the harness;
-- perplexity: documents are scored separately, each after an end-of-text token (so its first
-  token is scored too); windows are the harness's rolling windows (disjoint predicted spans,
-  the last window given a full context). Bits per byte = total nats / ln 2 / UTF-8 bytes scored.
+Log-likelihoods follow lm-evaluation-harness: natural-log sums over the continuation's tokens; a
+continuation is tokenized on its own with its leading space, and whitespace at the end of a
+context is moved to the start of the continuation (the harness's rule), so no token straddles the
+boundary; an empty context is replaced by the end-of-text token. Rolling (perplexity) scores read
+each document after an end-of-text token (so its first token is scored too), in the harness's
+rolling windows when windowed (disjoint predicted spans, the last window given a full context).
 
-Efficiency: multiple choice reads a context once and scores every choice from a copy of its
-state, the choices batched together; other requests are batched longest first.
+Efficiency: requests that share a context read it once and score every continuation from a copy
+of its state, the continuations batched together; other requests are batched longest first.
 """
 
 from __future__ import annotations
 
-import argparse
+import copy
 import dataclasses
 import inspect
-import json
-import math
 import sys
-import time
-from collections.abc import Callable, Iterable, Sequence
-from pathlib import Path
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+from tqdm import tqdm
 
-from ..errors import RwkvkitError
+from ..errors import EvalDataError
+from .loss import next_token_logprobs
 
-TASKS = ("perplexity", "lambada", "multiple-choice")
 # Window attributes of fixed-context models, looked up on ``model.config`` then on the model.
 WINDOW_ATTRS = ("n_ctx", "block_size", "max_seq_len", "n_positions", "max_position_embeddings")
 # At most this many float32 logits alive per forward call (128 MiB): bounds memory for any vocabulary.
 LOGIT_BUDGET = 1 << 25
-
-
-class EvalDataError(RwkvkitError):
-    """An evaluation file or request cannot be used as given."""
-
-
-# --------------------------------------------------------------------------------------------
-# Results
-
-
-@dataclasses.dataclass
-class EvalResult:
-    """One model on one task and data file."""
-
-    task: str
-    model: str
-    data: str
-    mode: str  # "stream" or "window N"
-    tokenizer: str
-    count: int  # documents (perplexity) or examples (lambada, multiple choice)
-    metrics: dict[str, float]
-    seconds: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,10 +57,6 @@ class RollingScore:
     logprob: float
     tokens: int
     bytes: int
-
-
-# --------------------------------------------------------------------------------------------
-# The scorer: token ids in, log-probabilities out
 
 
 def model_window(model: nn.Module) -> int | None:
@@ -120,8 +79,6 @@ def _accepts_last_only(model: nn.Module) -> bool:
 def _clone_state(state: Any) -> Any:
     if hasattr(state, "clone"):
         return state.clone()
-    import copy
-
     return copy.deepcopy(state)
 
 
@@ -139,7 +96,7 @@ class Scorer:
         *,
         ctx_len: int | None = None,
         batch_size: int = 8,
-        chunk_len: int = 256,
+        tokens_per_call: int = 256,
         share_prefix: bool = True,
     ) -> None:
         native = model_window(model)
@@ -150,14 +107,16 @@ class Scorer:
                 f"ctx_len={ctx_len} is longer than this model's context of {native} tokens; "
                 f"pass --ctx-len {native} or less"
             )
-        if batch_size < 1 or chunk_len < 1:
-            raise EvalDataError(f"batch_size and chunk_len must be >= 1, got {batch_size}, {chunk_len}")
+        if batch_size < 1 or tokens_per_call < 1:
+            raise EvalDataError(
+                f"batch_size and tokens_per_call must be >= 1, got {batch_size}, {tokens_per_call}"
+            )
         self.model = model
         self.tokenizer = tokenizer
         self.window = ctx_len if ctx_len is not None else native  # None: unbounded stream
         self.recurrent = native is None  # the state may be carried from one call to the next
         self.batch_size = batch_size
-        self.chunk_len = chunk_len
+        self.tokens_per_call = tokens_per_call  # recurrent models: at most this many tokens per call
         self.share_prefix = share_prefix  # False: every request reads its context (for comparison)
         self.device = next(model.parameters()).device
         # Reading a context needs only its last position's logits: skip the head elsewhere if the model can.
@@ -205,7 +164,7 @@ class Scorer:
         if not self.recurrent:
             return length
         vocab = int(getattr(getattr(self.model, "config", None), "vocab_size", 0) or 65536)
-        return max(1, min(self.chunk_len, LOGIT_BUDGET // (batch * vocab)))
+        return max(1, min(self.tokens_per_call, LOGIT_BUDGET // (batch * vocab)))
 
     @torch.no_grad()
     def prefix_state(self, ids: Sequence[int]) -> tuple[Any, Tensor]:
@@ -233,7 +192,8 @@ class Scorer:
         ``row[k]`` is predicted by the model output after ``row[k-1]``; ``row[0]`` (when
         ``first[i] == 0``) by ``last_logits[i]`` (B, V), the output that led to ``state``. Rows
         are right-padded into one batch; padding comes after every scored token, so it changes
-        nothing that is read. Recurrent models read the batch in chunks, the state carried.
+        nothing that is read. Recurrent models read the batch in chunks, the state carried
+        (:func:`rwkvkit.eval.loss.next_token_logprobs`, the loss routine training uses too).
         Returns float64 log-probabilities and bool greedy flags, each (n_scored,).
         """
         B, L = len(rows), max(len(r) for r in rows)
@@ -252,22 +212,19 @@ class Scorer:
             for i, r in enumerate(rows):
                 ids[i, : len(r)] = torch.as_tensor(list(r), dtype=torch.long)
                 scored[i, max(first[i], 1) : len(r)] = True
-            ids = ids.to(self.device)
-            step = self._chunk(B, L - 1)
-            for s in range(0, L - 1, step):
-                # input positions s .. s+step-1 predict tokens s+1 .. s+step
-                e = min(s + step, L - 1)
-                logits, state = self.model(ids[:, s:e], state)
-                target = ids[:, s + 1 : e + 1]
-                logits = logits.float()
-                lp[:, s + 1 : e + 1] = (
-                    (logits.gather(-1, target[..., None])[..., 0] - logits.logsumexp(-1)).double().cpu()
-                )
-                greedy[:, s + 1 : e + 1] = (logits.argmax(-1) == target).cpu()
+
+            def told(s: int, e: int) -> None:
                 if on_scored is not None:
                     on_scored(int(scored[:, s + 1 : e + 1].sum()))
-                if not self.recurrent:
-                    state = None
+
+            lp[:, 1:], greedy[:, 1:], _ = next_token_logprobs(
+                self.model,
+                ids.to(self.device),
+                self._chunk(B, L - 1),
+                state=state,
+                carry_state=self.recurrent,
+                on_call=told,
+            )
         return [(lp[i, first[i] : len(r)], greedy[i, first[i] : len(r)]) for i, r in enumerate(rows)]
 
     # -- what the tasks and the harness ask for ---------------------------------------------
@@ -380,376 +337,4 @@ def _token_bytes(tokenizer: Any, ids: list[int]) -> bytes:
 
 
 def _progress(total: int, desc: str, unit: str, enabled: bool) -> Any:
-    from tqdm import tqdm
-
     return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=not enabled, leave=False)
-
-
-# --------------------------------------------------------------------------------------------
-# Data
-
-
-@dataclasses.dataclass(frozen=True)
-class Choice:
-    """A multiple-choice item: the continuations are scored after ``context``."""
-
-    context: str
-    choices: tuple[str, ...]
-    label: int
-
-
-def _read_jsonl(path: Path, limit: int | None) -> list[tuple[int, dict[str, Any]]]:
-    if not path.is_file():
-        raise EvalDataError(f"{path}: no such file")
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise EvalDataError(
-                    f"{path}:{lineno}: not valid JSON ({e.msg}); expected one object per line"
-                ) from None
-            if not isinstance(obj, dict):
-                raise EvalDataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-            rows.append((lineno, obj))
-            if limit is not None and len(rows) >= limit:
-                break
-    if not rows:
-        raise EvalDataError(f"{path}: the file holds no examples")
-    return rows
-
-
-def _field(path: Path, lineno: int, obj: dict[str, Any], key: str, kind: type) -> Any:
-    if key not in obj:
-        raise EvalDataError(f"{path}:{lineno}: missing the field {key!r} (fields: {sorted(obj)})")
-    value = obj[key]
-    if kind is int and isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        value = int(value)
-    if not isinstance(value, kind) or isinstance(value, bool):
-        raise EvalDataError(f"{path}:{lineno}: {key!r} must be a {kind.__name__}, got {value!r}")
-    return value
-
-
-def _is_jsonl(path: Path) -> bool:
-    if path.suffix.lower() in (".jsonl", ".json"):
-        return True
-    with open(path, encoding="utf-8", errors="replace") as f:
-        first = f.readline().strip()
-    try:
-        return isinstance(json.loads(first), dict) and "text" in json.loads(first)
-    except json.JSONDecodeError:
-        return False
-
-
-def read_texts(path: str | Path, limit: int | None = None) -> list[str]:
-    """Documents for perplexity: a JSONL file of ``{"text": ...}`` or a plain UTF-8 text file (one document)."""
-    path = Path(path)
-    if not path.is_file():
-        raise EvalDataError(f"{path}: no such file")
-    if _is_jsonl(path):
-        return [_field(path, n, obj, "text", str) for n, obj in _read_jsonl(path, limit)]
-    try:
-        return [path.read_text(encoding="utf-8")]
-    except UnicodeDecodeError as e:
-        raise EvalDataError(f"{path}: not UTF-8 text ({e})") from None
-
-
-def read_lambada(path: str | Path, limit: int | None = None) -> list[tuple[str, str]]:
-    """LAMBADA JSONL -> (context, target) pairs: the target is " " + the text's last word."""
-    path = Path(path)
-    pairs = []
-    for lineno, obj in _read_jsonl(path, limit):
-        text = _field(path, lineno, obj, "text", str)
-        if " " not in text.strip():
-            raise EvalDataError(f"{path}:{lineno}: the text has no space, so no last word to predict")
-        context, word = text.rsplit(" ", 1)
-        pairs.append((context, " " + word))
-    return pairs
-
-
-def read_multiple_choice(path: str | Path, limit: int | None = None) -> list[Choice]:
-    """PIQA JSONL (goal, sol1, sol2, label) or generic JSONL (context, choices, label)."""
-    path = Path(path)
-    items = []
-    for lineno, obj in _read_jsonl(path, limit):
-        if "goal" in obj:
-            goal = _field(path, lineno, obj, "goal", str)
-            choices = (_field(path, lineno, obj, "sol1", str), _field(path, lineno, obj, "sol2", str))
-            context = f"Question: {goal}\nAnswer:"  # the harness's PIQA prompt
-        elif "context" in obj:
-            context = _field(path, lineno, obj, "context", str)
-            raw = _field(path, lineno, obj, "choices", list)
-            if len(raw) < 2 or not all(isinstance(c, str) and c for c in raw):
-                raise EvalDataError(
-                    f"{path}:{lineno}: 'choices' must be a list of at least two non-empty strings"
-                )
-            choices = tuple(raw)
-        else:
-            raise EvalDataError(
-                f"{path}:{lineno}: neither PIQA (goal, sol1, sol2, label) nor generic (context, choices, "
-                f"label) fields; got {sorted(obj)}"
-            )
-        label = _field(path, lineno, obj, "label", int)
-        if not 0 <= label < len(choices):
-            raise EvalDataError(f"{path}:{lineno}: label {label} is not an index into {len(choices)} choices")
-        items.append(Choice(context, choices, label))
-    return items
-
-
-def choice_continuation(context: str, choice: str) -> str:
-    """The harness's target delimiter: a space between context and choice, unless one is there."""
-    if choice[:1].isspace() or context[-1:].isspace():
-        return choice
-    return " " + choice
-
-
-# --------------------------------------------------------------------------------------------
-# Tasks
-
-
-def evaluate_perplexity(scorer: Scorer, texts: Sequence[str], progress: bool = False) -> dict[str, float]:
-    """Token perplexity, nats per token and bits per UTF-8 byte over all documents together."""
-    scores = scorer.rolling(texts, progress)
-    tokens = sum(s.tokens for s in scores)
-    nbytes = sum(s.bytes for s in scores)
-    if tokens == 0:
-        raise EvalDataError("nothing to score: every document is shorter than two tokens")
-    nll = -sum(s.logprob for s in scores)
-    return {
-        "ppl": math.exp(nll / tokens),
-        "bits_per_byte": nll / math.log(2) / max(nbytes, 1),
-        "nll_per_token": nll / tokens,
-        "tokens": float(tokens),
-        "bytes": float(nbytes),
-    }
-
-
-def evaluate_lambada(
-    scorer: Scorer, pairs: Sequence[tuple[str, str]], progress: bool = False
-) -> dict[str, float]:
-    """Target-word perplexity and greedy accuracy, as lm-eval's lambada_openai and RWKV's script."""
-    scores = scorer.loglikelihood(pairs, progress, desc="lambada")
-    n = len(scores)
-    return {
-        "ppl": math.exp(-sum(s.logprob for s in scores) / n),
-        "acc": sum(s.greedy for s in scores) / n,
-    }
-
-
-def evaluate_multiple_choice(
-    scorer: Scorer, items: Sequence[Choice], progress: bool = False
-) -> dict[str, float]:
-    """Accuracy by summed log-likelihood, and normalised per character (acc_norm) and per byte."""
-    pairs = [(it.context, choice_continuation(it.context, c)) for it in items for c in it.choices]
-    scores = iter(scorer.loglikelihood(pairs, progress, desc="multiple-choice"))
-    hits = {"acc": 0, "acc_norm": 0, "acc_bytes": 0}
-    for it in items:
-        lls = [next(scores).logprob for _ in it.choices]
-        norms = {
-            "acc": lls,
-            "acc_norm": [ll / len(c) for ll, c in zip(lls, it.choices, strict=True)],
-            "acc_bytes": [ll / len(c.encode("utf-8")) for ll, c in zip(lls, it.choices, strict=True)],
-        }
-        for name, values in norms.items():
-            hits[name] += int(max(range(len(values)), key=values.__getitem__) == it.label)
-    return {name: h / len(items) for name, h in hits.items()}
-
-
-def evaluate(
-    model: nn.Module,
-    tokenizer: Any,
-    task: str,
-    data: str | Path,
-    *,
-    limit: int | None = None,
-    batch_size: int = 8,
-    ctx_len: int | None = None,
-    model_name: str = "model",
-    progress: bool = False,
-) -> EvalResult:
-    """Run one task on one data file; the model is any ``logits, state = model(tokens, state)``."""
-    if task not in TASKS:
-        raise EvalDataError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
-    scorer = Scorer(model, tokenizer, ctx_len=ctx_len, batch_size=batch_size)
-    start = time.perf_counter()
-    if task == "perplexity":
-        texts = read_texts(data, limit)
-        metrics, count = evaluate_perplexity(scorer, texts, progress), len(texts)
-    elif task == "lambada":
-        pairs = read_lambada(data, limit)
-        metrics, count = evaluate_lambada(scorer, pairs, progress), len(pairs)
-    else:
-        items = read_multiple_choice(data, limit)
-        metrics, count = evaluate_multiple_choice(scorer, items, progress), len(items)
-    return EvalResult(
-        task=task,
-        model=model_name,
-        data=str(data),
-        mode=scorer.mode,
-        tokenizer=str(getattr(tokenizer, "name", type(tokenizer).__name__)),
-        count=count,
-        metrics=metrics,
-        seconds=time.perf_counter() - start,
-    )
-
-
-# --------------------------------------------------------------------------------------------
-# The table
-
-
-METRIC_LABELS = {
-    "ppl": "perplexity",
-    "bits_per_byte": "bits per byte",
-    "nll_per_token": "nats per token",
-    "tokens": "tokens",
-    "bytes": "bytes",
-    "acc": "accuracy",
-    "acc_norm": "accuracy (per char)",
-    "acc_bytes": "accuracy (per byte)",
-}
-
-
-def _fmt(name: str, value: float) -> str:
-    if name in ("tokens", "bytes"):
-        return f"{int(value):,}"
-    if name.startswith("acc"):
-        return f"{100 * value:.2f}%"
-    return f"{value:.4f}" if abs(value) < 1e6 else f"{value:.4g}"
-
-
-def format_table(results: Sequence[EvalResult]) -> str:
-    """The models side by side: one column per model, one row per metric."""
-    if not results:
-        return ""
-    names = list(dict.fromkeys(k for r in results for k in r.metrics))
-    header = ["", *[r.model for r in results]]
-    body = [
-        ["mode", *[r.mode for r in results]],
-        ["tokenizer", *[r.tokenizer for r in results]],
-        ["examples" if results[0].task != "perplexity" else "documents", *[str(r.count) for r in results]],
-        *[
-            [METRIC_LABELS.get(n, n), *[_fmt(n, r.metrics[n]) if n in r.metrics else "-" for r in results]]
-            for n in names
-        ],
-        ["seconds", *[f"{r.seconds:.1f}" for r in results]],
-    ]
-    widths = [max(len(row[c]) for row in [header, *body]) for c in range(len(header))]
-    line = lambda row: "  ".join(  # noqa: E731
-        cell.ljust(w) if c == 0 else cell.rjust(w)
-        for c, (cell, w) in enumerate(zip(row, widths, strict=True))
-    )
-    title = f"{results[0].task} on {results[0].data}"
-    return "\n".join([title, line(header), "  ".join("-" * w for w in widths), *map(line, body)])
-
-
-def iter_models(paths: Iterable[str]) -> Iterable[str]:
-    """Column names for models: the path's last part, made unique."""
-    seen: dict[str, int] = {}
-    for p in paths:
-        name = Path(p).name or p
-        seen[name] = seen.get(name, 0) + 1
-        yield name if seen[name] == 1 else f"{name} ({seen[name]})"
-
-
-# --------------------------------------------------------------------------------------------
-# The command line
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def _tokenizer_for(model: nn.Module, name: str | None) -> Any:
-    """The tokenizer named on the command line, else the checkpoint's (metadata, then vocabulary size)."""
-    from ..cli.flags import tokenizer_name_for_model
-    from ..tokenizer import load_tokenizer
-
-    tokenizer = load_tokenizer(name or tokenizer_name_for_model(model))
-    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
-    if vocab is not None and tokenizer.vocab_size > vocab:
-        raise EvalDataError(
-            f"the {tokenizer.name} tokenizer has {tokenizer.vocab_size} tokens but the model only {vocab}; "
-            "pass the model's own tokenizer with --tokenizer"
-        )
-    return tokenizer
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--model",
-        action="append",
-        default=None,
-        metavar="PATH",
-        help="checkpoint or run folder; give several times to compare models side by side "
-        "(default: the bundled model)",
-    )
-    parser.add_argument("--task", required=True, choices=TASKS)
-    parser.add_argument(
-        "--data",
-        required=True,
-        metavar="FILE",
-        help="perplexity: .txt or JSONL {text}; lambada: JSONL {text}; "
-        "multiple-choice: JSONL {goal,sol1,sol2,label} or {context,choices,label}",
-    )
-    parser.add_argument(
-        "--limit", type=int, default=None, metavar="N", help="only the first N examples or documents"
-    )
-    parser.add_argument(
-        "--batch-size", type=int, default=8, metavar="B", help="rows per forward call (default 8)"
-    )
-    parser.add_argument(
-        "--ctx-len",
-        type=int,
-        default=None,
-        metavar="N",
-        help="read in windows of N tokens, as a transformer with an N-token context does "
-        "(default: one stream for RNNs, the model's own context for transformers)",
-    )
-    parser.add_argument(
-        "--tokenizer",
-        default=None,
-        metavar="NAME",
-        help="world, 20b, byte or a vocab file (default: from the model)",
-    )
-    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
-    parser.add_argument("--dtype", default="fp32", choices=tuple(DTYPES), help="weight dtype (default fp32)")
-    parser.add_argument(
-        "--json", default=None, metavar="OUT", help="also write the results to this JSON file"
-    )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
-
-
-def run(args: argparse.Namespace) -> int:
-    from ..checkpoint import load_model
-    from ..fileio import atomic_write_bytes
-
-    if args.limit is not None and args.limit < 1:
-        raise EvalDataError(f"--limit must be >= 1, got {args.limit}")
-    paths = args.model
-    if not paths:
-        from ..cli.flags import model_path_from_args
-
-        paths = [str(model_path_from_args(argparse.Namespace(model=None)))]
-    results = []
-    for path, name in zip(paths, iter_models(paths), strict=True):
-        model = load_model(path, device=args.device, dtype=DTYPES[args.dtype])
-        tokenizer = _tokenizer_for(model, args.tokenizer)
-        result = evaluate(
-            model,
-            tokenizer,
-            args.task,
-            args.data,
-            limit=args.limit,
-            batch_size=args.batch_size,
-            ctx_len=args.ctx_len,
-            model_name=name,
-            progress=not args.no_progress,
-        )
-        results.append(result)
-        del model
-    print(format_table(results))
-    if args.json:
-        payload = json.dumps([r.to_dict() for r in results], indent=2) + "\n"
-        atomic_write_bytes(args.json, payload.encode("utf-8"))
-    return 0
