@@ -1,18 +1,11 @@
-"""The helpers the text commands share: picking a tokenizer for a model, flag escapes."""
+"""The helpers the verbs share: flag escapes, and the model a verb runs when --model is left out."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
-from safetensors.torch import save_file
 
-import rwkvkit
-from rwkvkit.errors import TokenizerError
-from rwkvkit.models.rwkv4 import RWKV4Config
-from rwkvkit.cli.flags import tokenizer_name_for_model, unescape
-from rwkvkit.testing import random_rwkv4_state_dict
+from rwkvkit.cli.flags import NoModelError, default_model, unescape
+from rwkvkit.defaults import default_model_path
 
 
 def test_unescape() -> None:
@@ -21,14 +14,9 @@ def test_unescape() -> None:
     assert unescape("trailing\\") == "trailing\\"
 
 
-def test_tokenizer_from_metadata_then_vocab_size(tmp_path: Path) -> None:
-    sd = {k: v.contiguous() for k, v in random_rwkv4_state_dict(RWKV4Config(97, 1, 16, 32)).items()}
-    tagged, bare = tmp_path / "tagged.safetensors", tmp_path / "bare.safetensors"
-    save_file(sd, str(tagged), metadata={"format": "pt", "rwkvkit_tokenizer": "byte"})
-    save_file(sd, str(bare), metadata={"format": "pt"})
-    assert tokenizer_name_for_model(rwkvkit.load_model(tagged)) == "byte"
-    with pytest.raises(TokenizerError, match="--tokenizer"):
-        tokenizer_name_for_model(rwkvkit.load_model(bare))  # 97 tokens: no known vocabulary
-    sd256 = {k: v.contiguous() for k, v in random_rwkv4_state_dict(RWKV4Config(256, 1, 16, 32)).items()}
-    save_file(sd256, str(bare), metadata={"format": "pt", "rwkvkit_config": json.dumps({"version": "4"})})
-    assert tokenizer_name_for_model(rwkvkit.load_model(bare)) == "byte"
+def test_default_model_is_the_bundled_one_or_a_clear_error() -> None:
+    if default_model_path() is None:
+        with pytest.raises(NoModelError, match="--model PATH"):
+            default_model()
+    else:
+        assert default_model() == default_model_path()

@@ -1,57 +1,91 @@
-"""What the text commands (generate, chat, later serve) share: model and tokenizer loading,
-the sampling flags, and picking a tokenizer for a model."""
+"""The flags several verbs share, each declared once here, and what the verbs make of them:
+the model (and the bundled default), the tokenizer, device and dtype, sampling, ``--json``,
+``--no-progress``.
+
+Help texts say nothing about defaults: the command's help formatter appends every default, so
+the help cannot disagree with the code. A flag whose default is None says in words what None means.
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
-import struct
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
-from ..errors import RwkvkitError, TokenizerError
-
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+from ..checkpoint import load_model, tokenizer_for_model
+from ..defaults import default_model_path
+from ..dtypes import DTYPES
+from ..errors import RwkvkitError
+from ..tokenizer import Tokenizer
 
 
 class NoModelError(RwkvkitError):
     """No --model given and no bundled default model installed."""
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+def add_model_flags(parser: argparse.ArgumentParser, *, several: bool = False) -> None:
+    """--model, --tokenizer, --device, --dtype: the flags of every verb that runs a model."""
     parser.add_argument(
         "--model",
         metavar="PATH",
-        help="checkpoint: BlinkDL .pth or .safetensors, Hugging Face folder, rwkv.cpp .bin "
-        "(default: the bundled model, if this install has one)",
+        action="append" if several else "store",
+        help="checkpoint: BlinkDL .pth or .safetensors, Hugging Face folder, rwkv.cpp .bin or training run "
+        "folder"
+        + ("; give several times to compare models side by side" if several else "")
+        + " (default: the bundled model, if this install has one)",
     )
+    add_tokenizer_flag(parser)
+    add_device_flag(parser)
+    add_dtype_flag(parser, "weights dtype")
+
+
+def add_tokenizer_flag(parser: argparse.ArgumentParser, default: str | None = None) -> None:
     parser.add_argument(
         "--tokenizer",
         metavar="NAME",
-        help='"world", "20b", "byte" or a vocabulary file (default: picked from the model)',
+        default=default,
+        help='"world", "20b", "byte" or a vocabulary file'
+        + ("" if default else " (default: the model's own)"),
     )
-    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
+
+
+def add_device_flag(parser: argparse.ArgumentParser, default: str = "cpu") -> None:
+    auto = "; auto: the GPU of this rank if there is one, else cpu" if default == "auto" else ""
+    parser.add_argument("--device", default=default, help=f"torch device, e.g. cpu, cuda or cuda:1{auto}")
+
+
+def add_dtype_flag(parser: argparse.ArgumentParser, help: str) -> None:
+    parser.add_argument("--dtype", default="fp32", choices=tuple(DTYPES), help=help)
+
+
+def add_state_flag(parser: argparse.ArgumentParser, help: str) -> None:
+    """--state FILE: a state file (rwkvkit.save_state, chat's /save) to start from."""
+    parser.add_argument("--state", metavar="FILE", help=help)
+
+
+def add_json_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--dtype", default="fp32", choices=sorted(DTYPES), help="weights dtype (default: fp32)"
+        "--json", metavar="OUT", help="also write the results to this JSON file (default: no file)"
     )
 
 
-def add_sampling_arguments(parser: argparse.ArgumentParser, max_tokens: int) -> None:
+def add_progress_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--no-progress", dest="progress", action="store_false", help="no progress bar on stderr"
+    )
+
+
+def add_sampling_flags(parser: argparse.ArgumentParser, max_tokens: int) -> None:
     g = parser.add_argument_group("sampling")
-    g.add_argument("--max-tokens", type=int, default=max_tokens, metavar="N", help=f"default {max_tokens}")
-    g.add_argument("--temperature", type=float, default=1.0, metavar="T", help="0 = greedy (default 1.0)")
     g.add_argument(
-        "--top-p", type=float, default=1.0, metavar="P", help="nucleus sampling (default 1.0: off)"
+        "--max-tokens", type=int, default=max_tokens, metavar="N", help="tokens to generate at most"
     )
-    g.add_argument(
-        "--top-k", type=int, default=0, metavar="K", help="keep the K most likely (default 0: off)"
-    )
-    g.add_argument(
-        "--min-p", type=float, default=0.0, metavar="M", help="drop tokens < M x the top one (default 0)"
-    )
+    g.add_argument("--temperature", type=float, default=1.0, metavar="T", help="0 = greedy")
+    g.add_argument("--top-p", type=float, default=1.0, metavar="P", help="nucleus sampling; 1 = off")
+    g.add_argument("--top-k", type=int, default=0, metavar="K", help="keep the K most likely; 0 = off")
+    g.add_argument("--min-p", type=float, default=0.0, metavar="M", help="drop tokens < M x the top one")
     g.add_argument(
         "--presence-penalty", type=float, default=0.0, metavar="A", help="logit -= A for seen tokens"
     )
@@ -63,13 +97,15 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, max_tokens: int) -> 
         help="logit -= B x decayed count of a token",
     )
     g.add_argument(
-        "--penalty-decay",
-        type=float,
-        default=0.996,
-        metavar="D",
-        help="counts decay by D per token (default 0.996)",
+        "--penalty-decay", type=float, default=0.996, metavar="D", help="counts decay by D per token"
     )
-    g.add_argument("--seed", type=int, default=None, metavar="S", help="random seed (same seed, same text)")
+    g.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        metavar="S",
+        help="random seed: the same seed gives the same text (default: a fresh one each run)",
+    )
     g.add_argument("--stats", action="store_true", help="print speed statistics to stderr")
 
 
@@ -99,11 +135,8 @@ def unescape(text: str) -> str:
     return "".join(out)
 
 
-def model_path_from_args(args: argparse.Namespace) -> Path:
-    if args.model:
-        return Path(args.model)
-    from ..defaults import default_model_path
-
+def default_model() -> Path:
+    """The bundled model, or an error saying how to pass one."""
     path = default_model_path()
     if path is None:
         raise NoModelError(
@@ -114,46 +147,7 @@ def model_path_from_args(args: argparse.Namespace) -> Path:
     return path
 
 
-def _safetensors_metadata(path: Path) -> dict[str, str]:
-    """The ``__metadata__`` of a safetensors file, from its JSON header alone."""
-    try:
-        with open(path, "rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
-            return dict(json.loads(f.read(n)).get("__metadata__") or {})
-    except (OSError, ValueError, struct.error):
-        return {}
-
-
-def tokenizer_name_for_model(model: nn.Module) -> str:
-    """A checkpoint's tokenizer: what its metadata names, else what its vocabulary size implies."""
-    source = getattr(model, "source", None)
-    if source is not None and source.format == "safetensors":
-        meta = _safetensors_metadata(source.path)
-        for key in ("rwkvkit_tokenizer", "tokenizer"):
-            if meta.get(key):
-                return meta[key]
-    from ..tokenizer import tokenizer_name_for_vocab_size
-
-    vocab = model.config.vocab_size  # type: ignore[attr-defined]
-    name = tokenizer_name_for_vocab_size(vocab)
-    if name is None:
-        raise TokenizerError(
-            f"cannot tell the tokenizer of a model with a vocabulary of {vocab} tokens; "
-            'pass --tokenizer ("world", "20b", "byte" or a vocabulary file)'
-        )
-    return name
-
-
-def load_model_and_tokenizer(args: argparse.Namespace) -> tuple[nn.Module, Any]:
-    from .. import load_model
-    from ..tokenizer import load_tokenizer
-
-    model = load_model(model_path_from_args(args), device=args.device, dtype=DTYPES[args.dtype])
-    tokenizer = load_tokenizer(args.tokenizer or tokenizer_name_for_model(model))
-    vocab = model.config.vocab_size  # type: ignore[attr-defined]
-    if tokenizer.vocab_size > vocab:
-        raise TokenizerError(
-            f"the {tokenizer.name} tokenizer has {tokenizer.vocab_size} tokens but the model only {vocab}; "
-            "pass the model's own tokenizer with --tokenizer"
-        )
-    return model, tokenizer
+def load_model_and_tokenizer(args: argparse.Namespace) -> tuple[nn.Module, Tokenizer]:
+    """The model of --model (or the bundled one) on --device in --dtype, and its tokenizer."""
+    model = load_model(args.model or default_model(), device=args.device, dtype=DTYPES[args.dtype])
+    return model, tokenizer_for_model(model, args.tokenizer)
