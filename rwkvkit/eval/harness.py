@@ -30,6 +30,7 @@ import torch
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 from torch import nn
+from tqdm import tqdm
 
 from ..checkpoint import load_model, tokenizer_for_model
 from ..dtypes import dtype_from_name
@@ -129,8 +130,6 @@ class RwkvkitLM(LM):
         return out
 
     def generate_until(self, requests: list[Any], disable_tqdm: bool = False) -> list[str]:
-        from tqdm import tqdm
-
         out = []
         for req in tqdm(requests, desc="generate_until", file=sys.stderr, disable=disable_tqdm):
             context, kwargs = req.args
@@ -156,7 +155,9 @@ def main() -> None:
     """The harness's own command line, with ``--model rwkvkit`` available."""
     from lm_eval.__main__ import cli_evaluate
 
-    import rwkvkit.eval.harness  # noqa: F401  (registers "rwkvkit")
+    # Run as ``python -m``, this file is __main__, which does not register: importing it under its
+    # own name registers RwkvkitLM exactly once (lm_eval's registry refuses a second class).
+    import rwkvkit.eval.harness  # noqa: F401
 
     cli_evaluate()
 
