@@ -27,12 +27,13 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # measure this checkout's rwkvkit, not an installed copy
+from rwkvkit.bench import WORKDIR  # noqa: E402  (imports no torch: the parent process stays small)
+
 RWKV_SHAPE = dict(vocab_size=50277, n_layer=12, n_embd=768, ffn_dim=3072)
 NEOX = dict(
     vocab_size=50304,
@@ -142,7 +143,8 @@ def neox_stepper(model, cache, position: int):
 def worker_interleaved(kind: str, positions: list[int], rounds: int, workdir: Path) -> dict:
     """Time per token at every position in one process, positions interleaved round by round."""
     import rwkvkit
-    from rwkvkit.bench import interleaved, random_checkpoint
+    from rwkvkit.bench.contenders import random_checkpoint
+    from rwkvkit.bench.timing import interleaved
 
     tasks = {}
     if kind == "rwkv":
@@ -175,7 +177,7 @@ def worker_interleaved(kind: str, positions: list[int], rounds: int, workdir: Pa
 
 def worker_rwkv(position: int, mode: str, tokens: int, workdir: Path) -> dict:
     import rwkvkit
-    from rwkvkit.bench import random_checkpoint
+    from rwkvkit.bench.contenders import random_checkpoint
 
     model = rwkvkit.load_model(random_checkpoint("169m", workdir))
     step, box = rwkv_stepper(model, rwkv_state_at(model, position, mode))
@@ -235,7 +237,7 @@ def aa_control(interleaved_ms: dict[str, dict[str, float]], positions: list[int]
 
 def rwkv_time_only(args: argparse.Namespace) -> int:
     """Redo RWKV's interleaved timing alone (a minute, not the transformer's long rows)."""
-    from rwkvkit.bench import machine_info
+    from rwkvkit.bench.machine import machine_info
 
     positions = [int(x) for x in args.positions.split(",")]
     res = run_worker(["time-rwkv", *map(str, positions), "--rounds", str(args.rounds)], args.threads)
@@ -260,7 +262,7 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--rounds", type=int, default=9, help="interleaved rounds for the time columns")
     p.add_argument("--json", default=None)
-    p.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "rwkvkit-bench"))
+    p.add_argument("--workdir", default=str(WORKDIR))
     p.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     p.add_argument(
         "--rwkv-time-only",
@@ -284,7 +286,7 @@ def main() -> int:
         print(json.dumps(out))
         return 0
 
-    from rwkvkit.bench import machine_info
+    from rwkvkit.bench.machine import machine_info
 
     if args.rwkv_time_only:
         return rwkv_time_only(args)

@@ -10,7 +10,6 @@ setting timed ``--repeats`` times; the table shows medians and ratios.
 from __future__ import annotations
 
 import argparse
-import platform
 import random
 import statistics
 import time
@@ -18,7 +17,8 @@ import time
 import torch
 
 from rwkvkit import load_tokenizer
-from rwkvkit.evaluate import Scorer
+from rwkvkit.bench.machine import machine_info, machine_line
+from rwkvkit.eval.scorer import Scorer
 from rwkvkit.models.rwkv4 import RWKV4Config
 from rwkvkit.testing import random_rwkv4
 
@@ -87,9 +87,7 @@ def main() -> None:
         ("lambada-like", "batch 1", lam, {"batch_size": 1}),
         ("lambada-like", "batch 8", lam, {"batch_size": 8}),
     ]
-    print(
-        f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, {args.threads} thread(s)"
-    )
+    print(f"# {machine_line(machine_info(args.threads))}")
     print(
         f"# RWKV-4 4x256 byte-level, {args.items} items of ~{args.context_words} words; median of {args.repeats}"
     )

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -24,22 +23,13 @@ from pathlib import Path
 
 import torch
 
+from rwkvkit.bench.machine import machine_info, machine_line
 from rwkvkit.generate import generate_text
 from rwkvkit.models.rwkv4 import RWKV4Config
 from rwkvkit.testing import random_rwkv4, random_rwkv4_state_dict
 from rwkvkit.tokenizer import load_tokenizer
 
 CONFIG = RWKV4Config(vocab_size=50277, n_layer=12, n_embd=768, ffn_dim=3072)
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
@@ -90,9 +80,7 @@ def main() -> None:
             torch.save(random_rwkv4_state_dict(CONFIG, seed=0), path)
             official = OfficialRWKV(str(path), strategy="cpu fp32")
 
-    print(
-        f"machine: {cpu_name()}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, clock: {args.clock}"
-    )
+    print(f"{machine_line(machine_info(torch.get_num_threads()))} Clock: {args.clock}.")
     print(
         f"model: 169M-shaped random RWKV-4 (12 x 768, vocab 50277), fp32, CPU; medians of {args.repeats} runs"
     )

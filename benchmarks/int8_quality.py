@@ -22,7 +22,6 @@ import argparse
 import json
 import math
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -33,7 +32,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # measure this checkout's rwkvkit, not an installed copy
 
 from rwkvkit import load_model  # noqa: E402
-from rwkvkit.bench import machine_info, random_checkpoint  # noqa: E402
+from rwkvkit.bench import WORKDIR  # noqa: E402
+from rwkvkit.bench.contenders import random_checkpoint  # noqa: E402
+from rwkvkit.bench.machine import machine_info  # noqa: E402
 from rwkvkit.models.rwkv4 import RWKV4, RWKV4Config  # noqa: E402
 from rwkvkit.testing import random_rwkv4_state_dict  # noqa: E402
 
@@ -112,7 +113,7 @@ def main() -> int:
     )
     p.add_argument("--eval-bytes", type=int, default=20000)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "rwkvkit-bench"))
+    p.add_argument("--workdir", default=str(WORKDIR))
     p.add_argument("--json", default=None)
     args = p.parse_args()
     torch.set_num_threads(args.threads)

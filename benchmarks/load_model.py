@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import subprocess
 import sys
@@ -18,6 +17,8 @@ import tempfile
 from pathlib import Path
 
 import torch
+
+from rwkvkit.bench.machine import machine_info, machine_line
 
 CHILD = r"""
 import json, sys, time
@@ -72,9 +73,9 @@ def main() -> None:
             rows.append((fmt, med))
     print(
         f"# load_model, random RWKV-4 {n_params / 1e6:.0f}M params fp32 ({size_mb:.0f} MB file), "
-        f"{platform.machine()} {torch.get_num_threads()} threads, torch {torch.__version__}, "
         f"median of {args.repeats} fresh processes"
     )
+    print(f"# {machine_line(machine_info(torch.get_num_threads()))}")
     print("| format | load s | RSS before load MB | peak RSS MB | growth / file size | first token s |")
     print("|---|---|---|---|---|---|")
     for fmt, med in rows:

@@ -14,23 +14,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 PLOTS = ROOT / "benchmarks" / "plots"
+sys.path.insert(0, str(ROOT))
+from rwkvkit.bench.machine import machine_line  # noqa: E402  (imports no torch)
 
 
 def load(name: str) -> dict | None:
     path = RESULTS / name
     return json.loads(path.read_text()) if path.exists() else None
-
-
-def machine_line(m: dict) -> str:
-    v = m["versions"]
-    peers = ", ".join(f"{k} {v[k]}" for k in ("rwkv", "transformers", "rwkv_cpp") if v.get(k))
-    load_avg = m.get("load_average_at_start")
-    load_txt = f"; load average at start {load_avg[0]:.1f}" if load_avg else ""
-    return (
-        f"Machine: {m['cpu']}, {m['logical_cpus']} logical CPUs, {m['threads']} thread(s) used{load_txt}. "
-        f"Python {v['python']}, torch {v['torch']}, rwkvkit {v['rwkvkit']}; peers: {peers or 'none'}. "
-        f"Command: `{m['command']}`."
-    )
 
 
 def speed_section(res: dict, shape: str) -> list[str]:

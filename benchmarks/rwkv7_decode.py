@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -84,14 +83,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args()
 
+    from rwkvkit.bench.machine import machine_info, machine_line
     from rwkvkit.models.rwkv7 import RWKV7Config
     from rwkvkit.testing import random_rwkv7_state_dict
 
     config = RWKV7Config(vocab_size=65536, n_layer=12, n_embd=768, ffn_dim=3072)
-    print(
-        f"machine: {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} CPUs, "
-        f"{args.threads} threads, torch {torch.__version__}; RWKV-7 0.1B shape, random weights"
-    )
+    print(machine_line(machine_info(args.threads)))
+    print("RWKV-7 0.1B shape, random weights")
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(args.threads)}
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "rwkv7-0.1b.pth"

@@ -1,6 +1,6 @@
 """Decode and prefill speed of rwkvkit and its peers on random RWKV-4 weights, side by side.
 
-Runs ``rwkvkit.bench`` (the code behind ``rwkvkit bench``) on the 169M and/or 430M shapes with
+Runs ``rwkvkit.bench`` (the package behind ``rwkvkit bench``) on the 169M and/or 430M shapes with
 every contender in one process, interleaved rounds, medians; and measures the machine's matmul
 peak (fp32, bf16) in the same run, so prefill can be stated as a fraction of it.
 Install the peers first: ``bash benchmarks/setup.sh``.
@@ -14,7 +14,6 @@ import argparse
 import json
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -23,7 +22,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # measure this checkout's rwkvkit, not an installed copy
 
-from rwkvkit.bench import SHAPES, format_table, random_checkpoint, run_bench  # noqa: E402
+from rwkvkit.bench import WORKDIR  # noqa: E402
+from rwkvkit.bench.contenders import SHAPES, random_checkpoint  # noqa: E402
+from rwkvkit.bench.run import run_bench  # noqa: E402
+from rwkvkit.bench.table import format_table  # noqa: E402
 
 ALL = "fp32,bf16,fp16,int8,plain-fp32,rwkv-fp32,rwkv-bf16,hf-fp32,rwkvcpp-fp32,rwkvcpp-fp16"
 
@@ -61,7 +63,7 @@ def main() -> int:
     p.add_argument("--decode-tokens", type=int, default=8)
     p.add_argument("--prefill", type=int, default=512)
     p.add_argument("--reference", default="rwkv.cpp fp32")
-    p.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "rwkvkit-bench"))
+    p.add_argument("--workdir", default=str(WORKDIR))
     p.add_argument("--json", default=None)
     args = p.parse_args()
     workdir = Path(args.workdir)

@@ -21,10 +21,10 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _machine import machine
-
+from rwkvkit.bench.machine import machine_info, machine_line
+from rwkvkit.train.arch import build
+from rwkvkit.train.config import TrainConfig
 from rwkvkit.train.init import param_groups
-from rwkvkit.train.loop import TrainConfig, build
 
 
 def main() -> None:
@@ -37,7 +37,7 @@ def main() -> None:
     ap.add_argument("--n-embd", type=int, default=256)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    print(machine())
+    print(machine_line(machine_info(torch.get_num_threads())))
     L, C, B = args.n_layer, args.n_embd, args.batch
     print(f"\n## Training tokens/s, L{L} D{C}, byte vocabulary, batch {B}, float32\n")
     print("| ctx | RWKV-4 params | GPT params | RWKV-4 tokens/s | GPT tokens/s | RWKV / GPT |")

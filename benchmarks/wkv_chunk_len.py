@@ -20,18 +20,19 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's rwkvkit
 
-from rwkvkit.bench import interleaved, machine_info
+from rwkvkit.bench.machine import machine_info, machine_line
+from rwkvkit.bench.timing import interleaved
 from rwkvkit.ops.wkv4 import initial_wkv_state, wkv4_chunked
 
 
 def whole_model(args: argparse.Namespace) -> int:
-    import tempfile
 
     import rwkvkit
-    from rwkvkit.bench import random_checkpoint
+    from rwkvkit.bench import WORKDIR
+    from rwkvkit.bench.contenders import random_checkpoint
 
     torch.set_num_threads(args.threads)
-    model = rwkvkit.load_model(random_checkpoint("169m", Path(tempfile.gettempdir()) / "rwkvkit-bench"))
+    model = rwkvkit.load_model(random_checkpoint("169m", WORKDIR))
     tokens = torch.randint(0, 50277, (1, args.tokens), generator=torch.Generator().manual_seed(1))
 
     def task(L: int):
@@ -46,8 +47,7 @@ def whole_model(args: argparse.Namespace) -> int:
         return run
 
     res = interleaved({L: task(int(L)) for L in args.chunk_lens.split(",")}, args.rounds)
-    m = machine_info(args.threads)
-    print(f"machine: {m['cpu']}, {m['threads']} thread(s), load average {m['load_average_at_start']}")
+    print(machine_line(machine_info(args.threads)))
     print(f"\n| chunk_len | 169M prefill of {args.tokens} tokens, tokens/s (median) | min - max |")
     print("|---:|---:|---:|")
     for L, v in res.items():
@@ -82,10 +82,7 @@ def main() -> int:
         return run
 
     res = interleaved({str(L): task(int(L)) for L in args.chunk_lens.split(",")}, args.rounds)
-    m = machine_info(args.threads)
-    print(
-        f"machine: {m['cpu']}, {m['threads']} thread(s), load average {m['load_average_at_start']}, torch {m['versions']['torch']}"
-    )
+    print(machine_line(machine_info(args.threads)))
     print(f"\n| chunk_len | ms per layer, T={T}, C={C} (median) | min - max |")
     print("|---:|---:|---:|")
     for L, times in res.items():

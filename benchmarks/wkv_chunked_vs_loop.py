@@ -10,8 +10,6 @@ Prints a table of median seconds and the loop/chunked ratio, measured side by si
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import sys
 import time
@@ -22,6 +20,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's rwkvkit
 
+from rwkvkit.bench.machine import machine_info, machine_line
 from rwkvkit.ops.wkv5 import wkv5_chunked, wkv5_reference
 from rwkvkit.ops.wkv7 import wkv7_chunked, wkv7_reference
 
@@ -58,8 +57,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     ops = {"wkv5": (wkv5_reference, wkv5_chunked), "wkv7": (wkv7_reference, wkv7_chunked)}
-    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} threads, "
-          f"torch {torch.__version__}; B=1, H={args.heads}, N=64, float32, chunk 32")  # fmt: skip
+    print(machine_line(machine_info(torch.get_num_threads())))
+    print(f"B=1, H={args.heads}, N=64, float32, chunk 32")
     print("| op | T | pass | loop s | chunked s | loop/chunked |")
     print("|---|---|---|---|---|---|")
     for name, (loop, chunked) in ops.items():

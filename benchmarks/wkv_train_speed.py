@@ -24,8 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _machine import machine
-
+from rwkvkit.bench.machine import machine_info, machine_line
 from rwkvkit.models.rwkv4 import RWKV4Config
 from rwkvkit.ops.wkv4 import initial_wkv_state, wkv4_chunked, wkv4_reference
 from rwkvkit.ops.wkv4_train import wkv4_chunked_matmul
@@ -69,7 +68,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     B, T, C = args.B, args.T, args.C
-    print(machine())
+    print(machine_line(machine_info(torch.get_num_threads())))
     print(f"\n## WKV forward + backward, B={B} T={T} C={C}, chunk {args.chunk}, float32\n")
     rows = []
     for name, fn in [

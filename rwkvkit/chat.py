@@ -16,13 +16,10 @@ Python::
 
 from __future__ import annotations
 
-import argparse
-import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
-import torch
 from torch import nn
 
 from .errors import RwkvkitError
@@ -31,13 +28,6 @@ from .sampling import SamplingParams, make_generator
 from .statefile import load_state, save_state
 
 TURN_END = "\n\n"  # World models end a turn with a blank line
-
-HELP = """commands:
-  /save FILE   save the conversation state to FILE (safetensors)
-  /load FILE   continue a conversation saved with /save
-  /reset       forget the conversation (keeps the system prompt)
-  /help        this list
-  /quit        leave (so does end of input)"""
 
 
 def clean_message(text: str) -> str:
@@ -133,102 +123,3 @@ class Chat:
             raise RwkvkitError(f"{path}: holds {saved.state.batch_size} states; a chat needs one")
         self.prefix = Prefix(saved.state, saved.logits, saved.tokens_consumed)
         self.turns = int(saved.extra.get("turns", "0"))
-
-
-# --------------------------------------------------------------------------------------------
-# The ``rwkvkit chat`` command
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from .runtime import add_model_arguments, add_sampling_arguments
-
-    add_model_arguments(parser)
-    parser.add_argument("--system", metavar="TEXT", help="a system prompt, fed once before the first turn")
-    parser.add_argument("--state", metavar="FILE", help="continue a conversation saved with /save")
-    add_sampling_arguments(parser, max_tokens=500)
-
-
-def _read_messages(stdin: TextIO, interactive: bool, user: str) -> Iterator[str]:
-    while True:
-        if interactive:
-            try:
-                line = input(f"{user}: ")
-            except EOFError:
-                print(file=sys.stderr)
-                return
-        else:
-            line = stdin.readline()
-            if not line:
-                return
-        yield line.rstrip("\n")
-
-
-def _command(chat: Chat, line: str, err: TextIO) -> bool:
-    """Run a /command; return False to leave."""
-    name, _, arg = line.strip().partition(" ")
-    arg = arg.strip()
-    try:
-        if name in ("/quit", "/exit"):
-            return False
-        if name == "/help":
-            print(HELP, file=err)
-        elif name == "/reset":
-            chat.reset()
-            print("conversation reset", file=err)
-        elif name in ("/save", "/load"):
-            if not arg:
-                print(f"usage: {name} FILE", file=err)
-            elif name == "/save":
-                print(f"saved to {chat.save(arg)}", file=err)
-            else:
-                chat.load(arg)
-                print(f"loaded {arg}", file=err)
-        else:
-            print(f"unknown command {name}; /help lists the commands", file=err)
-    except RwkvkitError as e:
-        print(f"error: {e}", file=err)
-    return True
-
-
-def run(args: argparse.Namespace) -> int:
-    """Chat on standard input and output; scripts can pipe messages in, one per line."""
-    from .runtime import load_model_and_tokenizer, sampling_from_args
-
-    model, tokenizer = load_model_and_tokenizer(args)
-    chat = Chat(
-        model,
-        tokenizer,
-        system=args.system,
-        max_tokens=args.max_tokens,
-        seed=args.seed,
-        **sampling_from_args(args),
-    )
-    if args.state:
-        chat.load(args.state)
-    interactive = sys.stdin.isatty()
-    out, err = sys.stdout, sys.stderr
-    if interactive:
-        print("rwkvkit chat: /help lists the commands, /quit or Ctrl-D leaves", file=err)
-    for line in _read_messages(sys.stdin, interactive, chat.user):
-        if not line.strip():
-            continue
-        if line.startswith("/"):
-            if not _command(chat, line, err):
-                break
-            continue
-        out.write(f"{chat.assistant}: ")
-        out.flush()
-        try:
-            with torch.no_grad():
-                for piece in chat.send(line):
-                    out.write(piece)
-                    out.flush()
-        except KeyboardInterrupt:
-            if not interactive:
-                raise
-            out.write(" [interrupted: this turn is forgotten]")  # send() had not moved the state yet
-        out.write("\n\n" if interactive else "\n")
-        out.flush()
-        if args.stats and chat.last is not None:
-            print(chat.last.stats(), file=err)
-    return 0

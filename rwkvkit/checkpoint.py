@@ -19,11 +19,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .errors import CheckpointError, RwkvkitError, UnsupportedVersionError
+from .errors import CheckpointError, RwkvkitError, TokenizerError, UnsupportedVersionError
 from .formats import fla, hf
+from .formats.run import is_run_folder, latest_checkpoint
+from .formats.rwkvcpp import MAGIC as RWKVCPP_MAGIC
+from .formats.rwkvcpp import read_rwkvcpp
+from .inference import QUANTIZE_MODES, optimize_for_inference
 from .models import detect_version, model_classes
+from .tokenizer import Tokenizer, load_tokenizer, tokenizer_name_for_vocab_size
 
-RWKVCPP_MAGIC = 0x67676D66
 RWKVCPP_V5_LN_X_EPS = 1e-5
 # Parameters kept in float32 whatever dtype the model runs in: the official package does the same,
 # because exp(time_decay) in 16 bits loses the slow decays that carry long memory.
@@ -48,7 +52,7 @@ def sniff_format(path: Path) -> str:
     if path.is_dir():
         if (path / "config.json").is_file():
             return "hf"
-        if (path / "rwkvkit-run.json").is_file():
+        if is_run_folder(path):
             return "run"
         raise CheckpointError(
             path, "this folder is neither a Hugging Face model (no config.json) nor an rwkvkit training run"
@@ -136,8 +140,6 @@ def read_checkpoint(path: str | Path) -> RawCheckpoint:
     fmt = sniff_format(path)
     overrides: dict[str, Any] = {}
     if fmt == "rwkvcpp":
-        from .formats.rwkvcpp import read_rwkvcpp
-
         _, sd = read_rwkvcpp(path)
     elif fmt in ("pth", "pth-legacy"):
         sd = _torch_load(path, legacy=fmt == "pth-legacy")
@@ -154,8 +156,6 @@ def read_checkpoint(path: str | Path) -> RawCheckpoint:
     elif fmt == "hf":
         sd, overrides = _read_hf_folder(path)
     else:  # a training run folder: its newest checkpoint
-        from .train.run import latest_checkpoint  # type: ignore[import-not-found]
-
         return read_checkpoint(latest_checkpoint(path))
     if hf.is_hf_state_dict(sd):
         sd = hf.hf_to_blinkdl(sd, path)
@@ -253,11 +253,53 @@ def load_model(
     of :mod:`rwkvkit.inference` in place (same numbers as the plain modules, within the tolerances
     tests/test_fast_inference.py states).
     """
-    from .inference import QUANTIZE_MODES, optimize_for_inference
-
     if quantize is not None and quantize not in QUANTIZE_MODES:
         raise RwkvkitError(f"unknown quantize={quantize!r}; choose one of {QUANTIZE_MODES} or None")
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise RwkvkitError(f"dtype must be a floating torch.dtype such as torch.float32, got {dtype!r}")
     model = build_model(read_checkpoint(path), device=device, dtype=dtype)
     return optimize_for_inference(model, quantize=quantize)
+
+
+# --------------------------------------------------------------------------------------------
+# The tokenizer a checkpoint was trained with
+
+
+def safetensors_metadata(path: str | Path) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors file, from its JSON header alone."""
+    try:
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            return dict(json.loads(f.read(n)).get("__metadata__") or {})
+    except (OSError, ValueError, struct.error):
+        return {}
+
+
+def tokenizer_name_for_model(model: nn.Module) -> str:
+    """A checkpoint's tokenizer: what its metadata names, else what its vocabulary size implies."""
+    source = getattr(model, "source", None)
+    if source is not None and source.format == "safetensors":
+        meta = safetensors_metadata(source.path)
+        for key in ("rwkvkit_tokenizer", "tokenizer"):
+            if meta.get(key):
+                return meta[key]
+    vocab = model.config.vocab_size  # type: ignore[attr-defined]
+    name = tokenizer_name_for_vocab_size(vocab)
+    if name is None:
+        raise TokenizerError(
+            f"cannot tell the tokenizer of a model with a vocabulary of {vocab} tokens; "
+            'pass --tokenizer ("world", "20b", "byte" or a vocabulary file)'
+        )
+    return name
+
+
+def tokenizer_for_model(model: nn.Module, name: str | None = None) -> Tokenizer:
+    """The tokenizer ``name`` (default: the checkpoint's own), checked to fit the model's vocabulary."""
+    tokenizer = load_tokenizer(name or tokenizer_name_for_model(model))
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+    if vocab is not None and tokenizer.vocab_size > vocab:
+        raise TokenizerError(
+            f"the {tokenizer.name} tokenizer has {tokenizer.vocab_size} tokens but the model only {vocab}; "
+            "pass the model's own tokenizer with --tokenizer"
+        )
+    return tokenizer

@@ -1,9 +1,8 @@
-"""``rwkvkit convert``: any readable checkpoint to a BlinkDL .pth, .safetensors, a Hugging Face
-folder or an rwkv.cpp file."""
+"""Converting checkpoints: any readable checkpoint to a BlinkDL .pth, .safetensors, a Hugging
+Face folder or an rwkv.cpp file (``rwkvkit convert``, :mod:`rwkvkit.cli.convert`)."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import warnings
 from pathlib import Path
@@ -12,12 +11,13 @@ import torch
 from torch import Tensor
 
 from .checkpoint import read_checkpoint
+from .dtypes import DTYPES, dtype_from_name
 from .errors import RwkvkitError
 from .fileio import atomic_path, atomic_write
 from .formats import hf
+from .formats.rwkvcpp import rwkvcpp_version, write_rwkvcpp
 from .models import model_classes
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 TARGETS = ("pth", "safetensors", "hf", "rwkvcpp")
 
 
@@ -45,7 +45,7 @@ def save_hf(sd: dict[str, Tensor], dst: Path, config: object, dtype_name: str) -
         raise RwkvkitError("Hugging Face output is available for RWKV-4 only so far")
     dst.mkdir(parents=True, exist_ok=True)
     cfg = hf.hf_config(config)
-    cfg["torch_dtype"] = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}[dtype_name]
+    cfg["torch_dtype"] = str(DTYPES[dtype_name]).removeprefix("torch.")  # "float32", "bfloat16", ...
     atomic_write(
         dst / "model.safetensors",
         lambda p: save_file(hf.blinkdl_to_hf(sd), str(p), metadata={"format": "pt"}),
@@ -77,22 +77,18 @@ def convert(src: str | Path, dst: str | Path, to: str, dtype: str = "fp32") -> P
     """Read ``src`` in any supported form and write it to ``dst`` as ``to``."""
     if to not in TARGETS:
         raise RwkvkitError(f"unknown target format {to!r}; choose one of {', '.join(TARGETS)}")
-    if dtype not in DTYPES:
-        raise RwkvkitError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    torch_dtype = dtype_from_name(dtype)
     raw = read_checkpoint(src)
     config_cls, _ = model_classes(raw.version, raw.path)
     config = config_cls.from_state_dict(raw.state_dict, **raw.config_overrides)
     dst = Path(dst)
     if to == "rwkvcpp":
-        from .formats.rwkvcpp import detect_version as rwkvcpp_version
-        from .formats.rwkvcpp import write_rwkvcpp
-
         if dtype == "bf16":
             raise RwkvkitError("rwkv.cpp files hold fp32 or fp16 weights; pass --dtype fp32 or fp16")
         _check_rwkvcpp_can_hold(config, raw.format)
         write_rwkvcpp(dst, raw.state_dict, version=rwkvcpp_version(raw.state_dict.keys()), data_type=dtype)
         return dst
-    sd = _cast(raw.state_dict, DTYPES[dtype])
+    sd = _cast(raw.state_dict, torch_dtype)
     if to in ("pth", "hf") and getattr(config, "ln_x_eps", 64e-5) != 64e-5:
         warnings.warn(
             f"{raw.path} runs RWKV-{config.version}'s ln_x with eps {config.ln_x_eps} (rwkv.cpp's value), "
@@ -107,18 +103,3 @@ def convert(src: str | Path, dst: str | Path, to: str, dtype: str = "fp32") -> P
     else:
         save_hf(sd, dst, config, dtype)
     return dst
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "src", help="checkpoint to read: .pth, .safetensors, rwkv.cpp .bin, HF folder or run folder"
-    )
-    parser.add_argument("dst", help="where to write (a folder for --to hf)")
-    parser.add_argument("--to", required=True, choices=TARGETS, help="output format")
-    parser.add_argument("--dtype", default="fp32", choices=tuple(DTYPES), help="weight dtype of the output")
-
-
-def run(args: argparse.Namespace) -> int:
-    out = convert(args.src, args.dst, args.to, args.dtype)
-    print(f"wrote {out}")
-    return 0

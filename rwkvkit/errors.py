@@ -30,3 +30,7 @@ class StateError(RwkvkitError):
 
 class TokenizerError(RwkvkitError):
     """A tokenizer cannot be found or loaded, or is given ids outside its vocabulary."""
+
+
+class EvalDataError(RwkvkitError):
+    """An evaluation file or request cannot be used as given."""

@@ -1,12 +1,17 @@
-"""Atomic writes: a reader (or a crash) sees the old file or the new one, never half of one."""
+"""Files: atomic writes (a reader, or a crash, sees the old file or the new one, never half of
+one), and JSONL read line by line with errors that name the file and the line."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
+
+from .errors import RwkvkitError
 
 
 @contextlib.contextmanager
@@ -47,3 +52,21 @@ def _fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def iter_jsonl(path: Path, error: type[RwkvkitError] = RwkvkitError) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) for each non-blank line of a JSONL file; a line that is not a JSON
+    object raises ``error`` naming the file and the line."""
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise error(
+                    f"{path}:{lineno}: not valid JSON ({e.msg}); expected one object per line"
+                ) from None
+            if not isinstance(obj, dict):
+                raise error(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+            yield lineno, obj

@@ -1,7 +1,7 @@
 """Validation bits per byte of finished training runs, on the whole validation split.
 
 Each run is evaluated the way it was trained (its own --ctx-len windows, state carried across
---chunk-len pieces), on every non-overlapping window of the validation split, so two runs made
+--bptt-len pieces), on every non-overlapping window of the validation split, so two runs made
 from the same prepared data are compared on exactly the same bytes.
 
     python scripts/eval_runs.py runs/default/rwkv4 runs/default/gpt
@@ -10,6 +10,7 @@ from the same prepared data are compared on exactly the same bytes.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import sys
 from contextlib import nullcontext
@@ -20,9 +21,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import rwkvkit
+from rwkvkit.formats.run import latest_checkpoint, read_run_file
+from rwkvkit.train.config import TrainConfig
 from rwkvkit.train.data import TokenData
-from rwkvkit.train.loop import TrainConfig, evaluate
-from rwkvkit.train.run import latest_checkpoint, read_run_file
+from rwkvkit.train.validate import validation_loss
 
 
 def main() -> None:
@@ -36,11 +38,11 @@ def main() -> None:
     print("|---|---|---:|---:|---:|---:|---:|")
     for run in args.runs:
         info = read_run_file(run)
-        cfg = TrainConfig(**{**info["train"], "eval_windows": 10**9})
+        cfg = dataclasses.replace(TrainConfig.from_saved(info), eval_windows=10**9)
         data = TokenData.open(args.data or cfg.data)  # cfg.data: relative to where the run was started
         model = rwkvkit.load_model(run)
         n_windows = (len(data.val) - 1) // cfg.ctx_len
-        loss = evaluate(model, data, cfg, torch.device("cpu"), nullcontext)
+        loss = validation_loss(model, data, cfg, torch.device("cpu"), nullcontext)
         bpb = loss / math.log(2) / (data.manifest.get("bytes_per_token") or 1.0)
         step = latest_checkpoint(run).stem.split("-")[1]
         n_params = sum(p.numel() for p in model.parameters())

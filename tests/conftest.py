@@ -11,9 +11,15 @@ os.environ.setdefault("RWKV_CUDA_ON", "0")
 
 import pytest
 import torch
+from cli_run import save_tiny_model
+from eval_models import byte_rwkv
+from torch import nn
+from train_runs import prepare_corpus
 
+import rwkvkit
 from rwkvkit.models.rwkv4 import RWKV4Config
 from rwkvkit.testing import random_rwkv4_state_dict
+from rwkvkit.tokenizer import ByteTokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("RWKVKIT_SHARED", REPO.parent / "shared"))
@@ -27,13 +33,16 @@ def shared_path(*parts: str) -> Path:
     return path
 
 
+def rwkvcpp_fixtures() -> Path:
+    """rwkv.cpp's tiny model files ($RWKVKIT_FIXTURES, else shared/fixtures/rwkv-cpp-tiny), or skip."""
+    if "RWKVKIT_FIXTURES" in os.environ:
+        return Path(os.environ["RWKVKIT_FIXTURES"])
+    return shared_path("fixtures", "rwkv-cpp-tiny")
+
+
 @pytest.fixture
 def fixtures_dir() -> Path:
-    return (
-        Path(os.environ["RWKVKIT_FIXTURES"])
-        if "RWKVKIT_FIXTURES" in os.environ
-        else shared_path("fixtures", "rwkv-cpp-tiny")
-    )
+    return rwkvcpp_fixtures()
 
 
 @pytest.fixture
@@ -58,3 +67,34 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+# ---- fixtures several test files share (their helpers: eval_models.py, cli_run.py, train_runs.py)
+
+
+@pytest.fixture
+def tok() -> ByteTokenizer:
+    return ByteTokenizer()
+
+
+@pytest.fixture(scope="module")
+def rwkv() -> nn.Module:
+    """A small random byte-level RWKV-4 (eval_models.byte_rwkv)."""
+    return byte_rwkv()
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random byte-level RWKV-4 saved as a .pth, for the command-line tests."""
+    return save_tiny_model(tmp_path_factory.mktemp("model") / "tiny.pth")
+
+
+@pytest.fixture(scope="module")
+def loaded(model_path: Path) -> tuple[nn.Module, ByteTokenizer]:
+    return rwkvkit.load_model(model_path), rwkvkit.load_tokenizer("byte")  # type: ignore[return-value]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny corpus prepared for training (train_runs.prepare_corpus)."""
+    return prepare_corpus(tmp_path_factory.mktemp("corpus"), tmp_path_factory.mktemp("data"))

@@ -1,4 +1,5 @@
-"""Loading every format, converting between them, and refusing bad files clearly."""
+"""Loading every format (detected from content), the tokenizer a checkpoint names, and refusing bad
+files clearly. Converting between formats: test_convert.py."""
 
 from __future__ import annotations
 
@@ -11,10 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import save_file
 
 import rwkvkit
+from rwkvkit.checkpoint import tokenizer_for_model, tokenizer_name_for_model
 from rwkvkit.convert import convert
-from rwkvkit.errors import CheckpointError, UnsupportedVersionError
+from rwkvkit.errors import CheckpointError, TokenizerError, UnsupportedVersionError
 from rwkvkit.models.rwkv4 import RWKV4Config
 from rwkvkit.testing import random_rwkv4_state_dict
 
@@ -67,44 +70,6 @@ def test_rwkvcpp_newer_versions_are_refused_clearly(fixtures_dir: Path) -> None:
 
 
 # ---- conversion round trips -----------------------------------------------------------------
-
-
-def test_convert_chain_keeps_logits(tmp_path: Path, small_pth: Path) -> None:
-    """pth -> safetensors -> hf -> rwkvcpp -> pth: every hop is exact in fp32."""
-    tokens = list(range(0, 97, 7))
-    reference = _logits(small_pth, tokens)
-    hops = [
-        ("safetensors", tmp_path / "m.safetensors"),
-        ("hf", tmp_path / "hf"),
-        ("rwkvcpp", tmp_path / "m.bin"),
-        ("pth", tmp_path / "back.pth"),
-    ]
-    src: Path = small_pth
-    for fmt, dst in hops:
-        convert(src, dst, fmt)
-        diff = (_logits(dst, tokens) - reference).abs().max().item()
-        # rwkv.cpp stores -exp(time_decay) and we take the log back: ~1 ulp on the decay.
-        assert diff <= (1e-5 if fmt == "rwkvcpp" else 0.0), (fmt, diff)
-        src = dst
-
-
-@pytest.mark.parametrize(("dtype", "tol"), [("fp16", 2e-2), ("bf16", 1.5e-1)])
-def test_convert_to_16_bit(tmp_path: Path, small_pth: Path, dtype: str, tol: float) -> None:
-    tokens = list(range(1, 40, 3))
-    reference = _logits(small_pth, tokens)
-    convert(small_pth, tmp_path / "half.pth", "pth", dtype=dtype)
-    sd = torch.load(tmp_path / "half.pth", weights_only=True)
-    assert sd["blocks.0.att.key.weight"].dtype == {"fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
-    assert (_logits(tmp_path / "half.pth", tokens) - reference).abs().max() <= tol
-
-
-def test_hf_output_config(tmp_path: Path, small_pth: Path, small_config: RWKV4Config) -> None:
-    convert(small_pth, tmp_path / "hf", "hf")
-    cfg = json.loads((tmp_path / "hf" / "config.json").read_text())
-    assert cfg["rescale_every"] == 0 and cfg["architectures"] == ["RwkvForCausalLM"]
-    assert (
-        cfg["intermediate_size"] == small_config.ffn_dim and cfg["num_hidden_layers"] == small_config.n_layer
-    )
 
 
 def test_load_in_bf16_keeps_decay_in_fp32(small_pth: Path) -> None:
@@ -237,8 +202,27 @@ def test_not_an_rwkv_hf_folder(tmp_path: Path) -> None:
     _expect_error(tmp_path, "llama")
 
 
-def test_cli_convert_reports_errors_without_traceback(tmp_path: Path) -> None:
-    from rwkvkit.cli import main
+# ---- the tokenizer a checkpoint names -------------------------------------------------------
 
-    (tmp_path / "junk.pth").write_bytes(b"junk" * 10)
-    assert main(["convert", str(tmp_path / "junk.pth"), str(tmp_path / "out.pth"), "--to", "pth"]) == 2
+
+def test_tokenizer_from_metadata_then_vocab_size(tmp_path: Path) -> None:
+    sd = {k: v.contiguous() for k, v in random_rwkv4_state_dict(RWKV4Config(97, 1, 16, 32)).items()}
+    tagged, bare = tmp_path / "tagged.safetensors", tmp_path / "bare.safetensors"
+    save_file(sd, str(tagged), metadata={"format": "pt", "rwkvkit_tokenizer": "byte"})
+    save_file(sd, str(bare), metadata={"format": "pt"})
+    assert tokenizer_name_for_model(rwkvkit.load_model(tagged)) == "byte"
+    with pytest.raises(TokenizerError, match="--tokenizer"):
+        tokenizer_name_for_model(rwkvkit.load_model(bare))  # 97 tokens: no known vocabulary
+    sd256 = {k: v.contiguous() for k, v in random_rwkv4_state_dict(RWKV4Config(256, 1, 16, 32)).items()}
+    save_file(sd256, str(bare), metadata={"format": "pt", "rwkvkit_config": json.dumps({"version": "4"})})
+    assert tokenizer_name_for_model(rwkvkit.load_model(bare)) == "byte"
+
+
+def test_tokenizer_for_model_checks_the_vocabulary(tmp_path: Path) -> None:
+    sd = {k: v.contiguous() for k, v in random_rwkv4_state_dict(RWKV4Config(256, 1, 16, 32)).items()}
+    save_file(sd, str(tmp_path / "m.safetensors"), metadata={"format": "pt"})
+    model = rwkvkit.load_model(tmp_path / "m.safetensors")
+    assert tokenizer_for_model(model).name == "byte"  # from the vocabulary size
+    assert tokenizer_for_model(model, "byte").name == "byte"
+    with pytest.raises(TokenizerError, match="the world tokenizer has 65536 tokens but the model only 256"):
+        tokenizer_for_model(model, "world")

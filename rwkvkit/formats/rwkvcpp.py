@@ -31,8 +31,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, UnsupportedVersionError
 from ..fileio import atomic_path
+from ..models import detect_version
 
 MAGIC = 0x67676D66  # "ggmf"
 FILE_VERSION_0 = 100  # original; its quantized block layouts predate ggml 00b49ec and are not readable
@@ -102,29 +103,23 @@ class RwkvCppHeader:
 # --- version detection ---------------------------------------------------------------------
 
 
-def detect_version(keys: Iterable[str], *, path: str | Path | None = None) -> str:
-    """RWKV version of a state dict, from its key names, in rwkv.cpp's naming.
+def rwkvcpp_version(keys: Iterable[str], *, path: str | Path | None = None) -> str:
+    """The RWKV version of a state dict in rwkv.cpp's naming, from :func:`rwkvkit.models.detect_version`.
 
-    Works on both rwkv.cpp keys and BlinkDL keys. The names are rwkv.cpp's, which differ from
-    the official ``rwkv`` package's: ``"5.1"`` means "``att.ln_x`` but no ``att.gate``", which the
-    official package calls 5.0; ``"5.2"`` means "``att.ln_x`` and ``att.gate``" (official 5.1 and
-    5.2 both fall here; rwkv.cpp's converter cannot tell them apart either).
-    Returns one of ``"4"``, ``"5.1"``, ``"5.2"``, ``"6"``, ``"7"``.
+    Works on both rwkv.cpp keys and BlinkDL keys. rwkv.cpp names RWKV-5 by its own sub-versions,
+    which differ from the official ``rwkv`` package's: ``"5.1"`` means "``att.ln_x`` but no
+    ``att.gate``", which the official package calls 5.0; ``"5.2"`` means "``att.ln_x`` and
+    ``att.gate``" (official 5.1 and 5.2 both fall here; rwkv.cpp's converter cannot tell them apart
+    either). Returns one of ``"4"``, ``"5.1"``, ``"5.2"``, ``"6"``, ``"7"``.
     """
-    suffixes = {_suffix(k) for k in keys if k.startswith("blocks.")}
-    if {"att.k_k", "att.x_rwkvag", "att.w0"} & suffixes:
-        return "7"
-    if "att.time_maa_x" in suffixes:
-        return "6"
-    if "att.ln_x.weight" in suffixes:
-        return "5.2" if "att.gate.weight" in suffixes else "5.1"
-    if "att.time_first" in suffixes:
-        return "4"
-    raise CheckpointError(
-        path,
-        "cannot tell the RWKV version from the tensor names (expected att.time_first for v4, "
-        "att.ln_x for v5, att.time_maa_x for v6 or att.k_k for v7 in the blocks)",
-    )
+    keys = list(keys)
+    try:
+        version = detect_version(keys)
+    except UnsupportedVersionError as e:
+        raise UnsupportedVersionError(path, e.problem) from None
+    if version == "5":
+        return "5.2" if any(_suffix(k) == "att.gate.weight" for k in keys) else "5.1"
+    return _check_version(version, path)
 
 
 def _check_version(version: str, path: str | Path | None) -> str:
@@ -492,11 +487,11 @@ def read_rwkvcpp(path: str | Path) -> tuple[RwkvCppHeader, dict[str, Tensor]]:
     """Read an rwkv.cpp file as the BlinkDL checkpoint it came from: BlinkDL keys, values and
     orientation (``*.weight`` is (out_features, in_features)), float32, quantized types dequantized.
 
-    The RWKV version is read from the keys (:func:`detect_version`). Values the format stores
+    The RWKV version is read from the keys (:func:`rwkvcpp_version`). Values the format stores
     lossily (quantized weights, v5 decays near 1) come back as close as the file allows.
     """
     header, stored = read_rwkvcpp_raw(path)
-    version = detect_version(stored.keys(), path=path)
+    version = rwkvcpp_version(stored.keys(), path=path)
     return header, from_rwkvcpp_layout(stored, version, path=path)
 
 
@@ -529,12 +524,12 @@ def write_rwkvcpp(
     same in both), header data type 0 or 1. In FP16 files only tensors with more than one
     dimension become FP16, and not the ones the converter keeps FP32 (``.time_*``, v7's
     ``k_k, k_a, r_k, x_rwkvag, x_k, w0, a0, v0``). Tensors go in the state dict's order.
-    ``version`` must match what the keys say (see :func:`detect_version`).
+    ``version`` must match what the keys say (see :func:`rwkvcpp_version`).
     """
     fp16 = _fp16_kind(data_type, path)
     if file_version not in FILE_VERSIONS:
         raise CheckpointError(path, f"file_version must be 100 or 101, got {file_version}")
-    detected = detect_version(state_dict.keys(), path=path)
+    detected = rwkvcpp_version(state_dict.keys(), path=path)
     if detected != _check_version(version, path):
         raise CheckpointError(
             path, f"version={version!r} was asked for but the tensor names are those of v{detected}"

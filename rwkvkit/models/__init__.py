@@ -39,7 +39,7 @@ def detect_version(keys: Iterable[str]) -> str:
             "this is a pre-release RWKV-7 checkpoint (x070 drafts with att.time_aaaaa/time_misc_* keys), "
             "whose layout changed before release; use a released RWKV-7 checkpoint (att.w0, att.a0, att.r_k ...)",
         )
-    if {"att.r_k", "att.w0", "att.x_rwkvag", "att.x_r"} & names:
+    if {"att.r_k", "att.w0", "att.x_rwkvag", "att.x_r", "att.k_k"} & names:
         if "ffn.s_emb.weight" in names:
             raise UnsupportedVersionError(
                 None,

@@ -23,7 +23,8 @@ import torch
 from torch import Tensor
 
 from ..errors import RwkvkitError
-from ..fileio import atomic_path, atomic_write_bytes
+from ..fileio import atomic_path, atomic_write_bytes, iter_jsonl
+from ..tokenizer import load_tokenizer
 
 MANIFEST = "manifest.json"
 
@@ -43,34 +44,6 @@ BINIDX_DTYPES = {
 
 class DataError(RwkvkitError):
     """Training data cannot be read or prepared."""
-
-
-class ByteTokenizer:
-    """Bytes as tokens (vocabulary 256). Used when rwkvkit.tokenizer is not available."""
-
-    name = "byte"
-    vocab_size = 256
-    eos_id = 0  # as in rwkvkit.tokenizer: byte 0 separates documents
-
-    def encode(self, text: str) -> list[int]:
-        return list(text.encode("utf-8"))
-
-    def decode_bytes(self, ids: Any) -> bytes:
-        return bytes(int(i) for i in ids)
-
-    def decode(self, ids: Any) -> str:
-        return self.decode_bytes(ids).decode("utf-8", errors="replace")
-
-
-def get_tokenizer(name: str) -> Any:
-    """The tokenizer by name ("byte", "world", "20b") or vocabulary path."""
-    try:
-        from ..tokenizer import load_tokenizer  # type: ignore[import-not-found]
-    except ImportError:
-        if name == "byte":
-            return ByteTokenizer()
-        raise DataError(f"tokenizer {name!r} needs rwkvkit.tokenizer, which this build lacks") from None
-    return load_tokenizer(name)
 
 
 # ---------------------------------------------------------------- reading inputs
@@ -119,17 +92,10 @@ def write_binidx(path: str | Path, docs: list[list[int]], dtype: Any = np.uint16
 def iter_documents(path: Path) -> Iterator[str]:
     """The texts in a file: one per JSONL line (its "text" field), or the whole file."""
     if path.suffix == ".jsonl":
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}:{n}: not valid JSON ({e})") from None
-                if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
-                    raise DataError(f'{path}:{n}: each JSONL line needs a string "text" field')
-                yield obj["text"]
+        for n, obj in iter_jsonl(path, DataError):
+            if not isinstance(obj.get("text"), str):
+                raise DataError(f'{path}:{n}: each JSONL line needs a string "text" field')
+            yield obj["text"]
     else:
         try:
             yield path.read_text(encoding="utf-8")
@@ -173,7 +139,7 @@ def prepare(
 
     if not 0 < val_fraction < 1:
         raise DataError(f"--val-fraction must be between 0 and 1, got {val_fraction}")
-    tok = get_tokenizer(tokenizer)
+    tok = load_tokenizer(tokenizer)
     vocab = int(tok.vocab_size)
     dtype = np.uint16 if vocab <= 65536 else np.uint32
     files = expand_inputs(inputs)

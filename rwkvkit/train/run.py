@@ -1,23 +1,15 @@
-"""Run folders and checkpoints.
+"""Writing a run folder (its layout, and reading it back, are :mod:`rwkvkit.formats.run`).
 
-A run folder (``rwkvkit train --out OUT``) holds:
-
-- ``rwkvkit-run.json``: what was trained (architecture, model config, training arguments);
-- ``checkpoints/step-NNNNNNN.safetensors``: the weights, BlinkDL-named (readable by
-  ``rwkvkit.load_model`` and ``rwkvkit convert`` like any checkpoint);
-- ``checkpoints/step-NNNNNNN.train.pt``: what resuming needs besides the weights (optimizer,
-  step, RNG states), tensors and plain values only, read with ``weights_only=True``;
-- ``metrics.jsonl``, ``loss.png``, ``samples.txt``.
-
-Each file is written atomically (temp file, fsync, rename), the training state before the
-weights, and a checkpoint counts only once both exist: a run killed during a save leaves at most
-a temp file or a lone state file behind, and resumes from the previous complete checkpoint.
+Each checkpoint file is written atomically (temp file, fsync, rename), the training state before
+the weights, and a checkpoint counts only once both exist: a run killed during a save leaves at
+most a temp file or a lone state file behind, and resumes from the previous complete checkpoint.
+Beside the checkpoints the run keeps ``metrics.jsonl`` (a JSON row per log line), ``loss.png``
+(drawn from it) and ``samples.txt``.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any
 
@@ -26,49 +18,11 @@ from torch import Tensor
 
 from ..errors import CheckpointError
 from ..fileio import atomic_path, atomic_write_bytes
+from ..formats.run import RUN_FILE, complete_steps, train_state_path, weights_path
 
-RUN_FILE = "rwkvkit-run.json"
-CKPT_DIR = "checkpoints"
-_WEIGHTS = re.compile(r"^step-(\d{7,})\.safetensors$")
-
-
-def weights_path(run_dir: Path, step: int) -> Path:
-    return Path(run_dir) / CKPT_DIR / f"step-{step:07d}.safetensors"
-
-
-def train_state_path(run_dir: Path, step: int) -> Path:
-    return Path(run_dir) / CKPT_DIR / f"step-{step:07d}.train.pt"
-
-
-def complete_steps(run_dir: str | Path) -> list[int]:
-    """Steps with a complete checkpoint (weights and training state both present), ascending."""
-    d = Path(run_dir) / CKPT_DIR
-    if not d.is_dir():
-        return []
-    steps = []
-    for f in d.iterdir():
-        m = _WEIGHTS.match(f.name)
-        if m and train_state_path(Path(run_dir), int(m.group(1))).is_file():
-            steps.append(int(m.group(1)))
-    return sorted(steps)
-
-
-def latest_checkpoint(run_dir: str | Path) -> Path:
-    """The newest complete checkpoint's weights file (what ``load_model(run_dir)`` reads)."""
-    steps = complete_steps(run_dir)
-    if not steps:
-        raise CheckpointError(run_dir, "this training run has no complete checkpoint yet (see --save-every)")
-    return weights_path(Path(run_dir), steps[-1])
-
-
-def read_run_file(run_dir: str | Path) -> dict[str, Any]:
-    path = Path(run_dir) / RUN_FILE
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise CheckpointError(run_dir, f"not a training run: no {RUN_FILE}") from None
-    except json.JSONDecodeError as e:
-        raise CheckpointError(path, f"not valid JSON ({e})") from None
+METRICS = "metrics.jsonl"
+LOSS_PLOT = "loss.png"
+SAMPLES = "samples.txt"
 
 
 def write_run_file(run_dir: str | Path, info: dict[str, Any]) -> None:
@@ -111,3 +65,49 @@ def load_train_state(run_dir: Path, step: int) -> dict:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise CheckpointError(path, f"cannot read the training state ({e}); delete this checkpoint") from None
+
+
+# ---------------------------------------------------------------- metrics, plot, samples
+
+
+def append_metrics(path: Path, row: dict[str, Any]) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+        f.flush()
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """On resume, forget rows logged after the checkpoint we go back to."""
+    if not path.is_file():
+        return
+    rows = [
+        ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step
+    ]
+    atomic_write_bytes(path, ("\n".join(rows) + "\n" if rows else "").encode())
+
+
+def plot_losses(metrics: Path, png: Path, title: str) -> None:
+    """Training and validation loss against step, from metrics.jsonl."""
+    try:  # matplotlib is imported here, not at the top: it is slow to import and only the plot needs it
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return  # plotting is a convenience; the numbers are in metrics.jsonl
+    rows = [json.loads(ln) for ln in metrics.read_text().splitlines() if ln.strip()]
+    tr = [(r["step"], r["loss"]) for r in rows if "loss" in r]
+    va = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if tr:
+        ax.plot(*zip(*tr, strict=True), label="train", lw=1)
+    if va:
+        ax.plot(*zip(*va, strict=True), "o-", label="validation")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats / token)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    with atomic_path(png) as tmp:
+        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)

@@ -1,0 +1,90 @@
+"""The contenders ``rwkvkit bench`` measures: ours (through the public API), and, by name, the
+peers of :mod:`.peers`; the random checkpoints of named shapes they all read."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..checkpoint import build_model, load_model, read_checkpoint
+from ..dtypes import DTYPES
+from ..errors import RwkvkitError
+from ..fileio import atomic_write
+from ..models.rwkv4 import RWKV4Config
+from ..testing import random_rwkv4_state_dict
+from .peers import PEERS, hf_contender, official_contender, rwkvcpp_contender
+from .timing import Contender
+
+SHAPES = {  # the RWKV-4 Pile models' shapes
+    "169m": dict(vocab_size=50277, n_layer=12, n_embd=768, ffn_dim=3072),
+    "430m": dict(vocab_size=50277, n_layer=24, n_embd=1024, ffn_dim=4096),
+    "tiny": dict(vocab_size=1000, n_layer=2, n_embd=64, ffn_dim=256),
+}
+OURS = ("fp32", "bf16", "fp16", "int8")
+
+
+def random_checkpoint(shape: str, folder: Path, seed: int = 0) -> Path:
+    """A random BlinkDL .pth of a named shape (cached in ``folder``)."""
+    if shape not in SHAPES:
+        raise RwkvkitError(f"unknown shape {shape!r}; choose one of {', '.join(SHAPES)}")
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"rwkv4-random-{shape}-seed{seed}.pth"
+    if not path.exists():
+        sd = random_rwkv4_state_dict(RWKV4Config(**SHAPES[shape]), seed)
+        atomic_write(path, lambda p: torch.save(sd, p))
+    return path
+
+
+def rwkvkit_contender(path: Path, variant: str, *, plain: bool = False) -> Contender:
+    """Ours through the public API: ``load_model(path, dtype=..., quantize=...)``."""
+    dtype = torch.float32 if variant == "int8" else DTYPES[variant]  # int8: the other weights stay fp32
+    if plain:  # the reference modules, no fast layers: what the speed-ups are measured against
+        model = build_model(read_checkpoint(path), dtype=dtype)
+    else:
+        model = load_model(path, dtype=dtype, quantize="int8" if variant == "int8" else None)
+
+    def make_step(batch: int) -> Callable[[], None]:
+        box: list[Any] = [None, torch.zeros(batch, 1, dtype=torch.long)]
+
+        def step() -> None:
+            with torch.inference_mode():
+                logits, box[0] = model(box[1], box[0])
+            box[1] = logits[:, -1].argmax(-1, keepdim=True)
+
+        return step
+
+    def prefill(tokens: list[int]) -> None:
+        with torch.inference_mode():  # like the official package: the state and the last logits
+            model(torch.tensor([tokens]), last_only=True)
+
+    name = f"rwkvkit {variant}" + (" (plain modules)" if plain else "")
+    return Contender(name, make_step, prefill, batches=(1, 8))
+
+
+def build_contenders(
+    path: Path, names: list[str], workdir: Path, threads: int
+) -> tuple[list[Contender], list[str]]:
+    """The named contenders that can run here, and a note for each that cannot."""
+    made, notes = [], []
+    for name in names:
+        try:
+            if name in OURS:
+                made.append(rwkvkit_contender(path, name))
+            elif name.startswith("plain-") and name[6:] in OURS:
+                made.append(rwkvkit_contender(path, name[6:], plain=True))
+            elif name == "rwkv-fp32":
+                made.append(official_contender(path, "cpu fp32"))
+            elif name == "rwkv-bf16":
+                made.append(official_contender(path, "cpu bf16"))
+            elif name == "hf-fp32":
+                made.append(hf_contender(path, workdir))
+            elif name in ("rwkvcpp-fp32", "rwkvcpp-fp16"):
+                made.append(rwkvcpp_contender(path, workdir, "float" + name[-2:], threads))
+            else:
+                raise RwkvkitError(f"unknown contender {name!r}; choose from {', '.join(OURS + PEERS)}")
+        except ImportError as e:
+            notes.append(f"{name}: skipped, not installed ({e.name}); run benchmarks/setup.sh")
+    return made, notes

@@ -1,0 +1,47 @@
+"""One bench run: the named contenders built, timed in interleaved rounds, with the machine."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..checkpoint import read_checkpoint
+from .contenders import build_contenders
+from .machine import machine_info
+from .timing import decode_task, interleaved, prefill_task, summarize
+
+
+def run_bench(
+    path: Path,
+    names: list[str],
+    *,
+    threads: int,
+    rounds: int,
+    decode_tokens: int,
+    prefill_len: int,
+    batch8: bool,
+    workdir: Path,
+) -> dict[str, Any]:
+    torch.set_num_threads(threads)
+    contenders, notes = build_contenders(path, names, workdir, threads)
+    vocab = read_checkpoint(path).state_dict["emb.weight"].shape[0]
+    decode: dict[str, Callable[[], float]] = {}
+    for c in contenders:
+        decode[f"{c.name}, B=1"] = decode_task(c.make_step(1), decode_tokens, 1)
+        if batch8 and 8 in c.batches:
+            decode[f"{c.name}, B=8"] = decode_task(c.make_step(8), max(1, decode_tokens // 2), 8)
+    prefill = {
+        c.name: prefill_task(c.prefill, prefill_len, vocab) for c in contenders if c.prefill is not None
+    }
+    return {
+        "machine": machine_info(threads),
+        "checkpoint": str(path),
+        "decode_tok_s": summarize(interleaved(decode, rounds)),
+        "prefill_tok_s": summarize(interleaved(prefill, rounds)) if prefill_len else {},
+        "prefill_len": prefill_len,
+        "decode_tokens_per_round": decode_tokens,
+        "notes": notes,
+    }

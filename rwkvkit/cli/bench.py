@@ -1,0 +1,56 @@
+"""``rwkvkit bench``: decode and prefill speed, ours and the peers', measured side by side."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from ..bench import WORKDIR
+from ..bench.contenders import OURS, SHAPES, random_checkpoint
+from ..bench.peers import PEERS
+from ..bench.run import run_bench
+from ..bench.table import format_table
+from ..fileio import atomic_write_bytes
+from .flags import add_json_flag
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", nargs="?", help="checkpoint to measure (default: random weights of --shape)")
+    parser.add_argument("--shape", default="169m", choices=tuple(SHAPES), help="random model shape")
+    parser.add_argument(
+        "--contenders",
+        default="fp32,bf16,int8",
+        help=f"comma-separated; ours: {','.join(OURS)} (plain-<x>: without the fast layers); "
+        f"peers: {','.join(PEERS)}",
+    )
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="CPU threads")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds; the median is reported")
+    parser.add_argument("--decode-tokens", type=int, default=16, help="tokens decoded per round")
+    parser.add_argument("--prefill", type=int, default=512, help="prompt length (0: skip prefill)")
+    parser.add_argument("--no-batch", action="store_true", help="skip batched decode (B=8)")
+    parser.add_argument("--reference", help="row whose speed the ratios divide by (default: none, no ratios)")
+    parser.add_argument("--workdir", default=str(WORKDIR), help="where random checkpoints and conversions go")
+    add_json_flag(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    workdir = Path(args.workdir)
+    path = Path(args.model) if args.model else random_checkpoint(args.shape, workdir)
+    names = [n.strip() for n in args.contenders.split(",") if n.strip()]
+    result = run_bench(
+        path,
+        names,
+        threads=args.threads,
+        rounds=args.rounds,
+        decode_tokens=args.decode_tokens,
+        prefill_len=args.prefill,
+        batch8=not args.no_batch,
+        workdir=workdir,
+    )
+    print(format_table(result, args.reference))
+    if args.json:
+        atomic_write_bytes(args.json, (json.dumps(result, indent=2) + "\n").encode())
+    return 0

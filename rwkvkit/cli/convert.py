@@ -1,0 +1,23 @@
+"""``rwkvkit convert``: a checkpoint to a BlinkDL .pth, .safetensors, a Hugging Face folder or rwkv.cpp."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..convert import TARGETS, convert
+from .flags import add_dtype_flag
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "src", help="checkpoint to read: .pth, .safetensors, rwkv.cpp .bin, HF folder or run folder"
+    )
+    parser.add_argument("dst", help="where to write (a folder for --to hf)")
+    parser.add_argument("--to", required=True, choices=TARGETS, help="output format")
+    add_dtype_flag(parser, "weight dtype of the output")
+
+
+def run(args: argparse.Namespace) -> int:
+    out = convert(args.src, args.dst, args.to, args.dtype)
+    print(f"wrote {out}")
+    return 0

@@ -1,0 +1,71 @@
+"""``rwkvkit eval``: perplexity, LAMBADA and multiple-choice scores for one or more models, side by side."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from ..checkpoint import load_model, tokenizer_for_model
+from ..dtypes import DTYPES
+from ..errors import EvalDataError
+from ..eval.table import column_names, format_table
+from ..eval.tasks import TASKS, evaluate
+from ..fileio import atomic_write_bytes
+from .flags import add_json_flag, add_model_flags, add_progress_flag, default_model
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_model_flags(parser, several=True)
+    parser.add_argument("--task", required=True, choices=TASKS, help="what to measure")
+    parser.add_argument(
+        "--data",
+        required=True,
+        metavar="FILE",
+        help="perplexity: .txt or JSONL {text}; lambada: JSONL {text}; "
+        "multiple-choice: JSONL {goal,sol1,sol2,label} or {context,choices,label}",
+    )
+    parser.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        metavar="N",
+        help="only the first N examples or documents (default: all)",
+    )
+    parser.add_argument("--batch-size", type=int, default=8, metavar="B", help="rows per forward call")
+    parser.add_argument(
+        "--ctx-len",
+        type=int,
+        default=None,
+        metavar="N",
+        help="read in windows of N tokens, as a transformer with an N-token context does "
+        "(default: one stream for RNNs, the model's own context for transformers)",
+    )
+    add_json_flag(parser)
+    add_progress_flag(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.limit is not None and args.limit < 1:
+        raise EvalDataError(f"--limit must be >= 1, got {args.limit}")
+    paths = args.model or [str(default_model())]
+    results = []
+    for path, name in zip(paths, column_names(paths), strict=True):
+        model = load_model(path, device=args.device, dtype=DTYPES[args.dtype])
+        result = evaluate(
+            model,
+            tokenizer_for_model(model, args.tokenizer),
+            args.task,
+            args.data,
+            limit=args.limit,
+            batch_size=args.batch_size,
+            ctx_len=args.ctx_len,
+            model_name=name,
+            progress=args.progress,
+        )
+        results.append(result)
+        del model
+    print(format_table(results))
+    if args.json:
+        payload = json.dumps([r.to_dict() for r in results], indent=2) + "\n"
+        atomic_write_bytes(args.json, payload.encode("utf-8"))
+    return 0

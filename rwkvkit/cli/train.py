@@ -1,0 +1,103 @@
+"""``rwkvkit train``: train an RWKV-4, an RWKV-7 or the GPT baseline on a prepared data folder.
+
+Runs as is on one CPU or GPU, and unchanged under ``torchrun --nproc_per_node N`` for
+DistributedDataParallel (gloo on CPUs, nccl on GPUs). The flags are TrainConfig's fields, each
+turned into a flag here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from typing import Any
+
+from ..train.arch import ARCHITECTURES
+from ..train.config import TrainConfig
+from ..train.loop import train
+from .flags import add_device_flag, add_progress_flag
+
+HELP = {
+    "data": "folder made by `rwkvkit prepare`",
+    "out": "run folder: checkpoints, metrics.jsonl, loss.png, samples.txt",
+    "arch": "rwkv4, rwkv7, or gpt for the transformer baseline of the same width, depth and size",
+    "n_layer": "blocks",
+    "n_embd": "width of the residual stream",
+    "ffn_mult": "channel-mixing (MLP) width as a multiple of --n-embd",
+    "n_head": "GPT only: attention heads",
+    "head_size": "RWKV-7: channels per head (n_embd must be a multiple)",
+    "ctx_len": "tokens per training window",
+    "bptt_len": "truncated-BPTT segment: windows are processed in pieces of this many tokens with the "
+    "state carried (0: the whole window at once)",
+    "chunk_len": "tokens per chunk inside the parallel WKV (a speed knob; the numbers do not change)",
+    "batch_size": "windows per rank per micro-batch",
+    "grad_accum": "micro-batches per optimizer step",
+    "lr": "peak learning rate (after warmup)",
+    "lr_final": "learning rate at the last step",
+    "warmup": "steps of linear warmup",
+    "decay": "cosine or exp",
+    "steps": "optimizer steps in the whole run",
+    "weight_decay": "AdamW weight decay on the weight matrices",
+    "betas": "AdamW betas",
+    "grad_clip": "clip the gradient norm to this (0: no clipping)",
+    "seed": "seed of the initial weights and of the data order",
+    "precision": "fp32, bf16, or auto (bf16 autocast where the hardware supports it)",
+    "save_every": "checkpoint every N steps (and at the end)",
+    "keep": "checkpoints kept (0: all)",
+    "eval_every": "validation loss and a text sample every N steps (0: never)",
+    "eval_windows": "validation windows per evaluation",
+    "log_every": "a metrics.jsonl row every N steps",
+    "sample_len": "tokens in each text sample",
+    "sample_prompt": "the text each sample continues (default: a newline)",
+    "stop_after": "stop after N steps in this invocation, to resume later with --resume (0: run to --steps)",
+    "resume": "continue the run in --out from its last complete checkpoint",
+    "threads": "torch CPU threads (0: PyTorch's default)",
+}
+
+
+class _DeprecatedAlias(argparse.Action):
+    """A renamed flag's old spelling: still works, says what to write instead."""
+
+    def __init__(self, *args: Any, new: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.new = new
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option_string: str | None = None) -> None:
+        print(f"{parser.prog}: warning: {option_string} is deprecated; use {self.new}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if f.name in ("data", "out"):
+            p.add_argument(flag, required=True, help=HELP[f.name])
+        elif f.name == "progress":
+            add_progress_flag(p)
+        elif f.name == "device":
+            add_device_flag(p, default=f.default)
+        elif f.name == "resume":
+            p.add_argument(flag, action="store_true", help=HELP[f.name])
+        elif f.name == "betas":
+            p.add_argument(flag, type=float, nargs=2, default=f.default, metavar="B", help=HELP[f.name])
+        elif f.name == "arch":
+            p.add_argument(flag, default=f.default, choices=tuple(ARCHITECTURES), help=HELP[f.name])
+        else:
+            p.add_argument(flag, type=type(f.default), default=f.default, help=HELP[f.name])
+    # Before the BPTT segment was named --bptt-len, the WKV chunk was --wkv-chunk.
+    p.add_argument(
+        "--wkv-chunk",
+        dest="chunk_len",
+        type=int,
+        default=argparse.SUPPRESS,
+        action=_DeprecatedAlias,
+        new="--chunk-len",
+        help=argparse.SUPPRESS,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+    summary = train(cfg)
+    print(f"{cfg.out}: step {summary['step']}, loss {summary['loss']:.4f}")
+    return 0

@@ -1,0 +1,80 @@
+"""What a training run is asked to do: one dataclass, whose fields are ``rwkvkit train``'s flags."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+# rwkvkit-run-1 files named two fields otherwise: its "chunk_len" was the BPTT segment and its
+# "wkv_chunk" the WKV chunk. Mapped together, so one old name never lands on the other's field.
+_RUN1_NAMES = {"chunk_len": "bptt_len", "wkv_chunk": "chunk_len"}
+
+# What a resumed run takes from the command line rather than from the run folder: how long it
+# runs and how it reports, never the model or the data stream.
+KEEP_ON_RESUME = (
+    "steps",
+    "stop_after",
+    "resume",
+    "progress",
+    "threads",
+    "device",
+    "save_every",
+    "eval_every",
+)
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    data: str
+    out: str
+    arch: str = "rwkv4"  # or "rwkv7", or "gpt" (train/arch.py)
+    n_layer: int = 4
+    n_embd: int = 256
+    ffn_mult: float = 4.0  # RWKV channel-mixing width = ffn_mult * n_embd
+    n_head: int = 4  # GPT only
+    head_size: int = 64  # RWKV-7 only: channels per head (every released RWKV-7 uses 64)
+    ctx_len: int = 256  # tokens per training window
+    bptt_len: int = (
+        0  # truncated-BPTT segment: the state is carried (and detached) between them; 0 = the whole window
+    )
+    chunk_len: int = 32  # tokens per chunk inside the parallel WKV (speed only)
+    batch_size: int = 8  # windows per rank per micro-batch
+    grad_accum: int = 1
+    lr: float = 6e-4
+    lr_final: float = 6e-5
+    warmup: int = 50
+    decay: str = "cosine"  # or "exp"
+    steps: int = 1000
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.99)
+    grad_clip: float = 1.0
+    seed: int = 0
+    precision: str = "auto"  # fp32, bf16, auto (bf16 where the hardware has it)
+    save_every: int = 100
+    keep: int = 3  # checkpoints kept
+    eval_every: int = 100
+    eval_windows: int = 64
+    log_every: int = 10
+    sample_len: int = 200
+    sample_prompt: str = "\n"
+    stop_after: int = 0  # stop after this many steps in this invocation (0: run to --steps)
+    resume: bool = False
+    device: str = "auto"
+    threads: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(self.betas)  # type: ignore[assignment]  # JSON and argparse give lists
+
+    @property
+    def segment(self) -> int:
+        """Tokens per truncated-BPTT segment (the whole window when bptt_len is 0)."""
+        return self.bptt_len or self.ctx_len
+
+    @classmethod
+    def from_saved(cls, run_info: dict[str, Any]) -> TrainConfig:
+        """The config a run folder's ``rwkvkit-run.json`` recorded, older key names mapped."""
+        saved = dict(run_info["train"])
+        if run_info.get("format") == "rwkvkit-run-1":
+            saved = {_RUN1_NAMES.get(k, k): v for k, v in saved.items()}
+        return cls(**saved)

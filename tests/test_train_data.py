@@ -1,0 +1,46 @@
+"""Token files for training: text and JSONL in order, binidx in and out, bad inputs named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from train_runs import TEXT
+
+from rwkvkit.train.data import DataError, TokenData, prepare, read_binidx, write_binidx
+
+
+def test_prepare_text_jsonl_and_manifest(data_dir: Path) -> None:
+    d = TokenData.open(data_dir)
+    m = d.manifest
+    assert m["tokenizer"] == "byte" and m["dtype"] == "uint16" and m["vocab_size"] == 256
+    assert len(d.train) == m["train_tokens"] and len(d.val) == m["val_tokens"]
+    assert abs(m["val_tokens"] / (m["train_tokens"] + m["val_tokens"]) - 0.2) < 0.01
+    ids = np.concatenate([d.train, d.val])
+    assert bytes(ids[: len(TEXT)].astype(np.uint8)) == TEXT.encode()  # text first, in order
+
+
+def test_binidx_roundtrip_and_prepare(tmp_path: Path) -> None:
+    docs = [[1, 2, 3, 300], [7] * 50, list(range(100))]
+    flat = [t for d in docs for t in d]
+    write_binidx(tmp_path / "ds", docs)
+    assert read_binidx(tmp_path / "ds.bin").tolist() == flat
+    m = prepare(
+        [str(tmp_path / "ds.idx")], tmp_path / "out", tokenizer="world", val_fraction=0.1, progress=False
+    )
+    d = TokenData.open(tmp_path / "out")
+    assert np.concatenate([d.train, d.val]).tolist() == flat
+    assert m["train_tokens"] + m["val_tokens"] == 154
+
+
+def test_bad_inputs_name_the_problem(tmp_path: Path) -> None:
+    (tmp_path / "bad.jsonl").write_text('{"text": "ok"}\n{"txt": 1}\n')
+    with pytest.raises(DataError, match=r"bad.jsonl:2: .*text"):
+        prepare([str(tmp_path / "bad.jsonl")], tmp_path / "o", progress=False)
+    (tmp_path / "x.idx").write_bytes(b"NOTMAGIC" * 8)
+    (tmp_path / "x.bin").write_bytes(b"")
+    with pytest.raises(DataError, match="binidx"):
+        read_binidx(tmp_path / "x.idx")
+    with pytest.raises(DataError, match="rwkvkit prepare"):
+        TokenData.open(tmp_path)
