@@ -9,11 +9,11 @@ from __future__ import annotations
 from typing import Any
 
 from .checkpoint import load_model
+from .engine import Prefix
 from .errors import CheckpointError, RwkvkitError, StateError, TokenizerError, UnsupportedVersionError
 from .generate import (
     Generation,
     GenerationResult,
-    Prefix,
     generate,
     generate_batch,
     generate_text,
