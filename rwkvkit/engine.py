@@ -315,7 +315,9 @@ class Engine:
             request=request,
             prompt=prompt,
             stop_ids=frozenset(int(t) for t in request.stop_token_ids),
-            generator=request.generator or make_generator(request.seed, self.device),
+            generator=request.generator
+            if request.generator is not None
+            else make_generator(request.seed, self.device),
             penalties=Penalties(1, self.vocab_size, params, self.device) if params.uses_penalties else None,
             budget=budget,
             tokens=before,

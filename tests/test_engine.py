@@ -294,7 +294,8 @@ def test_cancel_frees_the_row_and_the_others_go_on() -> None:
     assert engine.cancel(drop).prompt_tokens == 0 and engine.num_waiting == 1
     model.calls.clear()
     engine.step()
-    assert ("forward", 1, 2) in model.calls and engine.num_waiting == 0 and keep in engine._rows
+    assert ("forward", 1, 2) in model.calls and engine.num_waiting == 0 and engine.num_decoding == 1
+    assert [e.row for e in engine.step()] == [keep]
 
 
 def test_stop_keeps_the_state_after_every_token(model: nn.Module) -> None:
