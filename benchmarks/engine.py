@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # this checkout's rwkvkit, not an installed copy
 
 from benchmarks._machine import machine  # noqa: E402
-from rwkvkit.engine import Engine, Request, _step, prefill  # noqa: E402
+from rwkvkit.engine import Engine, Request, _step, prefill  # noqa: E402  (COMPAT SHIM: _step -> model.step at merge)
 from rwkvkit.models.rwkv4 import RWKV4Config  # noqa: E402
 from rwkvkit.sampling import Penalties, SamplingParams, make_generator, next_token  # noqa: E402
 from rwkvkit.testing import random_rwkv4  # noqa: E402
