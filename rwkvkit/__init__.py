@@ -24,7 +24,7 @@ _EXPORTS = {
     "UnsupportedVersionError": "errors",
     "Generation": "generate",
     "GenerationResult": "generate",
-    "Prefix": "generate",
+    "Prefix": "engine",
     "generate": "generate",
     "generate_batch": "generate",
     "generate_text": "generate",
@@ -58,11 +58,11 @@ __all__ = [
 
 if TYPE_CHECKING:
     from .checkpoint import load_model
+    from .engine import Prefix
     from .errors import CheckpointError, RwkvkitError, StateError, TokenizerError, UnsupportedVersionError
     from .generate import (
         Generation,
         GenerationResult,
-        Prefix,
         generate,
         generate_batch,
         generate_text,

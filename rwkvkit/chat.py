@@ -1,10 +1,10 @@
 """Multi-turn chat that never re-reads its history: the RNN state *is* the conversation.
 
 Each turn feeds only the new text, ``User: <message>\\n\\nAssistant:``, to the state left by the
-previous turn and generates until a blank line (the RWKV World chat format); the reply's tokens,
-blank line included, are already in the state when the turn ends. So turn n costs the tokens of
-turn n, whatever came before. The state can be saved to a file and loaded back (``/save``,
-``/load``), which resumes the conversation exactly.
+previous turn and generates until a blank line (the RWKV World chat format, :class:`ChatTemplate`);
+the reply's tokens, blank line included, are already in the state when the turn ends. So turn n
+costs the tokens of turn n, whatever came before. The state can be saved to a file and loaded back
+(``/save``, ``/load``), which resumes the conversation exactly.
 
 Python::
 
@@ -16,14 +16,16 @@ Python::
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import dataclasses
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
+from .engine import Prefix
 from .errors import RwkvkitError
-from .generate import GenerationResult, Prefix, generate, prefill_text
+from .generate import GenerationResult, generate, prefill_text
 from .sampling import SamplingParams, make_generator
 from .statefile import load_state, save_state
 
@@ -38,6 +40,37 @@ def clean_message(text: str) -> str:
     return text
 
 
+@dataclasses.dataclass(frozen=True)
+class ChatTemplate:
+    """How a conversation is written as text; the defaults are the RWKV World format.
+
+    A turn is ``<role>: <text><turn_end>``; the assistant's turn is opened with ``<assistant>:`` and
+    the model writes the rest, ending it with ``turn_end`` (the stop string).
+    """
+
+    user: str = "User"
+    assistant: str = "Assistant"
+    system: str = "System"
+    turn_end: str = TURN_END
+
+    def turn(self, role: str, text: str) -> str:
+        """One whole turn; ``role`` is "system", "user" or "assistant" (OpenAI's message roles)."""
+        names = {"system": self.system, "user": self.user, "assistant": self.assistant}
+        if role not in names:
+            raise RwkvkitError(f"unknown chat role {role!r}; use one of {sorted(names)}")
+        return f"{names[role]}: {clean_message(text)}{self.turn_end}"
+
+    def reply_prompt(self) -> str:
+        """What opens the assistant's turn; the model continues from here."""
+        return f"{self.assistant}:"
+
+    def render(self, messages: Sequence[Mapping[str, str]], *, add_reply_prompt: bool = True) -> str:
+        """A conversation of ``{"role": ..., "content": ...}`` messages as one prompt, by default
+        ending where the assistant speaks next (what a chat completions request sends)."""
+        text = "".join(self.turn(m["role"], m["content"]) for m in messages)
+        return text + self.reply_prompt() if add_reply_prompt else text
+
+
 class Chat:
     """A conversation held as an RNN state; :meth:`send` streams the reply to one message."""
 
@@ -49,19 +82,21 @@ class Chat:
         system: str | None = None,
         user: str = "User",
         assistant: str = "Assistant",
+        template: ChatTemplate | None = None,
         max_tokens: int = 500,
         seed: int | None = None,
         **sampling: Any,
     ) -> None:
         self.model, self.tokenizer = model, tokenizer
-        self.user, self.assistant = user, assistant
+        self.template = template or ChatTemplate(user=user, assistant=assistant)
+        self.user, self.assistant = self.template.user, self.template.assistant
         self.max_tokens = max_tokens
         self.sampling = sampling
         SamplingParams(**sampling)  # fail now, not at the first message
         device = next(model.parameters()).device
         self.generator = make_generator(seed, device)  # one stream for the whole conversation
         self.system_prefix = (
-            prefill_text(model, tokenizer, f"System: {clean_message(system)}{TURN_END}") if system else None
+            prefill_text(model, tokenizer, self.template.turn("system", system)) if system else None
         )
         self.prefix: Prefix | None = self.system_prefix
         self.turns = 0
@@ -69,13 +104,13 @@ class Chat:
 
     def send(self, message: str) -> Iterator[str]:
         """Stream the reply to ``message``; the state moves past the reply and its blank line."""
-        prompt = f"{self.user}: {clean_message(message)}{TURN_END}{self.assistant}:"
+        prompt = self.template.turn("user", message) + self.template.reply_prompt()
         gen = generate(
             self.model,
             self.tokenizer,
             prompt,
             max_tokens=self.max_tokens,
-            stop=[TURN_END],
+            stop=[self.template.turn_end],
             generator=self.generator,
             state=self.prefix,
             keep_state=True,
@@ -93,7 +128,7 @@ class Chat:
         before = self.prefix.tokens if self.prefix is not None else 0
         prefix = result.prefix(before)
         if result.stop_reason != "stop_string":  # cut short: close the turn so the format holds
-            prefix = prefill_text(self.model, self.tokenizer, TURN_END, prefix)
+            prefix = prefill_text(self.model, self.tokenizer, self.template.turn_end, prefix)
         self.prefix, self.last = prefix, result
         self.turns += 1
 

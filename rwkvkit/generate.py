@@ -1,114 +1,42 @@
-"""Generation: prefill the prompt in chunks, then decode one token at a time, streaming text.
+"""Text generation: a thin layer over the id-only :mod:`rwkvkit.engine`.
 
-Small named steps, each usable on its own:
-
-- :func:`prefill`: token ids -> the logits after the last one and the state; the prompt goes
-  through the model's parallel mode in chunks of ``chunk_len`` tokens, so memory stays bounded
-  for any prompt length (a 100k-token prompt holds one chunk's activations at a time);
-- :func:`decode_one_token`: one token per row -> next logits and state (the recurrent mode);
-- :class:`Prefix`: a prompt's state and next-token logits, computed once and reused by any
-  number of generations (the model never mutates a state, so reuse needs no copy);
 - :func:`generate`: the streaming API, ``for piece in rwkvkit.generate(model, tok, prompt): ...``,
   with ``.result`` (a :class:`GenerationResult`) once the iteration is over;
 - :func:`generate_text` (one prompt, no streaming) and :func:`generate_batch` (several prompts
-  decoded together, one state row each) return results directly.
+  decoded together, one state row each) return results directly;
+- :func:`prefill_text`: a prompt read once into a :class:`Prefix` (its state and next-token
+  logits), reused by any number of generations;
+- :class:`TextStream`: one row's text as its ids arrive, what every text path (and a server)
+  streams through.
 
 Text is streamed through an incremental decoder, so a piece never ends inside a multi-byte
 character, and held back while it could be the start of a stop string, so a stop string is never
-emitted, even when the tokens split it.
+emitted, even when the tokens split it. The engine does the rest: chunked prefill (``prefill_chunk``
+prompt tokens per model call, so memory stays bounded for any prompt length), batched decoding,
+per-row sampling and stop tokens.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import inspect
-import time
+import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from .engine import DEFAULT_PREFILL_CHUNK, Engine, Prefix, Request, RowResult, prefill
 from .errors import RwkvkitError
-from .sampling import Penalties, SamplingParams, make_generator, next_token
+from .sampling import SamplingParams, make_generator
 from .state import RecurrentState
+from .tokenizer import IncrementalDecoder
 
-DEFAULT_CHUNK_LEN = 256  # prompt tokens per forward call in prefill: bounds memory, keeps speed
 SAMPLING_FIELDS = {f.name for f in dataclasses.fields(SamplingParams)}
 
 
 # --------------------------------------------------------------------------------------------
-# Steps on token ids
-
-
-@dataclasses.dataclass
-class Prefix:
-    """A processed prompt: the state after it and the logits of the token that comes next.
-
-    ``state`` has batch size B and ``logits`` is (B, V) float32. Generating from a prefix never
-    changes it, so one prefix serves any number of generations.
-    """
-
-    state: RecurrentState
-    logits: Tensor | None  # None: unknown (a bare state); the next prompt then must not be empty
-    tokens: int  # how many tokens the state has consumed (for state files and statistics)
-
-    def clone(self) -> Prefix:
-        return Prefix(self.state.clone(), None if self.logits is None else self.logits.clone(), self.tokens)
-
-
-def _accepts_last_only(model: nn.Module) -> bool:
-    try:
-        return "last_only" in inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):
-        return False
-
-
-@torch.no_grad()
-def prefill(
-    model: nn.Module,
-    tokens: Sequence[int] | Tensor,
-    state: RecurrentState | None = None,
-    chunk_len: int = DEFAULT_CHUNK_LEN,
-) -> tuple[Tensor, RecurrentState]:
-    """tokens (B, T) or a list of ids (B = 1), T >= 1 -> (logits (B, V) after the last token, state).
-
-    Runs ``chunk_len`` tokens per forward call; the state carries from chunk to chunk, which the
-    model guarantees gives the same numbers as one call over everything.
-    """
-    device = next(model.parameters()).device
-    ids = torch.as_tensor(tokens, dtype=torch.long, device=device)
-    if ids.dim() == 1:
-        ids = ids[None]
-    if ids.dim() != 2 or ids.shape[1] == 0:
-        raise RwkvkitError(f"prefill needs at least one token, got shape {tuple(ids.shape)}")
-    if chunk_len < 1:
-        raise RwkvkitError(f"prefill chunk_len must be >= 1, got {chunk_len}")
-    kwargs = {"last_only": True} if _accepts_last_only(model) else {}
-    logits = None
-    for start in range(0, ids.shape[1], chunk_len):
-        logits, state = model(ids[:, start : start + chunk_len], state, **kwargs)
-    assert logits is not None and state is not None
-    return logits[:, -1].float(), state
-
-
-@torch.no_grad()
-def decode_one_token(
-    model: nn.Module, tokens: Tensor, state: RecurrentState
-) -> tuple[Tensor, RecurrentState]:
-    """tokens (B,) -> (logits (B, V) for the next token, new state)."""
-    logits, state = model(tokens[:, None], state)
-    return logits[:, -1].float(), state
-
-
-# --------------------------------------------------------------------------------------------
 # Text: incremental decoding and stop strings
-
-
-def _incremental_decoder(tokenizer: Any) -> Any:
-    from .tokenizer import IncrementalDecoder
-
-    return IncrementalDecoder(tokenizer)
 
 
 class _StopFilter:
@@ -144,6 +72,44 @@ class _StopFilter:
         return out
 
 
+class TextStream:
+    """One row's text, built as its token ids arrive.
+
+    :meth:`push` returns the text that is now safe to show ("" while part of a character, or what
+    may begin a stop string, is held back); once ``stop`` is set (the stop string found) the row
+    should be stopped, and nothing more comes out. :meth:`close` releases what is held at the end.
+    """
+
+    def __init__(self, tokenizer: Any, stop: str | Sequence[str] = ()) -> None:
+        self._decoder = IncrementalDecoder(tokenizer)
+        self._filter = _StopFilter([stop] if isinstance(stop, str) else stop)
+        self.stop: str | None = None
+        self.pieces: list[str] = []
+
+    @property
+    def text(self) -> str:
+        return "".join(self.pieces)
+
+    def push(self, token: int) -> str:
+        if self.stop is not None:
+            return ""
+        text, self.stop = self._filter.push(self._decoder.push([token]))
+        return self._emit(text)
+
+    def close(self) -> str:
+        if self.stop is not None:
+            return ""
+        text, self.stop = self._filter.push(self._decoder.flush())
+        if self.stop is None:
+            text += self._filter.flush()
+        return self._emit(text)
+
+    def _emit(self, text: str) -> str:
+        if text:
+            self.pieces.append(text)
+        return text
+
+
 # --------------------------------------------------------------------------------------------
 # Results
 
@@ -155,7 +121,7 @@ class GenerationResult:
     text: str  # the continuation, without the stop string
     token_ids: list[int]  # the generated ids; a stop token id is not included
     prompt_tokens: int  # tokens prefilled for this generation (0 when it started from a Prefix alone)
-    stop_reason: str  # "stop_string", "stop_token" or "max_tokens"
+    stop_reason: str  # "stop_string", "stop_token", "max_tokens" or "context_full" (a GPT's window)
     stop: str | int | None  # the stop string or stop token id that ended it
     prompt_seconds: float
     decode_seconds: float
@@ -188,193 +154,104 @@ class GenerationResult:
         )
 
 
+def _text_result(text: TextStream, row: RowResult) -> GenerationResult:
+    reason, stop = (row.stop_reason, row.stop_token) if text.stop is None else ("stop_string", text.stop)
+    return GenerationResult(
+        text=text.text,
+        token_ids=row.token_ids,
+        prompt_tokens=row.prompt_tokens,
+        stop_reason=reason,
+        stop=stop,
+        prompt_seconds=row.prompt_seconds,
+        decode_seconds=row.decode_seconds,
+        state=row.state,
+        logits=row.logits,
+    )
+
+
 # --------------------------------------------------------------------------------------------
-# The engine: B rows decoded together, each with its own text, stops and random stream
+# Rows of text on the engine
 
 
-@dataclasses.dataclass
-class _Row:
-    decoder: Any
-    stop_filter: _StopFilter
-    pieces: list[str] = dataclasses.field(default_factory=list)
-    token_ids: list[int] = dataclasses.field(default_factory=list)
-    result: GenerationResult | None = None
-
-
-def _split_sampling(kwargs: dict[str, Any]) -> SamplingParams:
-    unknown = set(kwargs) - SAMPLING_FIELDS
-    if unknown:
-        raise TypeError(f"unknown generation arguments: {sorted(unknown)}")
-    return SamplingParams(**kwargs)
+def _stream(
+    engine: Engine, texts: dict[int, TextStream], results: dict[int, GenerationResult]
+) -> Iterator[tuple[int, str]]:
+    """Step the engine until every row ends: yield (row, text piece), fill ``results``."""
+    while engine.has_work:
+        for event in engine.step():
+            text = texts[event.row]
+            piece = "" if event.token is None else text.push(event.token)
+            row = event.result
+            if row is None and text.stop is not None:
+                row = engine.stop(event.row)  # its state has read the tokens that made the stop string
+            if row is not None:
+                piece += text.close()
+                results[event.row] = _text_result(text, row)
+            if piece:
+                yield event.row, piece
 
 
 def _encode(tokenizer: Any, prompt: str | Sequence[int]) -> list[int]:
     return tokenizer.encode(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
 
 
+def _prefill_chunk(prefill_chunk: int | None, chunk_len: int | None) -> int:
+    """``chunk_len`` is the old name of ``prefill_chunk`` (it now names the WKV chunk only)."""
+    if chunk_len is not None:
+        if prefill_chunk is not None:
+            raise TypeError("pass prefill_chunk only (chunk_len is its deprecated old name)")
+        warnings.warn(
+            "chunk_len= is deprecated for generation; use prefill_chunk= (prompt tokens per model call)",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        return chunk_len
+    return DEFAULT_PREFILL_CHUNK if prefill_chunk is None else prefill_chunk
+
+
 def _start(
     model: nn.Module,
     tokenizer: Any,
     prompts: Sequence[str | Sequence[int]],
+    generators: Sequence[torch.Generator],
+    *,
+    max_tokens: int,
+    stop: str | Sequence[str],
+    stop_token_ids: Sequence[int] | None,
     state: Prefix | RecurrentState | None,
-    chunk_len: int,
-) -> tuple[Tensor, RecurrentState, list[int], float]:
-    """Prefill every prompt on its own row (ragged lengths need no padding): (logits, state, lengths, s)."""
-    t0 = time.perf_counter()
-    if isinstance(state, RecurrentState):
-        state = Prefix(state, None, 0)
-    if state is not None and state.state.batch_size != 1:
-        raise RwkvkitError(
-            f"a prompt state for generation must have batch size 1, got {state.state.batch_size}"
+    keep_state: bool,
+    prefill_chunk: int,
+    sampling: dict[str, Any],
+) -> tuple[Engine, dict[int, TextStream]]:
+    """An engine holding one row per prompt, each with its text stream."""
+    unknown = set(sampling) - SAMPLING_FIELDS
+    if unknown:
+        raise TypeError(f"unknown generation arguments: {sorted(unknown)}")
+    params = SamplingParams(**sampling)
+    if not prompts:
+        raise RwkvkitError("no prompts to generate from")
+    if stop_token_ids is None:
+        eos = getattr(tokenizer, "eos_id", None)
+        stop_token_ids = [] if eos is None else [eos]
+    start = Prefix(state, None, 0) if isinstance(state, RecurrentState) else state
+    engine = Engine(model, prefill_chunk=prefill_chunk)
+    texts = {}
+    for prompt, generator in zip(prompts, generators, strict=True):
+        request = Request(
+            prompt=_encode(tokenizer, prompt),
+            params=params,
+            max_tokens=max_tokens,
+            stop_token_ids=stop_token_ids,
+            generator=generator,
+            start=start,
+            keep_state=keep_state,
         )
-    logits, states, lengths = [], [], []
-    for prompt in prompts:
-        ids = _encode(tokenizer, prompt)
-        lengths.append(len(ids))
-        if ids:
-            row_logits, row_state = prefill(model, ids, None if state is None else state.state, chunk_len)
-        elif state is not None and state.logits is not None:
-            row_logits, row_state = state.logits, state.state
-        else:
-            raise RwkvkitError(
-                "empty prompt: give at least one token of text, or a Prefix (rwkvkit.generate.prefill or "
-                "a state file with logits) to continue from"
-            )
-        logits.append(row_logits.reshape(1, -1))
-        states.append(row_state)
-    state_cls = type(states[0])
-    return torch.cat(logits), state_cls.cat(states), lengths, time.perf_counter() - t0
+        texts[engine.add(request)] = TextStream(tokenizer, stop)
+    return engine, texts
 
 
-class _Engine:
-    """Decodes B rows together. ``events()`` yields (row, text piece); ``rows[r].result`` at the end."""
-
-    def __init__(
-        self,
-        model: nn.Module,
-        tokenizer: Any,
-        prompts: Sequence[str | Sequence[int]],
-        params: SamplingParams,
-        *,
-        max_tokens: int,
-        stop: str | Sequence[str],
-        stop_token_ids: Sequence[int] | None,
-        seed: int | None,
-        generator: torch.Generator | None,
-        state: Prefix | RecurrentState | None,
-        keep_state: bool,
-        chunk_len: int,
-    ) -> None:
-        if max_tokens < 0:
-            raise RwkvkitError(f"max_tokens must be >= 0, got {max_tokens}")
-        if not prompts:
-            raise RwkvkitError("no prompts to generate from")
-        if stop_token_ids is None:
-            eos = getattr(tokenizer, "eos_id", None)
-            stop_token_ids = [] if eos is None else [eos]
-        self.model, self.tokenizer, self.prompts, self.params = model, tokenizer, prompts, params
-        self.max_tokens, self.seed, self.generator = max_tokens, seed, generator
-        self.stop = [stop] if isinstance(stop, str) else list(stop)
-        self.stop_ids = {int(t) for t in stop_token_ids}
-        self.state, self.keep_state, self.chunk_len = state, keep_state, chunk_len
-        self.rows: list[_Row] = []
-
-    def events(self) -> Iterator[tuple[int, str]]:
-        params, max_tokens, keep_state = self.params, self.max_tokens, self.keep_state
-        logits, cur_state, lengths, prompt_s = _start(
-            self.model, self.tokenizer, self.prompts, self.state, self.chunk_len
-        )
-        B, V = logits.shape
-        device = logits.device
-        gens_all: torch.Generator | list[torch.Generator]
-        if self.generator is not None:
-            gens_all = self.generator
-        elif B == 1:
-            gens_all = make_generator(self.seed, device)
-        else:  # row i draws from seed + i: a row's text does not depend on the rest of the batch
-            gens_all = [
-                make_generator(None if self.seed is None else self.seed + i, device) for i in range(B)
-            ]
-        penalties = Penalties(B, V, params, device) if params.uses_penalties else None
-        rows = self.rows = [
-            _Row(_incremental_decoder(self.tokenizer), _StopFilter(self.stop)) for _ in range(B)
-        ]
-        active = list(range(B))  # batch position -> row index
-        t0 = time.perf_counter()
-
-        def finish(
-            r: int, reason: str, which: str | int | None, st: RecurrentState | None, lg: Tensor | None
-        ) -> None:
-            rows[r].result = GenerationResult(
-                text="".join(rows[r].pieces),
-                token_ids=rows[r].token_ids,
-                prompt_tokens=lengths[r],
-                stop_reason=reason,
-                stop=which,
-                prompt_seconds=prompt_s,
-                decode_seconds=time.perf_counter() - t0,
-                state=st,
-                logits=lg,
-            )
-
-        if max_tokens == 0:
-            for r in range(B):
-                finish(r, "max_tokens", None, cur_state.select([r]), logits[r : r + 1])
-            return
-
-        while active:
-            gens = gens_all if isinstance(gens_all, torch.Generator) else [gens_all[r] for r in active]
-            with torch.no_grad():
-                tokens = next_token(logits, params, penalties, gens)  # (b,)
-            if penalties is not None:
-                penalties.update(tokens)
-            ending: dict[int, tuple[str, str | int | None]] = {}  # batch position -> why it stops
-            for pos, (r, tok) in enumerate(zip(active, tokens.tolist(), strict=True)):
-                text = self._advance(rows[r], tok, pos, ending)
-                if text:
-                    rows[r].pieces.append(text)
-                    yield r, text
-            fed = len(ending) < len(active) or keep_state
-            if fed:
-                new_logits, new_state = decode_one_token(self.model, tokens, cur_state)
-            for pos, (reason, which) in ending.items():
-                r = active[pos]
-                if not keep_state:
-                    finish(r, reason, which, None, None)
-                elif reason == "stop_token":  # the end-of-text token is not fed: the state stays before it
-                    finish(r, reason, which, cur_state.select([pos]), logits[pos : pos + 1])
-                else:
-                    finish(r, reason, which, new_state.select([pos]), new_logits[pos : pos + 1])
-            if not fed:
-                return
-            if ending:
-                keep = [pos for pos in range(len(active)) if pos not in ending]
-                if not keep:
-                    return
-                idx = torch.tensor(keep, device=device)
-                new_state, new_logits = new_state.select(idx), new_logits[idx]
-                if penalties is not None:
-                    penalties.select(idx)
-                active = [active[pos] for pos in keep]
-            logits, cur_state = new_logits, new_state
-
-    def _advance(self, row: _Row, tok: int, pos: int, ending: dict[int, tuple[str, str | int | None]]) -> str:
-        """Take one sampled token into a row; return the text it releases, note in ``ending`` if it ends."""
-        if tok in self.stop_ids:
-            ending[pos] = ("stop_token", tok)
-            text, hit = row.stop_filter.push(row.decoder.flush())
-            return text if hit is not None else text + row.stop_filter.flush()
-        row.token_ids.append(tok)
-        text, hit = row.stop_filter.push(row.decoder.push([tok]))
-        if hit is not None:
-            ending[pos] = ("stop_string", hit)
-        elif len(row.token_ids) >= self.max_tokens:
-            ending[pos] = ("max_tokens", None)
-            tail, hit = row.stop_filter.push(row.decoder.flush())
-            text += tail if hit is not None else tail + row.stop_filter.flush()
-            if hit is not None:
-                ending[pos] = ("stop_string", hit)
-        return text
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
 
 
 class Generation:
@@ -389,9 +266,10 @@ class Generation:
     Nothing is computed until the first piece is asked for.
     """
 
-    def __init__(self, engine: _Engine) -> None:
-        self._engine = engine
-        self._events = engine.events()
+    def __init__(self, engine: Engine, texts: dict[int, TextStream]) -> None:
+        self._row = next(iter(texts))
+        self._results: dict[int, GenerationResult] = {}
+        self._events = _stream(engine, texts, self._results)
         self.result: GenerationResult | None = None
 
     def __iter__(self) -> Generation:
@@ -401,7 +279,7 @@ class Generation:
         try:
             return next(self._events)[1]
         except StopIteration:
-            self.result = self._engine.rows[0].result
+            self.result = self._results[self._row]
             raise
 
     def finish(self) -> GenerationResult:
@@ -427,7 +305,8 @@ def generate(
     generator: torch.Generator | None = None,
     state: Prefix | RecurrentState | None = None,
     keep_state: bool = False,
-    chunk_len: int = DEFAULT_CHUNK_LEN,
+    prefill_chunk: int | None = None,
+    chunk_len: int | None = None,
     **sampling: Any,
 ) -> Generation:
     """Stream the continuation of ``prompt`` as text pieces; the :class:`GenerationResult` is
@@ -438,27 +317,29 @@ def generate(
     - ``**sampling``: the fields of :class:`~rwkvkit.sampling.SamplingParams` (temperature, top_p,
       top_k, min_p, presence_penalty, frequency_penalty, penalty_decay, logit_bias, banned_tokens);
     - ``stop``: strings that end the generation, never emitted; ``stop_token_ids``: ids that end
-      it (default: the tokenizer's end-of-text id, if it has one); ``max_tokens``: at most this many;
+      it (default: the tokenizer's end-of-text id, if it has one); ``max_tokens``: at most this many
+      (a model with a fixed context, the GPT baseline, also stops when its window is full);
     - ``seed`` or ``generator``: the random stream (same seed, same inputs: same text);
     - ``keep_state``: put the state after the prompt and every generated token in the result, to
-      continue from (costs one extra model step at the end).
+      continue from (costs one extra model step at the end);
+    - ``prefill_chunk``: prompt tokens per model call (default 256; ``chunk_len`` is its
+      deprecated old name).
     """
-    params = _split_sampling(sampling)
-    engine = _Engine(
+    rng = generator if generator is not None else make_generator(seed, _device(model))
+    engine, texts = _start(
         model,
         tokenizer,
         [prompt],
-        params,
+        [rng],
         max_tokens=max_tokens,
         stop=stop,
         stop_token_ids=stop_token_ids,
-        seed=seed,
-        generator=generator,
         state=state,
         keep_state=keep_state,
-        chunk_len=chunk_len,
+        prefill_chunk=_prefill_chunk(prefill_chunk, chunk_len),
+        sampling=sampling,
     )
-    return Generation(engine)
+    return Generation(engine, texts)
 
 
 def generate_text(
@@ -479,36 +360,38 @@ def generate_batch(
     seed: int | None = None,
     state: Prefix | RecurrentState | None = None,
     keep_state: bool = False,
-    chunk_len: int = DEFAULT_CHUNK_LEN,
+    prefill_chunk: int | None = None,
+    chunk_len: int | None = None,
     **sampling: Any,
 ) -> list[GenerationResult]:
     """Generate from several prompts at once, one state row each; results in prompt order.
 
     Prompts of different lengths are prefilled separately (no padding, so no pad token can leak
-    into a state) and then decoded together; rows that stop leave the batch. Row i samples from
-    ``seed + i``, so it gives the same text as ``generate(..., seed=seed + i)`` alone (up to
-    float rounding differences between batch sizes, which can only matter on near-ties). With
-    ``state`` (batch 1) every prompt continues from it: ``prompts=[""] * n`` draws n samples
-    from one :class:`Prefix`.
+    into a state) and then decoded together in one model call per token; rows that stop leave the
+    batch. Row i samples from ``seed + i``, so it gives the same text as
+    ``generate(..., seed=seed + i)`` alone (up to float rounding differences between batch sizes,
+    which can only matter on near-ties). With ``state`` (batch 1) every prompt continues from it:
+    ``prompts=[""] * n`` draws n samples from one :class:`Prefix`.
     """
-    params = _split_sampling(sampling)
-    engine = _Engine(
+    device = _device(model)
+    generators = [make_generator(None if seed is None else seed + i, device) for i in range(len(prompts))]
+    engine, texts = _start(
         model,
         tokenizer,
         list(prompts),
-        params,
+        generators,
         max_tokens=max_tokens,
         stop=stop,
         stop_token_ids=stop_token_ids,
-        seed=seed,
-        generator=None,
         state=state,
         keep_state=keep_state,
-        chunk_len=chunk_len,
+        prefill_chunk=_prefill_chunk(prefill_chunk, chunk_len),
+        sampling=sampling,
     )
-    for _ in engine.events():
+    results: dict[int, GenerationResult] = {}
+    for _ in _stream(engine, texts, results):
         pass
-    return [row.result for row in engine.rows]  # type: ignore[misc]
+    return [results[row] for row in texts]
 
 
 def prefill_text(
@@ -516,15 +399,14 @@ def prefill_text(
     tokenizer: Any,
     prompt: str | Sequence[int],
     state: Prefix | RecurrentState | None = None,
-    chunk_len: int = DEFAULT_CHUNK_LEN,
+    prefill_chunk: int | None = None,
+    *,
+    chunk_len: int | None = None,
 ) -> Prefix:
     """Process a prompt once, to reuse it: ``generate(model, tok, "", state=prefix)`` many times."""
     ids = _encode(tokenizer, prompt)
-    before = state.tokens if isinstance(state, Prefix) else 0
-    start = state.state if isinstance(state, Prefix) else state
     if not ids:
         if isinstance(state, Prefix):
             return state
         raise RwkvkitError("prefill_text: the prompt is empty")
-    logits, new_state = prefill(model, ids, start, chunk_len)
-    return Prefix(new_state, logits, before + len(ids))
+    return prefill(model, ids, state, prefill_chunk=_prefill_chunk(prefill_chunk, chunk_len))

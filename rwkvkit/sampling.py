@@ -21,8 +21,9 @@ same tokens.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -217,9 +218,63 @@ def next_token(
     generator: torch.Generator | Sequence[torch.Generator] | None = None,
 ) -> Tensor:
     """The whole pipeline for one step: logits (B, V) -> (B,) token ids (penalties not updated)."""
+    return _pick(logits, params, None if penalties is None else penalties.apply, generator)
+
+
+def next_token_rows(
+    logits: Tensor,
+    params: Sequence[SamplingParams],
+    penalties: Sequence[Penalties | None],
+    generators: Sequence[torch.Generator],
+) -> Tensor:
+    """One step with every row's own settings: logits (B, V) -> (B,) token ids.
+
+    Row i uses ``params[i]``, ``penalties[i]`` (a one-row :class:`Penalties` or None) and draws
+    from ``generators[i]``. Rows with equal params go through the pipeline together; every step of
+    it works row by row, so a row's token never depends on which other rows share the batch.
+    """
+    B = logits.shape[0]
+    if not len(params) == len(penalties) == len(generators) == B:
+        raise RwkvkitError(
+            f"next_token_rows: {B} rows, {len(params)} params, {len(penalties)} penalties, "
+            f"{len(generators)} generators"
+        )
+    groups: list[tuple[SamplingParams, list[int]]] = []
+    for i, p in enumerate(params):
+        for q, rows in groups:
+            if q == p:
+                rows.append(i)
+                break
+        else:
+            groups.append((p, [i]))
+    if len(groups) == 1 and not any(penalties):
+        return _pick(logits, params[0], None, list(generators))
+    out = torch.empty(B, dtype=torch.long, device=logits.device)
+    for p, rows in groups:
+        idx = torch.tensor(rows, device=logits.device)
+        row_penalties = [penalties[r] for r in rows]
+        penalize = functools.partial(_penalize_rows, row_penalties) if any(row_penalties) else None
+        out[idx] = _pick(logits[idx], p, penalize, [generators[r] for r in rows])
+    return out
+
+
+def _penalize_rows(penalties: Sequence[Penalties | None], logits: Tensor) -> Tensor:
+    """logits (B, V) -> (B, V), each row through its own penalties (None: untouched)."""
+    rows = [
+        logits[i : i + 1] if pen is None else pen.apply(logits[i : i + 1]) for i, pen in enumerate(penalties)
+    ]
+    return torch.cat(rows)
+
+
+def _pick(
+    logits: Tensor,
+    params: SamplingParams,
+    penalize: Callable[[Tensor], Tensor] | None,
+    generator: torch.Generator | Sequence[torch.Generator] | None,
+) -> Tensor:
     logits = apply_logit_bias(logits, params.logit_bias, params.banned_tokens)
-    if penalties is not None:
-        logits = penalties.apply(logits)
+    if penalize is not None:
+        logits = penalize(logits)
     if params.greedy:
         return greedy(logits)
     probs = logits_to_probs(logits, params.temperature, params.top_k, params.top_p, params.min_p)

@@ -1,5 +1,6 @@
-"""Generation: chunked prefill, streaming text, stop strings and ids, prefixes, batches, and greedy
-decoding against the official ``rwkv`` package."""
+"""Generation (the text layer over the engine): chunked prefill, streaming text, stop strings and
+ids, prefixes, batches, greedy decoding against the official ``rwkv`` package, and every RWKV
+version through the same path."""
 
 from __future__ import annotations
 
@@ -11,11 +12,17 @@ import torch
 from torch import Tensor, nn
 
 import rwkvkit
-from rwkvkit.errors import RwkvkitError
-from rwkvkit.generate import Prefix, generate, generate_batch, generate_text, prefill, prefill_text
+from rwkvkit.engine import prefill
+from rwkvkit.errors import RwkvkitError, StateError
+from rwkvkit.generate import Prefix, generate, generate_batch, generate_text, prefill_text
+from rwkvkit.models.gpt import GPT, GPTConfig
 from rwkvkit.models.rwkv4 import RWKV4Config
+from rwkvkit.models.rwkv5 import RWKV5Config
+from rwkvkit.models.rwkv6 import RWKV6Config
+from rwkvkit.models.rwkv7 import RWKV7Config
 from rwkvkit.state import RecurrentState
-from rwkvkit.testing import random_rwkv4
+from rwkvkit.statefile import load_state, save_state
+from rwkvkit.testing import random_rwkv4, random_rwkv5, random_rwkv6, random_rwkv7
 from rwkvkit.tokenizer import load_tokenizer
 
 
@@ -38,31 +45,38 @@ class ScriptState(RecurrentState):
 
 
 class ScriptModel(nn.Module):
-    """Predicts ``script[position - prompt_len]``: whatever the prompt, it then types the script."""
+    """Predicts ``script[position - prompt_len]``: whatever the prompt, it then types the script.
+    The prompt ends where the last prompt-reading call (``last_only=True``) ended."""
 
     def __init__(self, script: list[int], vocab_size: int = 256) -> None:
         super().__init__()
         self.script, self.vocab_size = script, vocab_size
         self.dummy = nn.Parameter(torch.zeros(1))
-        self.prompt_len: int | None = None
+        self.prompt_len = 0
         self.calls: list[int] = []
 
     def initial_state(self, batch: int = 1) -> ScriptState:
         return ScriptState(torch.zeros(1, batch, 1))
 
-    def forward(self, tokens: Tensor, state: ScriptState | None = None) -> tuple[Tensor, ScriptState]:
+    def forward(
+        self, tokens: Tensor, state: ScriptState | None = None, *, last_only: bool = False
+    ) -> tuple[Tensor, ScriptState]:
         tokens = torch.as_tensor(tokens)
         tokens = tokens[None] if tokens.dim() == 1 else tokens
         B, T = tokens.shape
         self.calls.append(T)
         state = self.initial_state(B) if state is None else state
         pos = state.position + T
-        if self.prompt_len is None:
+        if last_only:
             self.prompt_len = int(pos[0, 0, 0])
         logits = torch.full((B, T, self.vocab_size), -10.0)
         i = int(pos[0, 0, 0]) - self.prompt_len
         logits[:, -1, self.script[i] if i < len(self.script) else 0] = 10.0
-        return logits, ScriptState(pos)
+        return (logits[:, -1:] if last_only else logits), ScriptState(pos)
+
+    def step(self, tokens: Tensor, state: ScriptState) -> tuple[Tensor, ScriptState]:
+        logits, state = self(tokens[:, None], state)
+        return logits[:, -1], state
 
 
 def scripted(text: str) -> ScriptModel:
@@ -152,14 +166,19 @@ def test_prefill_runs_in_bounded_chunks_and_equals_one_call(byte_model, byte_tok
     ids = torch.randint(0, 256, (1, 300), generator=gen)
     full_logits, full_state = byte_model(ids)
     for chunk in (5, 64, 5000):
-        logits, state = prefill(byte_model, ids, chunk_len=chunk)
+        prefix = prefill(byte_model, ids, prefill_chunk=chunk)
         # the chunked parallel WKV and the recurrent path differ by float rounding only
-        torch.testing.assert_close(logits, full_logits[:, -1], rtol=1e-4, atol=1e-4)
-        for name, t in state.tensors().items():
+        torch.testing.assert_close(prefix.logits, full_logits[:, -1], rtol=1e-4, atol=1e-4)
+        for name, t in prefix.state.tensors().items():
             torch.testing.assert_close(t, full_state.tensors()[name], rtol=1e-4, atol=1e-4, msg=name)
+        assert prefix.tokens == 300
     script = scripted("ok")
-    prefill(script, list(range(100)) * 10, chunk_len=64)
+    prefill(script, list(range(100)) * 10, prefill_chunk=64)
     assert max(script.calls) == 64 and sum(script.calls) == 1000  # memory is bounded by the chunk
+    script = scripted("ok")
+    ids = list(range(1, 101)) * 3
+    generate_text(script, load_tokenizer("byte"), ids, max_tokens=2, stop_token_ids=[], prefill_chunk=64)
+    assert script.calls == [64, 64, 64, 64, 44, 1]  # the prompt in chunks, then one step per new token
 
 
 def test_last_only_logits_are_the_last_row_of_all_logits(byte_model) -> None:
@@ -282,5 +301,80 @@ def test_bad_arguments(byte_model, byte_tok) -> None:
 @pytest.mark.slow
 def test_100k_token_prompt(byte_model, byte_tok) -> None:
     ids = torch.randint(0, 256, (100_000,), generator=torch.Generator().manual_seed(0)).tolist()
-    logits, state = prefill(byte_model, ids, chunk_len=256)
-    assert torch.isfinite(logits).all() and all(torch.isfinite(t).all() for t in state.tensors().values())
+    prefix = prefill(byte_model, ids, prefill_chunk=256)
+    assert torch.isfinite(prefix.logits).all()
+    assert all(torch.isfinite(t).all() for t in prefix.state.tensors().values())
+
+
+def test_chunk_len_is_a_deprecated_alias_of_prefill_chunk(byte_tok) -> None:
+    script = scripted("ok")
+    with pytest.warns(DeprecationWarning, match="prefill_chunk"):
+        result = generate_text(script, byte_tok, "x" * 20, max_tokens=2, chunk_len=8)
+    assert result.text == "ok" and script.calls == [8, 8, 4, 1]
+    with pytest.raises(TypeError, match="prefill_chunk only"):
+        generate_text(script, byte_tok, "x", prefill_chunk=8, chunk_len=8)
+    with pytest.warns(DeprecationWarning):
+        prefix = prefill_text(script, byte_tok, "abc", chunk_len=2)
+    assert prefix.tokens == 3
+
+
+def test_kept_state_at_a_stop_string_has_read_the_stop_string(byte_model, byte_tok) -> None:
+    kw = dict(temperature=0, stop_token_ids=[])
+    full = generate_text(byte_model, byte_tok, "Hello", max_tokens=30, **kw).text
+    stop = full[6:8]
+    first = generate_text(byte_model, byte_tok, "Hello", max_tokens=30, stop=[stop], keep_state=True, **kw)
+    assert first.stop_reason == "stop_string" and first.text == full[: full.index(stop)]
+    expected = prefill(byte_model, list(b"Hello") + first.token_ids)  # the stop string's tokens included
+    torch.testing.assert_close(first.logits, expected.logits, rtol=1e-4, atol=1e-4)
+    for name, t in first.state.tensors().items():
+        torch.testing.assert_close(t, expected.state.tensors()[name], rtol=1e-4, atol=1e-4, msg=name)
+
+
+def test_a_fixed_context_model_stops_at_its_window(byte_tok) -> None:
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        gpt = GPT(GPTConfig(vocab_size=256, n_layer=2, n_embd=32, n_head=2, ffn_dim=64, n_ctx=16)).eval()
+    result = generate_text(gpt, byte_tok, "abcdef", max_tokens=100, stop_token_ids=[], keep_state=True)
+    assert result.stop_reason == "context_full" and len(result.token_ids) == 16 - 6
+    assert result.state.length == 16  # every position used, none past the window
+    assert generate_text(gpt, byte_tok, "abcdef", max_tokens=3, stop_token_ids=[]).stop_reason == "max_tokens"
+    with pytest.raises(RwkvkitError, match="context of 16"):
+        generate_text(gpt, byte_tok, "x" * 17)
+
+
+MODELS = {
+    "5": lambda seed: random_rwkv5(
+        RWKV5Config(vocab_size=256, n_layer=2, n_embd=32, ffn_dim=64, head_size=16), seed
+    ),
+    "6": lambda seed: random_rwkv6(
+        RWKV6Config(vocab_size=256, n_layer=2, n_embd=32, ffn_dim=64, head_size=16), seed
+    ),
+    "7": lambda seed: random_rwkv7(
+        RWKV7Config(vocab_size=256, n_layer=2, n_embd=32, ffn_dim=64, head_size=16), seed
+    ),
+}
+
+
+@pytest.mark.parametrize("version", sorted(MODELS))
+def test_generate_and_state_files(version: str, tmp_path: Path) -> None:
+    model, tok = MODELS[version](0), load_tokenizer("byte")
+    prompt = "ROMEO: speak"
+    whole = rwkvkit.generate_text(model, tok, prompt + " again", max_tokens=12, temperature=0)
+    # The same greedy text from a saved-and-restored state after the first part of the prompt.
+    first = rwkvkit.generate_text(model, tok, prompt, max_tokens=0, keep_state=True)
+    path = save_state(
+        tmp_path / "s.safetensors", first.state, model, tokens_consumed=len(prompt), logits=first.logits
+    )
+    saved = load_state(path, model)
+    assert saved.tokens_consumed == len(prompt)
+    with torch.no_grad():
+        logits, state = model(tok.encode(" again"), saved.state)
+    token_ids = []
+    for _ in range(12):  # greedy by hand from the restored state
+        nxt = int(logits[0, -1].argmax())
+        token_ids.append(nxt)
+        with torch.no_grad():
+            logits, state = model([nxt], state)
+    assert token_ids == whole.token_ids
+    with pytest.raises(StateError):
+        load_state(path, MODELS[version](1))  # same shapes, other weights

@@ -14,6 +14,7 @@ from rwkvkit.sampling import (
     logits_to_probs,
     make_generator,
     next_token,
+    next_token_rows,
     sample,
 )
 
@@ -184,6 +185,35 @@ def test_per_row_generators_make_rows_independent_of_the_batch() -> None:
     together = sample(probs, [make_generator(10 + i) for i in range(3)])
     alone = [sample(probs[i : i + 1], make_generator(10 + i)).item() for i in range(3)]
     assert together.tolist() == alone
+
+
+def test_rows_with_their_own_params_sample_as_they_would_alone() -> None:
+    V = 50
+    logits = torch.randn(5, V, generator=torch.Generator().manual_seed(4)) * 3
+    params = [
+        SamplingParams(temperature=0),
+        SamplingParams(top_p=0.8),
+        SamplingParams(temperature=0.5, top_k=5, presence_penalty=1.0, frequency_penalty=0.5),
+        SamplingParams(top_p=0.8),  # equal to row 1: sampled in one group with it
+        SamplingParams(min_p=0.1, logit_bias={7: 3.0}, banned_tokens=[0, 1]),
+    ]
+
+    def penalties() -> list[Penalties | None]:
+        out = [Penalties(1, V, p) if p.uses_penalties else None for p in params]
+        out[2].update(torch.tensor([int(logits[2].argmax())]))  # the favourite is now penalised
+        return out
+
+    for seed in range(20):
+        gens = [make_generator(seed * 10 + i) for i in range(5)]
+        together = next_token_rows(logits, params, penalties(), gens)
+        pens = penalties()
+        alone = [
+            next_token(logits[i : i + 1], params[i], pens[i], make_generator(seed * 10 + i)).item()
+            for i in range(5)
+        ]
+        assert together.tolist() == alone
+    with pytest.raises(RwkvkitError, match="2 generators"):
+        next_token_rows(logits, params, penalties(), gens[:2])
 
 
 @pytest.mark.parametrize(

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..engine import Prefix
 from ..errors import RwkvkitError
-from ..generate import Prefix, generate
+from ..generate import generate
 from ..statefile import load_state, save_state
 from .flags import (
     add_model_flags,
