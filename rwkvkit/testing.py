@@ -7,6 +7,11 @@ the computation, not just on one lucky model.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from types import ModuleType
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -162,3 +167,21 @@ def random_rwkv6(config: RWKV6Config, seed: int = 0) -> RWKV6:
     model = RWKV6(config)
     model.load_state_dict(random_rwkv6_state_dict(config, seed))
     return model.eval()
+
+
+@contextlib.contextmanager
+def recording_score_paths(op_module: ModuleType) -> Iterator[list[str]]:
+    """Inside the block, each ``decayed_scores`` call of a chunked WKV module (rwkvkit.ops.wkv5 or
+    wkv7) appends the path it took, "factorised" or "pairwise", to the list it yields."""
+    seen: list[str] = []
+    real = op_module.decayed_scores
+
+    def spy(*args: Any, factorise: bool, **kwargs: Any) -> Tensor:
+        seen.append("factorised" if factorise else "pairwise")
+        return real(*args, factorise=factorise, **kwargs)
+
+    op_module.decayed_scores = spy
+    try:
+        yield seen
+    finally:
+        op_module.decayed_scores = real
