@@ -26,8 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from rwkvkit.bench.machine import machine_info, machine_line
 from rwkvkit.models.rwkv4 import RWKV4Config
-from rwkvkit.ops.wkv4 import initial_wkv_state, wkv4_chunked, wkv4_reference
-from rwkvkit.ops.wkv4_train import wkv4_chunked_matmul
+from rwkvkit.ops.wkv4 import initial_wkv_state, wkv4_chunked, wkv4_chunked_matmul, wkv4_reference
 from rwkvkit.testing import random_rwkv4
 
 

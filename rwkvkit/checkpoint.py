@@ -251,7 +251,7 @@ def load_model(
     logits stay float32). ``quantize="int8"`` stores the matrices as weight-only int8 (per-output
     channel scales); the rest keeps ``dtype``. The model comes back with the fast inference layers
     of :mod:`rwkvkit.inference` in place (same numbers as the plain modules, within the tolerances
-    tests/test_fast_inference.py states).
+    tests/test_inference.py states).
     """
     if quantize is not None and quantize not in QUANTIZE_MODES:
         raise RwkvkitError(f"unknown quantize={quantize!r}; choose one of {QUANTIZE_MODES} or None")

@@ -3,12 +3,14 @@
 Each RWKV version defines its own state dataclass (in its model file) on top of
 :class:`RecurrentState`, whose fields are all tensors with the batch on dimension 1
 (dimension 0 is the layer). The base class gives every version the same handling:
-cloning, moving, batch selection, and a flat dict of tensors for state files.
+cloning, moving, batch selection, a flat dict of tensors for state files, and the per-layer view
+the model's blocks work on (:meth:`RecurrentState.layer` and :meth:`RecurrentState.stack`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Any, ClassVar, TypeVar
 
 import torch
@@ -59,6 +61,21 @@ class RecurrentState:
         """The states of some batch rows, e.g. to fan one prompt's state out to many samples."""
         idx = torch.as_tensor(index, dtype=torch.long)
         return self._map(lambda t: t.index_select(1, idx.to(t.device)))
+
+    def layer(self: S, i: int) -> S:
+        """Layer i's part: the same fields without the layer dimension, (B, ...) each.
+
+        A block reads it and returns an updated copy (``dataclasses.replace``); :meth:`stack` joins
+        the layers' parts back into a whole state. ``batch_size``, ``select`` and ``cat`` are for
+        whole states only.
+        """
+        return self._map(lambda t: t[i])
+
+    @classmethod
+    def stack(cls: type[S], layers: Sequence[S]) -> S:
+        """The whole state from every layer's part, in layer order (the inverse of :meth:`layer`)."""
+        names = layers[0].tensors()  # fields of an instance: what torch.compile can trace
+        return cls(**{n: torch.stack([getattr(part, n) for part in layers]) for n in names})
 
     @classmethod
     def cat(cls: type[S], states: list[S]) -> S:

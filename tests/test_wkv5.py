@@ -1,4 +1,5 @@
-"""The chunked RWKV-5/6 WKV (per-channel decay, bonus) against the sequential reference loop."""
+"""RWKV-5/6 WKV (rwkvkit/ops/wkv5.py): the chunked form (per-channel decay, bonus) and the step
+against the sequential reference loop, both of the chunked form's score paths, and the dispatch point."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import time
 import pytest
 import torch
 
+from rwkvkit.ops import wkv5 as wkv5_module
 from rwkvkit.ops.wkv5 import wkv5, wkv5_chunked, wkv5_reference
+from rwkvkit.testing import recording_score_paths
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -41,12 +44,14 @@ def test_chunked_equals_reference(B: int, T: int, H: int, N: int, chunk: int, sc
 
 
 def test_both_score_paths_are_used_and_agree() -> None:
-    """Slow decays take the factorised path, fast ones the pairwise one; both equal the loop."""
-    for scale, log_w_shift in ((0.1, -3.0), (0.1, 4.0)):  # ~0.05 and ~55 nats per token
+    """Slow decays take the factorised path, fast ones the pairwise one (recorded); both equal the loop."""
+    for scale, log_w_shift, path in ((0.1, -3.0, "factorised"), (0.1, 4.0, "pairwise")):  # ~0.05, ~55 nats
         r, log_w, k, v, u, s = _inputs(1, 64, 2, 8, seed=1, decay_log_scale=scale)
         log_w = log_w * torch.exp(torch.tensor(log_w_shift + 1))
         ref, ref_state = wkv5_reference(r, log_w, k, v, u, s)
-        out, out_state = wkv5_chunked(r, log_w, k, v, u, s, chunk_len=32)
+        with recording_score_paths(wkv5_module) as seen:
+            out, out_state = wkv5_chunked(r, log_w, k, v, u, s, chunk_len=32)
+        assert seen == [path, path], seen  # two chunks of 32, each on the expected path
         torch.testing.assert_close(out, ref, atol=TOL, rtol=TOL)
         torch.testing.assert_close(out_state, ref_state, atol=TOL, rtol=TOL)
 
@@ -64,6 +69,8 @@ def test_infinite_decay_and_state_untouched() -> None:
     assert torch.equal(s, before)
     one, _ = wkv5(r[:, :1], log_w[:, :1], k[:, :1], v[:, :1], u, s)
     torch.testing.assert_close(one, ref[:, :1], atol=0, rtol=0)
+    flat, _ = wkv5(r[:, 0], log_w[:, 0], k[:, 0], v[:, 0], u, s)  # (B, H, N): the model's decode step
+    torch.testing.assert_close(flat, ref[:, 0], atol=0, rtol=0)
 
 
 def test_gradients_equal_reference() -> None:

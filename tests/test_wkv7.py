@@ -1,4 +1,5 @@
-"""The chunked RWKV-7 WKV (delta rule, UT transform) against the sequential reference loop."""
+"""RWKV-7 WKV (rwkvkit/ops/wkv7.py): the chunked form (delta rule, UT transform) and the step against
+the sequential reference loop, both of the chunked form's score paths, and the dispatch point."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from rwkvkit.ops import wkv7 as wkv7_module
 from rwkvkit.ops.wkv7 import wkv7, wkv7_chunked, wkv7_reference
+from rwkvkit.testing import recording_score_paths
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -18,7 +21,8 @@ TOL = 2e-5
 
 
 def _inputs(B: int, T: int, H: int, N: int, seed: int, decay_scale: float = 1.0, dtype=torch.float32):
-    """Inputs as an RWKV-7 layer makes them: w in (e^-0.61, 1), kk unit vectors, a in (0, 1)."""
+    """Inputs as an RWKV-7 layer makes them: w in (e^-0.61, 1), kk unit vectors, a in (0, 1).
+    ``decay_scale`` < 1 makes every decay slower (log w scaled towards 0)."""
     g = torch.Generator().manual_seed(seed)
     shape = (B, T, H, N)
     r, k, v = (torch.randn(shape, generator=g) for _ in range(3))
@@ -48,12 +52,35 @@ def test_chunked_equals_reference(B: int, T: int, H: int, N: int, chunk: int) ->
     torch.testing.assert_close(out_state, ref_state, atol=TOL, rtol=TOL)
 
 
+@pytest.mark.parametrize(
+    ("chunk", "decay_scale", "paths"),
+    [
+        (32, 1.0, {"factorised"}),  # <= 65 tokens: factorised by length alone, whatever the decay
+        (160, 0.1, {"factorised"}),  # long chunks of slow decays: the span (~5 nats) stays small
+        # long chunks of the fastest RWKV-7 decays: full chunks span ~53 nats > 40, so pairwise;
+        # the last chunk (80 tokens, ~27 nats) is long enough to be judged by its span, and passes
+        (160, 1.0, {"factorised", "pairwise"}),
+    ],
+)
+def test_both_score_paths_are_used_and_agree(chunk: int, decay_scale: float, paths: set[str]) -> None:
+    """Which path each chunk took is recorded, and either way the result equals the loop."""
+    x = _inputs(1, 400, 2, 8, seed=11, decay_scale=decay_scale)
+    ref, ref_state = wkv7_reference(*x)
+    with recording_score_paths(wkv7_module) as seen:
+        out, out_state = wkv7_chunked(*x, chunk_len=chunk)
+    assert set(seen) == paths
+    torch.testing.assert_close(out, ref, atol=TOL, rtol=TOL)
+    torch.testing.assert_close(out_state, ref_state, atol=TOL, rtol=TOL)
+
+
 def test_state_is_not_mutated_and_single_token_uses_step() -> None:
     x = _inputs(2, 1, 2, 4, seed=0)
     before = x[-1].clone()
     out, _ = wkv7(*x)
     ref, _ = wkv7_reference(*x)
     torch.testing.assert_close(out, ref, atol=0, rtol=0)
+    flat, _ = wkv7(*(t[:, 0] for t in x[:-1]), x[-1])  # (B, H, N): the model's decode step
+    torch.testing.assert_close(flat, ref[:, 0], atol=0, rtol=0)
     wkv7(*_inputs(2, 9, 2, 4, seed=0)[:-1], x[-1])
     assert torch.equal(x[-1], before)
 

@@ -1,14 +1,25 @@
-"""Small pieces every RWKV version's model file shares: token shift, input and state checks."""
+"""Small pieces every model file shares: token shift, input and state checks, step constants."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..errors import StateError
 from ..state import RecurrentState
 
-__all__ = ["as_token_batch", "check_state_shapes", "token_shift"]
+__all__ = [
+    "StepConstants",
+    "as_token_batch",
+    "as_token_column",
+    "check_state_shapes",
+    "prepare_step_constants",
+    "run_blocks",
+    "token_shift",
+    "zeros",
+]
 
 
 def token_shift(x: Tensor, x_prev: Tensor) -> Tensor:
@@ -26,23 +37,112 @@ def as_token_batch(tokens: Tensor | list[int], device: torch.device) -> Tensor:
     return t
 
 
-def check_state_shapes(state: RecurrentState, expected: RecurrentState) -> None:
+def as_token_column(tokens: Tensor) -> Tensor:
+    """The ids a model's ``step`` takes: one per sequence, (B,). Anything else is refused."""
+    if tokens.dim() != 1:
+        raise ValueError(f"step takes one token per sequence, shape (B,); got {tuple(tokens.shape)}")
+    return tokens
+
+
+def check_state_shapes(state: RecurrentState, cls: type[RecurrentState], shapes: dict[str, tuple]) -> None:
     """Refuse a state from another model, version or batch with a message, not a shape error deep inside.
 
-    ``expected`` is a state of the right kind and shapes (e.g. the model's zero state).
+    ``shapes`` maps each field to the shape this model needs (e.g. from the state class's ``shapes``).
     """
-    cls = type(expected)
-    if not isinstance(state, cls):
+    if type(state) is not cls:
         raise StateError(
             f"expected an {cls.__name__} for this RWKV-{cls.version} model, got {type(state).__name__}"
         )
-    for (name, t), want in zip(state.tensors().items(), expected.tensors().values(), strict=True):
-        if t.shape != want.shape:
+    for name, want in shapes.items():
+        got = getattr(state, name).shape
+        if got != want:
             raise StateError(
-                f"state field {name} has shape {tuple(t.shape)}, but this model needs {tuple(want.shape)} "
+                f"state field {name} has shape {tuple(got)}, but this model needs {want} "
                 "(n_layer, batch, ...): was it made by another model or for another batch size?"
             )
 
 
+def run_blocks(blocks: nn.ModuleList, x: Tensor, state: RecurrentState, *, step: bool) -> tuple[Tensor, Any]:
+    """x through every block in turn, each on its layer's part of the state: ``block(x, part)`` for
+    T tokens, ``block.step(x, part)`` for one. Returns x and the new whole state."""
+    layers = []
+    for i, block in enumerate(blocks):
+        x, layer = (block.step if step else block)(x, state.layer(i))
+        layers.append(layer)
+    return x, type(state).stack(layers)
+
+
 def zeros(shape: tuple[int, ...], device: torch.device | str) -> Tensor:
     return torch.zeros(shape, dtype=torch.float32, device=device)
+
+
+class StepConstants(nn.Module):
+    """Base of a mixing module whose one-token step needs values derived from its own parameters.
+
+    A decode step would otherwise redo them every token: the decay ``-exp(time_decay)``, the mix
+    vectors stacked so one lerp gives every projection's input, float32 copies. ``derive_constants``
+    computes them (differentiably); :meth:`prepare` stores a detached copy for inference, which
+    ``rwkvkit.inference.optimize_for_inference`` (so ``load_model``) calls once.
+
+    The stored copy cannot outlive the values it came from through the module's own methods:
+    ``train()`` drops it (training changes the parameters), and ``load_state_dict`` and moves
+    (``.to()``, ``.cuda()``, ``.half()``) derive it again from the new values. While autograd
+    records (grad mode on), :meth:`constants` derives afresh, so gradients reach the parameters
+    through the step too. Writing a parameter in place under ``torch.no_grad()`` is the one change
+    it cannot see: call :meth:`prepare` (or ``prepare_step_constants``) again after such an edit.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._prepared: Any = None
+        self.register_load_state_dict_post_hook(_rederive_after_load)
+
+    def derive_constants(self) -> Any:
+        """The step's constants from the current parameters, as a NamedTuple of tensors (or None)."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def prepare(self) -> None:
+        # A parameter itself (what .float() of a float32 one returns) is kept: it is the live
+        # tensor. Anything derived is cloned, so none is a view of storage that may be replaced.
+        derived = self.derive_constants()
+        self._prepared = derived._make(
+            t if t is None or isinstance(t, nn.Parameter) else t.detach().clone() for t in derived
+        )
+
+    @property
+    def prepared(self) -> bool:
+        return self._prepared is not None
+
+    def constants(self) -> Any:
+        """The prepared constants when there are some and no gradient is wanted; else derived now."""
+        if self._prepared is None or torch.is_grad_enabled():
+            return self.derive_constants()
+        return self._prepared
+
+    def train(self, mode: bool = True) -> StepConstants:
+        if mode:
+            self._prepared = None
+        return super().train(mode)
+
+    def _apply(self, fn: Any, recurse: bool = True) -> StepConstants:
+        was_prepared = self._prepared is not None
+        self._prepared = None
+        out = super()._apply(fn, recurse)
+        if was_prepared:
+            self.prepare()
+        return out
+
+
+def _rederive_after_load(module: nn.Module, incompatible_keys: Any) -> None:
+    # runs after the module and its children have loaded, so every parameter is the new one
+    if isinstance(module, StepConstants) and module.prepared:
+        module.prepare()
+
+
+def prepare_step_constants(model: nn.Module) -> nn.Module:
+    """Derive every mixing module's step constants once (see :class:`StepConstants`); returns model."""
+    for module in model.modules():
+        if isinstance(module, StepConstants):
+            module.prepare()
+    return model

@@ -1,8 +1,8 @@
 """A GPT (pre-LayerNorm transformer) baseline, called like the RWKV models.
 
 It exists so that comparisons are like for like: ``rwkvkit train --arch gpt`` trains it through
-the same loop and data, and ``logits, state = model(tokens, state)`` works as for RWKV, with the
-state a key/value cache (None at the start). Attention is PyTorch's scaled_dot_product_attention.
+the same loop and data, and ``logits, state = model(tokens, state)`` and ``model.step(tokens,
+state)`` work as for RWKV, with the state a key/value cache (None or ``initial_state`` at the start). Attention is PyTorch's scaled_dot_product_attention.
 
 Shapes: B batch, T new tokens, P cached tokens, C = n_embd, H heads, D = C // H head width.
 """
@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from ..errors import StateError
 from ..state import RecurrentState
-from .common import as_token_batch
+from .common import as_token_batch, as_token_column, run_blocks
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +62,8 @@ class GPTState(RecurrentState):
 
 
 class Attention(nn.Module):
+    """Causal multi-head self-attention over the cached keys/values and the new tokens."""
+
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         C = config.n_embd
@@ -69,27 +71,39 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(C, 3 * C)
         self.proj = nn.Linear(C, C)
 
-    def forward(self, x: Tensor, past: tuple[Tensor, Tensor] | None) -> tuple[Tensor, Tensor, Tensor]:
+    def _extend(self, state: GPTState, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, GPTState]:
+        """The cache with the new keys/values (B, H, T, D) appended: (B, H, P + T, D) each."""
+        if state.key.shape[2]:
+            k = torch.cat([state.key.to(k.dtype), k], dim=2)
+            v = torch.cat([state.value.to(v.dtype), v], dim=2)
+        return k, v, dataclasses.replace(state, key=k.float(), value=v.float())
+
+    def forward(self, x: Tensor, state: GPTState) -> tuple[Tensor, GPTState]:
+        """x: (B, T, C); state: this layer's cache (:meth:`RecurrentState.layer`), (B, H, P, D) each."""
         B, T, C = x.shape
+        P = state.key.shape[2]
         q, k, v = (
             self.qkv(x).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)
         )  # (B, H, T, D)
-        if past is not None:
-            k = torch.cat([past[0].to(k.dtype), k], dim=2)  # (B, H, P + T, D)
-            v = torch.cat([past[1].to(v.dtype), v], dim=2)
-            P = k.shape[2] - T
-            # query i (at position P + i) sees keys 0 .. P + i
-            mask = (
-                torch.arange(P + T, device=x.device)[None, :]
-                <= (P + torch.arange(T, device=x.device))[:, None]
-            )
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        else:
+        k, v, state = self._extend(state, k, v)
+        if P == 0:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        return self.proj(y.transpose(1, 2).reshape(B, T, C)), k, v
+        else:  # query i (at position P + i) sees keys 0 .. P + i
+            pos = torch.arange(P + T, device=x.device)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=pos[None, :] <= (P + pos[:T])[:, None])
+        return self.proj(y.transpose(1, 2).reshape(B, T, C)), state
+
+    def step(self, x: Tensor, state: GPTState) -> tuple[Tensor, GPTState]:
+        """x: (B, C), one token, which sees every cached position and itself: no mask."""
+        B, C = x.shape
+        q, k, v = self.qkv(x).view(B, 3, self.n_head, 1, C // self.n_head).unbind(1)  # (B, H, 1, D)
+        k, v, state = self._extend(state, k, v)
+        return self.proj(F.scaled_dot_product_attention(q, k, v).reshape(B, C)), state
 
 
 class MLP(nn.Module):
+    """Stateless, so one forward serves any number of tokens: (..., C) -> (..., C)."""
+
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         self.fc = nn.Linear(config.n_embd, config.ffn_dim)
@@ -100,6 +114,8 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
+    """Pre-LayerNorm residuals around attention and the MLP."""
+
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         self.ln1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps)
@@ -107,9 +123,22 @@ class Block(nn.Module):
         self.ln2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps)
         self.mlp = MLP(config)
 
+    def forward(self, x: Tensor, state: GPTState) -> tuple[Tensor, GPTState]:
+        """x: (B, T, C); state: this layer's cache."""
+        out, state = self.attn(self.ln1(x), state)
+        x = x + out
+        return x + self.mlp(self.ln2(x)), state
+
+    def step(self, x: Tensor, state: GPTState) -> tuple[Tensor, GPTState]:
+        """x: (B, C), one token."""
+        out, state = self.attn.step(self.ln1(x), state)
+        x = x + out
+        return x + self.mlp(self.ln2(x)), state
+
 
 class GPT(nn.Module):
-    """``logits, state = model(tokens, state)``; the state is a :class:`GPTState` KV cache."""
+    """``logits, state = model(tokens, state)`` and ``model.step(tokens, state)`` as for RWKV; the
+    state is a :class:`GPTState` KV cache."""
 
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
@@ -125,31 +154,52 @@ class GPT(nn.Module):
         z = torch.zeros(c.n_layer, batch, c.n_head, 0, c.n_embd // c.n_head, device=self.wte.weight.device)
         return GPTState(z, z.clone())
 
-    def forward(self, tokens: Tensor | list[int], state: GPTState | None = None) -> tuple[Tensor, GPTState]:
-        tokens = as_token_batch(tokens, self.wte.weight.device)
-        B, T = tokens.shape
-        if state is not None and not isinstance(state, GPTState):
+    def _checked(self, state: GPTState | None, batch: int, new: int) -> GPTState:
+        """The state to continue from, refused with a message if it does not fit ``new`` more tokens."""
+        if state is None:
+            return self.initial_state(batch)
+        if not isinstance(state, GPTState):
             raise StateError(f"expected a GPTState for this GPT model, got {type(state).__name__}")
-        P = 0 if state is None else state.length
-        if state is not None and state.batch_size != B:
-            raise StateError(f"the cache holds batch {state.batch_size}, the tokens batch {B}")
-        if self.config.n_ctx < P + T:
+        c = self.config
+        want = (c.n_layer, batch, c.n_head, state.length, c.n_embd // c.n_head)
+        for name, t in state.tensors().items():
+            if tuple(t.shape) != want:
+                raise StateError(
+                    f"the cache's {name} has shape {tuple(t.shape)}, this model needs {want} "
+                    "(n_layer, batch, heads, positions, head width)"
+                )
+        if c.n_ctx < state.length + new:
             raise StateError(
-                f"{P} cached + {T} new tokens exceed this GPT's {self.config.n_ctx} positions; "
+                f"{state.length} cached + {new} new tokens exceed this GPT's {c.n_ctx} positions; "
                 "start from a shorter prompt or a fresh state"
             )
-        pos = torch.arange(P, P + T, device=tokens.device)
-        x = self.wte(tokens) + self.wpe(pos)  # (B, T, C)
-        keys, values = [], []
-        for i, block in enumerate(self.blocks):
-            past = None if state is None or P == 0 else (state.key[i], state.value[i])
-            a, k, v = block.attn(block.ln1(x), past)
-            x = x + a
-            x = x + block.mlp(block.ln2(x))
-            keys.append(k.float())
-            values.append(v.float())
-        logits = self.head(self.ln_f(x)).float()
-        return logits, GPTState(torch.stack(keys), torch.stack(values))
+        return state
+
+    def forward(
+        self, tokens: Tensor | list[int], state: GPTState | None = None, *, last_only: bool = False
+    ) -> tuple[Tensor, GPTState]:
+        """tokens: (B, T) ids. Returns (B, T, V) float32 logits ((B, 1, V) with ``last_only``) and
+        the grown cache; the given one is left untouched. One token (T = 1) takes :meth:`step`."""
+        tokens = as_token_batch(tokens, self.wte.weight.device)
+        B, T = tokens.shape
+        if T == 1:
+            logits, state = self.step(tokens[:, 0], state)
+            return logits[:, None], state
+        state = self._checked(state, B, T)
+        P = state.length
+        x = self.wte(tokens) + self.wpe(torch.arange(P, P + T, device=tokens.device))  # (B, T, C)
+        x, state = run_blocks(self.blocks, x, state, step=False)
+        if last_only:
+            x = x[:, -1:]
+        return self.head(self.ln_f(x)).float(), state
+
+    def step(self, tokens: Tensor, state: GPTState | None = None) -> tuple[Tensor, GPTState]:
+        """tokens: (B,) ids, one per sequence. Returns (B, V) float32 logits and the grown cache."""
+        tokens = as_token_column(tokens)
+        state = self._checked(state, tokens.shape[0], 1)
+        x = self.wte(tokens) + self.wpe.weight[state.length]  # (B, C)
+        x, state = run_blocks(self.blocks, x, state, step=True)
+        return self.head(self.ln_f(x)).float(), state
 
 
 def gpt_ffn_dim_matching(vocab_size: int, n_layer: int, n_embd: int, rwkv_ffn_dim: int, n_ctx: int) -> int:

@@ -1,7 +1,9 @@
 """RWKV-4, the architecture of the paper (Peng et al. 2023) and of the Pile and Raven models.
 
-Read top to bottom: config, state, the two mixing layers, a block, the model. Parameter names
-and shapes are BlinkDL's, so a BlinkDL state dict loads as it is.
+Read top to bottom: config, state, the two mixing layers, a block, the model. Each mixing layer
+and block has ``forward`` (T tokens, the parallel mode) and ``step`` (one token, the recurrent
+mode); both take and return their layer's part of the state. Parameter names and shapes are
+BlinkDL's, so a BlinkDL state dict loads as it is.
 
 Shapes: B batch, T tokens, C = n_embd, F = ffn_dim, V = vocab_size, L = n_layer.
 """
@@ -9,14 +11,22 @@ Shapes: B batch, T tokens, C = n_embd, F = ffn_dim, V = vocab_size, L = n_layer.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from ..ops.wkv4 import EMPTY_MAX, wkv4
 from ..state import RecurrentState
-from .common import as_token_batch, token_shift
+from .common import (
+    StepConstants,
+    as_token_batch,
+    as_token_column,
+    check_state_shapes,
+    run_blocks,
+    token_shift,
+    zeros,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,7 +37,7 @@ class RWKV4Config:
     ffn_dim: int  # channel-mixing width; 4 * n_embd in the official models, free here
     layer_norm_eps: float = 1e-5  # what BlinkDL, transformers and rwkv.cpp all use for v4
     # Tokens per chunk in the parallel WKV; a speed knob, not a numerics one. On the CPU a 169M
-    # prefill of 512 tokens (matmul form, ops/wkv4_train.py) ran fastest at 16, ~1.2x 8 and 32;
+    # prefill of 512 tokens (matmul form, ops/wkv4.py) ran fastest at 16, ~1.2x 8 and 32;
     # the row-max fallback alone is fastest at 8 (benchmarks/wkv_chunk_len.py [--whole-model]).
     chunk_len: int = 16
 
@@ -62,13 +72,24 @@ class RWKV4State(RecurrentState):
     version: ClassVar[str] = "4"
 
     @classmethod
-    def zeros(cls, config: RWKV4Config, batch: int, device: torch.device | str = "cpu") -> RWKV4State:
-        shape = (config.n_layer, batch, config.n_embd)
-        z = torch.zeros(shape, dtype=torch.float32, device=device)
-        return cls(z, z.clone(), z.clone(), torch.full_like(z, EMPTY_MAX), z.clone())
+    def shapes(cls, config: Any, batch: int) -> dict[str, tuple[int, ...]]:
+        names = ("att_x_prev", "wkv_num", "wkv_den", "wkv_max", "ffn_x_prev")
+        return dict.fromkeys(names, (config.n_layer, batch, config.n_embd))
+
+    @classmethod
+    def zeros(cls, config: Any, batch: int, device: torch.device | str = "cpu") -> RWKV4State:
+        state = cls(**{name: zeros(shape, device) for name, shape in cls.shapes(config, batch).items()})
+        state.wkv_max.fill_(EMPTY_MAX)
+        return state
 
 
-class TimeMix(nn.Module):
+class TimeMixConstants(NamedTuple):
+    mix: Tensor  # (3, 1, C) time_mix_k, _v, _r stacked: one lerp gives xk, xv, xr
+    decay: Tensor  # (C,) float32 w = -exp(time_decay)
+    first: Tensor  # (C,) float32 u = time_first
+
+
+class TimeMix(StepConstants):
     """Time mixing ("att"): receptance-gated WKV over the past tokens."""
 
     def __init__(self, config: RWKV4Config) -> None:
@@ -85,26 +106,46 @@ class TimeMix(nn.Module):
         self.receptance = nn.Linear(C, C, bias=False)
         self.output = nn.Linear(C, C, bias=False)
 
-    def forward(
-        self, x: Tensor, x_prev: Tensor, wkv_state: tuple[Tensor, Tensor, Tensor]
-    ) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor]]:
-        # x: (B, T, C) normalised input; x_prev: (B, C)
-        shifted = token_shift(x, x_prev)
+    def derive_constants(self) -> TimeMixConstants:
+        mix = torch.cat([self.time_mix_k, self.time_mix_v, self.time_mix_r]).view(3, 1, -1)
+        return TimeMixConstants(mix, -torch.exp(self.time_decay.float()), self.time_first.float())
+
+    def forward(self, x: Tensor, state: RWKV4State) -> tuple[Tensor, RWKV4State]:
+        """x: (B, T, C) normalised input; state: this layer's part (:meth:`RecurrentState.layer`)."""
+        c = self.constants()
+        shifted = token_shift(x, state.att_x_prev.to(x.dtype))
         xk = torch.lerp(shifted, x, self.time_mix_k)  # mix * x + (1 - mix) * shifted
         xv = torch.lerp(shifted, x, self.time_mix_v)
         xr = torch.lerp(shifted, x, self.time_mix_r)
         r = torch.sigmoid(self.receptance(xr))
         k = self.key(xk).float()
         v = self.value(xv).float()
-        w = -torch.exp(self.time_decay.float())
-        out, wkv_state = wkv4(w, self.time_first.float(), k, v, wkv_state, self.chunk_len)
-        return self.output(r * out.to(r.dtype)), wkv_state
+        out, (num, den, mx) = wkv4(
+            c.decay, c.first, k, v, (state.wkv_num, state.wkv_den, state.wkv_max), self.chunk_len
+        )
+        new = dataclasses.replace(state, att_x_prev=x[:, -1].float(), wkv_num=num, wkv_den=den, wkv_max=mx)
+        return self.output(r * out.to(r.dtype)), new
+
+    def step(self, x: Tensor, state: RWKV4State) -> tuple[Tensor, RWKV4State]:
+        """One token: x (B, C). No token-shift concatenation; one lerp for the three inputs."""
+        c = self.constants()
+        xk, xv, xr = torch.lerp(state.att_x_prev.to(x.dtype), x, c.mix)  # 3 x (B, C)
+        r = torch.sigmoid(self.receptance(xr))
+        k = self.key(xk).float()
+        v = self.value(xv).float()
+        out, (num, den, mx) = wkv4(c.decay, c.first, k, v, (state.wkv_num, state.wkv_den, state.wkv_max))
+        new = dataclasses.replace(state, att_x_prev=x.float(), wkv_num=num, wkv_den=den, wkv_max=mx)
+        return self.output(r * out.to(r.dtype)), new
 
 
-class ChannelMix(nn.Module):
+class ChannelMixConstants(NamedTuple):
+    mix: Tensor  # (2, 1, C) time_mix_k, _r stacked
+
+
+class ChannelMix(StepConstants):
     """Channel mixing ("ffn"): a receptance-gated squared-ReLU MLP."""
 
-    def __init__(self, config: RWKV4Config) -> None:
+    def __init__(self, config: Any) -> None:
         super().__init__()
         C, Fd = config.n_embd, config.ffn_dim
         self.time_mix_k = nn.Parameter(torch.zeros(1, 1, C))
@@ -113,31 +154,77 @@ class ChannelMix(nn.Module):
         self.receptance = nn.Linear(C, C, bias=False)
         self.value = nn.Linear(Fd, C, bias=False)
 
-    def forward(self, x: Tensor, x_prev: Tensor) -> Tensor:
-        # x: (B, T, C); x_prev: (B, C)
-        shifted = token_shift(x, x_prev)
+    def derive_constants(self) -> ChannelMixConstants:
+        return ChannelMixConstants(torch.cat([self.time_mix_k, self.time_mix_r]).view(2, 1, -1))
+
+    def forward(self, x: Tensor, state: RWKV4State) -> tuple[Tensor, RWKV4State]:
+        """x: (B, T, C) normalised input; state: this layer's part."""
+        shifted = token_shift(x, state.ffn_x_prev.to(x.dtype))
         xk = torch.lerp(shifted, x, self.time_mix_k)
         xr = torch.lerp(shifted, x, self.time_mix_r)
         hidden = torch.square(torch.relu(self.key(xk)))  # (B, T, F)
-        return torch.sigmoid(self.receptance(xr)) * self.value(hidden)
+        out = torch.sigmoid(self.receptance(xr)) * self.value(hidden)
+        return out, dataclasses.replace(state, ffn_x_prev=x[:, -1].float())
+
+    def step(self, x: Tensor, state: RWKV4State) -> tuple[Tensor, RWKV4State]:
+        """One token: x (B, C)."""
+        xk, xr = torch.lerp(state.ffn_x_prev.to(x.dtype), x, self.constants().mix)  # 2 x (B, C)
+        hidden = torch.square(torch.relu(self.key(xk)))  # (B, F)
+        out = torch.sigmoid(self.receptance(xr)) * self.value(hidden)
+        return out, dataclasses.replace(state, ffn_x_prev=x.float())
 
 
 class Block(nn.Module):
-    def __init__(self, config: RWKV4Config, layer_id: int) -> None:
+    """One layer: pre-LayerNorm residual around time mixing, then around channel mixing.
+
+    RWKV-5 and RWKV-6 use this block with their own mixing layers.
+    """
+
+    def __init__(
+        self, config: Any, layer_id: int, time_mix: type[nn.Module], channel_mix: type[nn.Module]
+    ) -> None:
         super().__init__()
         C, eps = config.n_embd, config.layer_norm_eps
+        self.normalises_embedding = layer_id == 0
         if layer_id == 0:
             self.ln0 = nn.LayerNorm(C, eps=eps)  # normalises the embeddings, block 0 only
         self.ln1 = nn.LayerNorm(C, eps=eps)
         self.ln2 = nn.LayerNorm(C, eps=eps)
-        self.att = TimeMix(config)
-        self.ffn = ChannelMix(config)
+        self.att = time_mix(config)
+        self.ffn = channel_mix(config)
+
+    def forward(self, x: Tensor, state: RecurrentState) -> tuple[Tensor, RecurrentState]:
+        """x: (B, T, C) residual stream; state: this layer's part. Returns both updated."""
+        if self.normalises_embedding:
+            x = self.ln0(x)
+        out, state = self.att(self.ln1(x), state)
+        x = x + out
+        out, state = self.ffn(self.ln2(x), state)
+        return x + out, state
+
+    def step(self, x: Tensor, state: RecurrentState) -> tuple[Tensor, RecurrentState]:
+        """x: (B, C), one token."""
+        if self.normalises_embedding:
+            x = self.ln0(x)
+        out, state = self.att.step(self.ln1(x), state)
+        x = x + out
+        out, state = self.ffn.step(self.ln2(x), state)
+        return x + out, state
 
 
 class RWKV4(nn.Module):
-    """The whole model: ``logits, state = model(tokens, state)`` for any number of tokens."""
+    """The whole model: ``logits, state = model(tokens, state)`` for any number of tokens, and
+    ``logits, state = model.step(tokens, state)`` for one token per sequence.
 
-    def __init__(self, config: RWKV4Config) -> None:
+    RWKV-5 and RWKV-6 (models/rwkv5.py, models/rwkv6.py) reuse this class with their own mixing
+    layers and state types.
+    """
+
+    time_mix: ClassVar[type[nn.Module]] = TimeMix
+    channel_mix: ClassVar[type[nn.Module]] = ChannelMix
+    state_cls: ClassVar[type[RecurrentState]] = RWKV4State
+
+    def __init__(self, config: Any) -> None:
         super().__init__()
         self.config = config
         # Weights come from a checkpoint or an init function, so nn.Embedding's own random init is
@@ -145,71 +232,44 @@ class RWKV4(nn.Module):
         self.emb = nn.Embedding(
             config.vocab_size, config.n_embd, _weight=torch.empty(config.vocab_size, config.n_embd)
         )
-        self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
+        self.blocks = nn.ModuleList(
+            Block(config, i, self.time_mix, self.channel_mix) for i in range(config.n_layer)
+        )
         self.ln_out = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps)
         self.head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        # Set by rwkvkit.inference.optimize_for_inference (load_model does): T = 1 then takes the
-        # lean recurrent step there; this class's forward stays the reference it is tested against.
-        self.fast_decode = False
-        self.decode_constants = None
 
-    def initial_state(self, batch: int = 1) -> RWKV4State:
-        return RWKV4State.zeros(self.config, batch, self.emb.weight.device)
+    def initial_state(self, batch: int = 1) -> RecurrentState:
+        return self.state_cls.zeros(self.config, batch, self.emb.weight.device)
+
+    def _checked(self, state: RecurrentState | None, batch: int) -> RecurrentState:
+        if state is None:
+            return self.initial_state(batch)
+        check_state_shapes(state, self.state_cls, self.state_cls.shapes(self.config, batch))
+        return state
 
     def forward(
-        self, tokens: Tensor | list[int], state: RWKV4State | None = None, *, last_only: bool = False
-    ) -> tuple[Tensor, RWKV4State]:
+        self, tokens: Tensor | list[int], state: RecurrentState | None = None, *, last_only: bool = False
+    ) -> tuple[Tensor, RecurrentState]:
         """tokens: (B, T) ids (a 1-D tensor or list means B = 1). Returns (B, T, V) float32 logits
         and the state after the last token; the given state is left untouched.
 
         ``last_only=True`` returns the last position's logits only, (B, 1, V): prompt prefill needs
-        no others, and the head is a large share of a small model's work (a third at 169M)."""
+        no others, and the head is a large share of a small model's work (a third at 169M).
+        One token (T = 1) takes :meth:`step`."""
         tokens = as_token_batch(tokens, self.emb.weight.device)
-        B = tokens.shape[0]
-        if state is None:
-            state = self.initial_state(B)
-        check_state(state, RWKV4State, self.config.n_layer, B, self.config.n_embd)
-        if self.fast_decode and tokens.shape[1] == 1:
-            from ..inference import rwkv4_decode_step
-
-            return rwkv4_decode_step(self, tokens[:, 0], state)
-        dtype = self.emb.weight.dtype
-        x = self.emb(tokens)  # (B, T, C)
-        new = {name: [] for name in state.tensors()}
-        for i, block in enumerate(self.blocks):
-            if i == 0:
-                x = block.ln0(x)
-            h = block.ln1(x)
-            att_prev = state.att_x_prev[i].to(dtype)
-            wkv_in = (state.wkv_num[i], state.wkv_den[i], state.wkv_max[i])
-            att_out, (num, den, mx) = block.att(h, att_prev, wkv_in)
-            new["att_x_prev"].append(h[:, -1].float())
-            new["wkv_num"].append(num)
-            new["wkv_den"].append(den)
-            new["wkv_max"].append(mx)
-            x = x + att_out
-            h = block.ln2(x)
-            x = x + block.ffn(h, state.ffn_x_prev[i].to(dtype))
-            new["ffn_x_prev"].append(h[:, -1].float())
+        if tokens.shape[1] == 1:
+            logits, state = self.step(tokens[:, 0], state)
+            return logits[:, None], state
+        state = self._checked(state, tokens.shape[0])
+        x, state = run_blocks(self.blocks, self.emb(tokens), state, step=False)  # (B, T, C)
         if last_only:
             x = x[:, -1:]
-        logits = self.head(self.ln_out(x)).float()
-        return logits, RWKV4State(**{name: torch.stack(ts) for name, ts in new.items()})
+        return self.head(self.ln_out(x)).float(), state
 
-
-def check_state(
-    state: RecurrentState, cls: type[RecurrentState], n_layer: int, batch: int, width: int
-) -> None:
-    """Refuse a state from another model or batch with a message, not a shape error deep inside."""
-    from ..errors import StateError
-
-    if not isinstance(state, cls):
-        raise StateError(
-            f"expected an {cls.__name__} for this RWKV-{cls.version} model, got {type(state).__name__}"
-        )
-    for name, t in state.tensors().items():
-        if t.shape[0] != n_layer or t.shape[1] != batch or t.shape[-1] != width:
-            raise StateError(
-                f"state field {name} has shape {tuple(t.shape)}, but this model needs "
-                f"(n_layer={n_layer}, batch={batch}, ..., {width})"
-            )
+    def step(self, tokens: Tensor, state: RecurrentState | None = None) -> tuple[Tensor, RecurrentState]:
+        """tokens: (B,) ids, one per sequence. Returns (B, V) float32 logits and the new state
+        (the given one is left untouched): the recurrent mode, without a time axis."""
+        tokens = as_token_column(tokens)
+        state = self._checked(state, tokens.shape[0])
+        x, state = run_blocks(self.blocks, self.emb(tokens), state, step=True)  # (B, C)
+        return self.head(self.ln_out(x)).float(), state

@@ -1,7 +1,8 @@
 """RWKV-5 "Eagle" (5.0, 5.1, 5.2): multi-head linear attention with a matrix-valued state.
 
-Read top to bottom: config, state, the two mixing layers, a block, the model. Parameter names and
-shapes are BlinkDL's, so a BlinkDL state dict loads as it is.
+Read top to bottom: config, state, the time mixing layer (``forward`` for T tokens, ``step`` for
+one), the model; the channel mixing, the block and the layer loop are RWKV-4's (models/rwkv4.py).
+Parameter names and shapes are BlinkDL's, so a BlinkDL state dict loads as it is.
 
 The three sub-versions differ only in parameters, so they are one model whose config says which
 parameters exist (read off the checkpoint's keys and shapes, never its file name):
@@ -20,7 +21,7 @@ head_size channels (A = H N), F = ffn_dim, V = vocab_size, L = n_layer.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -28,8 +29,8 @@ from torch import Tensor, nn
 
 from ..ops.wkv5 import wkv5
 from ..state import RecurrentState
-from .common import as_token_batch, check_state_shapes, token_shift, zeros
-from .rwkv4 import ChannelMix  # channel mixing ("ffn") is RWKV-4's, unchanged
+from .common import StepConstants, token_shift, zeros
+from .rwkv4 import RWKV4, ChannelMix  # channel mixing ("ffn") and the layer loop are RWKV-4's
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,21 +108,29 @@ class RWKV5State(RecurrentState):
     version: ClassVar[str] = "5"
 
     @classmethod
-    def zeros(cls, config: Any, batch: int, device: torch.device | str = "cpu") -> RWKV5State:
+    def shapes(cls, config: Any, batch: int) -> dict[str, tuple[int, ...]]:
         L, C, H, N = config.n_layer, config.n_embd, config.n_head, config.head_size
-        return cls(
-            zeros((L, batch, C), device), zeros((L, batch, H, N, N), device), zeros((L, batch, C), device)
-        )
+        return {"att_x_prev": (L, batch, C), "wkv": (L, batch, H, N, N), "ffn_x_prev": (L, batch, C)}
+
+    @classmethod
+    def zeros(cls, config: Any, batch: int, device: torch.device | str = "cpu") -> RWKV5State:
+        return cls(**{name: zeros(shape, device) for name, shape in cls.shapes(config, batch).items()})
 
 
-class TimeMix(nn.Module):
+class TimeMixConstants(NamedTuple):
+    mix: Tensor  # (3 or 4, 1, C) time_mix_k, _v, _r (, _g) stacked: one lerp gives every input
+    log_w: Tensor  # (H, N) float32 log-decay -exp(time_decay)
+    bonus: Tensor  # (H, N) float32 u
+
+
+class TimeMix(StepConstants):
     """Time mixing ("att"): multi-head WKV with static decay, GroupNorm, optional SiLU gate."""
 
     def __init__(self, config: RWKV5Config) -> None:
         super().__init__()
         C, A, H, N = config.n_embd, config.att_width, config.n_head, config.head_size
         self.n_head, self.head_size, self.chunk_len = H, N, config.chunk_len
-        self.ln_x_eps, self.log_bonus = config.ln_x_eps, config.log_bonus
+        self.ln_x_eps, self.log_bonus, self.gated = config.ln_x_eps, config.log_bonus, config.gate
         self.time_mix_k = nn.Parameter(torch.zeros(1, 1, C))
         self.time_mix_v = nn.Parameter(torch.zeros(1, 1, C))
         self.time_mix_r = nn.Parameter(torch.zeros(1, 1, C))
@@ -138,93 +147,64 @@ class TimeMix(nn.Module):
             self.time_mix_g = nn.Parameter(torch.zeros(1, 1, C))
             self.gate = nn.Linear(C, A, bias=False)
 
-    def bonus(self) -> Tensor:
-        """u, broadcast to (H, N)."""
+    def derive_constants(self) -> TimeMixConstants:
+        H, N = self.n_head, self.head_size
+        mixes = [self.time_mix_k, self.time_mix_v, self.time_mix_r]
+        if self.gated:
+            mixes.append(self.time_mix_g)
+        log_w = -torch.exp(self.time_decay.float()).reshape(H, -1).expand(H, N)
         u = self.time_first.float().exp() if self.log_bonus else self.time_faaaa.float()
-        return u.reshape(self.n_head, -1).expand(self.n_head, self.head_size)
+        return TimeMixConstants(
+            torch.cat(mixes).view(len(mixes), 1, -1), log_w, u.reshape(H, -1).expand(H, N)
+        )
 
-    def forward(self, x: Tensor, x_prev: Tensor, wkv_state: Tensor) -> tuple[Tensor, Tensor]:
-        """x: (B, T, C) normalised input; x_prev: (B, C); wkv_state: (B, H, N, N)."""
+    def _mix_output(self, y: Tensor, g_input: Tensor | None, dtype: torch.dtype) -> Tensor:
+        """GroupNorm over heads (in float32), the optional SiLU gate, the output projection.
+        y: (M, A) float32 for M tokens; g_input: the gate's input, (M, C)."""
+        y = F.group_norm(y, self.n_head, self.ln_x.weight.float(), self.ln_x.bias.float(), self.ln_x_eps)
+        y = y.to(dtype)
+        if g_input is not None:
+            y = y * F.silu(self.gate(g_input))
+        return self.output(y)
+
+    def forward(self, x: Tensor, state: RWKV5State) -> tuple[Tensor, RWKV5State]:
+        """x: (B, T, C) normalised input; state: this layer's part (:meth:`RecurrentState.layer`)."""
         B, T, C = x.shape
         H, N = self.n_head, self.head_size
-        shifted = token_shift(x, x_prev)
+        c = self.constants()
+        shifted = token_shift(x, state.att_x_prev.to(x.dtype))
         r = self.receptance(torch.lerp(shifted, x, self.time_mix_r))
         k = self.key(torch.lerp(shifted, x, self.time_mix_k))
         v = self.value(torch.lerp(shifted, x, self.time_mix_v))
-        log_w = -torch.exp(self.time_decay.float()).reshape(H, -1).expand(H, N)  # (H, N)
         heads = [t.float().view(B, T, H, N) for t in (r, k, v)]
-        y, wkv_state = wkv5(
-            heads[0], log_w.expand(B, T, H, N), heads[1], heads[2], self.bonus(), wkv_state, self.chunk_len
+        y, wkv = wkv5(
+            heads[0], c.log_w.expand(B, T, H, N), heads[1], heads[2], c.bonus, state.wkv, self.chunk_len
         )
-        y = F.group_norm(
-            y.reshape(B * T, H * N), H, self.ln_x.weight.float(), self.ln_x.bias.float(), self.ln_x_eps
-        )
-        y = y.view(B, T, H * N).to(x.dtype)
-        if hasattr(self, "gate"):
-            y = y * F.silu(self.gate(torch.lerp(shifted, x, self.time_mix_g)))
-        return self.output(y), wkv_state
+        xg = torch.lerp(shifted, x, self.time_mix_g) if self.gated else None
+        out = self._mix_output(y.reshape(B * T, H * N), None if xg is None else xg.reshape(B * T, C), x.dtype)
+        return out.view(B, T, C), dataclasses.replace(state, att_x_prev=x[:, -1].float(), wkv=wkv)
+
+    def step(self, x: Tensor, state: RWKV5State) -> tuple[Tensor, RWKV5State]:
+        """One token: x (B, C). One lerp gives every projection's input."""
+        B, C = x.shape
+        H, N = self.n_head, self.head_size
+        c = self.constants()
+        mixed = torch.lerp(state.att_x_prev.to(x.dtype), x, c.mix)  # (3 or 4, B, C): k, v, r (, g)
+        k = self.key(mixed[0]).float().view(B, H, N)
+        v = self.value(mixed[1]).float().view(B, H, N)
+        r = self.receptance(mixed[2]).float().view(B, H, N)
+        y, wkv = wkv5(r, c.log_w, k, v, c.bonus, state.wkv)  # (B, H, N)
+        out = self._mix_output(y.view(B, H * N), mixed[3] if self.gated else None, x.dtype)
+        return out, dataclasses.replace(state, att_x_prev=x.float(), wkv=wkv)
 
 
-class Block(nn.Module):
-    def __init__(
-        self, config: Any, layer_id: int, time_mix: type[nn.Module], channel_mix: type[nn.Module]
-    ) -> None:
-        super().__init__()
-        C, eps = config.n_embd, config.layer_norm_eps
-        if layer_id == 0:
-            self.ln0 = nn.LayerNorm(C, eps=eps)  # normalises the embeddings, block 0 only
-        self.ln1 = nn.LayerNorm(C, eps=eps)
-        self.ln2 = nn.LayerNorm(C, eps=eps)
-        self.att = time_mix(config)
-        self.ffn = channel_mix(config)
+class RWKV5(RWKV4):
+    """The whole model: RWKV-4's layer loop (models/rwkv4.py) with RWKV-5's time mixing and state.
 
-
-class RWKV5(nn.Module):
-    """The whole model: ``logits, state = model(tokens, state)`` for any number of tokens.
-
-    RWKV-6 (models/rwkv6.py) reuses this class with its own mixing layers and state type.
+    ``logits, state = model(tokens, state)`` for any number of tokens, ``model.step(tokens, state)``
+    for one token per sequence. RWKV-6 (models/rwkv6.py) reuses it again.
     """
 
     time_mix: ClassVar[type[nn.Module]] = TimeMix
     channel_mix: ClassVar[type[nn.Module]] = ChannelMix
-    state_cls: ClassVar[type[RWKV5State]] = RWKV5State
-
-    def __init__(self, config: Any) -> None:
-        super().__init__()
-        self.config = config
-        self.emb = nn.Embedding(config.vocab_size, config.n_embd)
-        self.blocks = nn.ModuleList(
-            Block(config, i, self.time_mix, self.channel_mix) for i in range(config.n_layer)
-        )
-        self.ln_out = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps)
-        self.head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-
-    def initial_state(self, batch: int = 1) -> RWKV5State:
-        return self.state_cls.zeros(self.config, batch, self.emb.weight.device)
-
-    def forward(
-        self, tokens: Tensor | list[int], state: RWKV5State | None = None
-    ) -> tuple[Tensor, RWKV5State]:
-        """tokens: (B, T) ids (a 1-D tensor or list means B = 1). Returns (B, T, V) float32 logits
-        and the state after the last token; the given state is left untouched."""
-        tokens = as_token_batch(tokens, self.emb.weight.device)
-        B = tokens.shape[0]
-        if state is None:
-            state = self.initial_state(B)
-        check_state_shapes(state, self.state_cls.zeros(self.config, B, "meta"))
-        dtype = self.emb.weight.dtype
-        x = self.emb(tokens)  # (B, T, C)
-        att_prev, wkv, ffn_prev = [], [], []
-        for i, block in enumerate(self.blocks):
-            if i == 0:
-                x = block.ln0(x)
-            h = block.ln1(x)
-            att_out, s = block.att(h, state.att_x_prev[i].to(dtype), state.wkv[i])
-            att_prev.append(h[:, -1].float())
-            wkv.append(s)
-            x = x + att_out
-            h = block.ln2(x)
-            x = x + block.ffn(h, state.ffn_x_prev[i].to(dtype))
-            ffn_prev.append(h[:, -1].float())
-        logits = self.head(self.ln_out(x)).float()
-        return logits, self.state_cls(torch.stack(att_prev), torch.stack(wkv), torch.stack(ffn_prev))
+    state_cls: ClassVar[type[RecurrentState]] = RWKV5State

@@ -1,9 +1,9 @@
 """RWKV-6 "Finch": RWKV-5.2 with a data-dependent token shift and a data-dependent decay.
 
-Read top to bottom: config, state, the two mixing layers, the model. The WKV is RWKV-5's
-(ops/wkv5.py) with a decay that changes every token; the block structure and the model loop are
-RWKV-5's (models/rwkv5.py), so only what differs is written here. Parameter names and shapes are
-BlinkDL's.
+Read top to bottom: config, state, the two mixing layers (``forward`` for T tokens, ``step`` for
+one), the model. The WKV is RWKV-5's (ops/wkv5.py) with a decay that changes every token; the block
+and the layer loop are RWKV-4's (models/rwkv4.py), so only what differs is written here. Parameter
+names and shapes are BlinkDL's.
 
 Token shift ("ddlerp"): each projection input is ``x + (x_prev - x) * (time_maa_? + m_?)``, where
 the five offsets m_w, m_k, m_v, m_r, m_g come from one low-rank tanh projection (time_maa_w1/w2) of
@@ -16,14 +16,15 @@ D = low-rank widths, F = ffn_dim, V = vocab_size, L = n_layer.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..ops.wkv5 import wkv5
-from .common import token_shift
+from ..state import RecurrentState
+from .common import StepConstants, token_shift
 from .rwkv5 import RWKV5, RWKV5State
 
 
@@ -88,7 +89,19 @@ class RWKV6State(RWKV5State):
     version: ClassVar[str] = "6"
 
 
-class TimeMix(nn.Module):
+class TimeMixConstants(NamedTuple):
+    maa: Tensor  # (5, 1, C) float32 time_maa_w, _k, _v, _r, _g stacked, in the order of the offsets
+    decay: Tensor  # (A,) float32 time_decay, the decay's data-independent part
+    bonus: Tensor  # (H, N) float32 u
+    # The low-rank matrices in float32 whatever the model's dtype: one-row products with small
+    # 16-bit matrices are several times slower on the CPU than in float32 (see models/rwkv7.py).
+    maa_w1: Tensor
+    maa_w2: Tensor
+    decay_w1: Tensor
+    decay_w2: Tensor
+
+
+class TimeMix(StepConstants):
     """Time mixing ("att"): RWKV-5.2's gated multi-head WKV with data-dependent shift and decay."""
 
     def __init__(self, config: RWKV6Config) -> None:
@@ -114,32 +127,61 @@ class TimeMix(nn.Module):
         self.output = nn.Linear(A, C, bias=False)
         self.ln_x = nn.GroupNorm(H, A, eps=config.ln_x_eps)
 
-    def forward(self, x: Tensor, x_prev: Tensor, wkv_state: Tensor) -> tuple[Tensor, Tensor]:
-        """x: (B, T, C) normalised input; x_prev: (B, C); wkv_state: (B, H, N, N)."""
+    def derive_constants(self) -> TimeMixConstants:
+        maa = torch.cat([self.time_maa_w, self.time_maa_k, self.time_maa_v, self.time_maa_r, self.time_maa_g])
+        lora = (
+            t.float() for t in (self.time_maa_w1, self.time_maa_w2, self.time_decay_w1, self.time_decay_w2)
+        )
+        return TimeMixConstants(
+            maa.float().view(5, 1, -1), self.time_decay.float().view(-1), self.time_faaaa.float(), *lora
+        )
+
+    def _projections(self, x: Tensor, delta: Tensor, c: TimeMixConstants) -> tuple[Tensor, ...]:
+        """r, log_w, k, v (float32) and the gate g for M tokens: x, delta = x_prev - x, (M, C)."""
+        M = x.shape[0]
+        # Data-dependent lerp offsets, (5, M, C) for w, k, v, r, g; the low-rank parts in float32.
+        lora = torch.tanh(torch.addcmul(x, delta, self.time_maa_x.view(-1)).float() @ c.maa_w1)
+        offsets = torch.bmm(lora.view(M, 5, -1).transpose(0, 1), c.maa_w2)
+        mix = (c.maa + offsets).to(x.dtype)
+        xw, xk, xv, xr, xg = torch.addcmul(x, delta, mix)  # x + delta * (time_maa_? + m_?)
+        log_w = -torch.exp(c.decay + torch.tanh(xw.float() @ c.decay_w1) @ c.decay_w2)
+        r, k, v = self.receptance(xr).float(), self.key(xk).float(), self.value(xv).float()
+        return r, log_w, k, v, F.silu(self.gate(xg))
+
+    def _mix_output(self, y: Tensor, g: Tensor) -> Tensor:
+        """GroupNorm over heads (in float32), the gate, the output projection. y: (M, A) float32."""
+        y = F.group_norm(y, self.n_head, self.ln_x.weight.float(), self.ln_x.bias.float(), self.ln_x_eps)
+        return self.output(y.to(g.dtype) * g)
+
+    def forward(self, x: Tensor, state: RWKV5State) -> tuple[Tensor, RWKV5State]:
+        """x: (B, T, C) normalised input; state: this layer's part (:meth:`RecurrentState.layer`)."""
         B, T, C = x.shape
         H, N = self.n_head, self.head_size
-        delta = token_shift(x, x_prev) - x
-        # Data-dependent lerp offsets, (5, B, T, C) for w, k, v, r, g.
-        mixed = (
-            torch.tanh((x + delta * self.time_maa_x) @ self.time_maa_w1).view(B * T, 5, -1).transpose(0, 1)
+        c = self.constants()
+        delta = token_shift(x, state.att_x_prev.to(x.dtype)) - x
+        r, log_w, k, v, g = self._projections(x.reshape(B * T, C), delta.reshape(B * T, C), c)
+        r, log_w, k, v = (t.view(B, T, H, N) for t in (r, log_w, k, v))
+        y, wkv = wkv5(r, log_w, k, v, c.bonus, state.wkv, self.chunk_len)
+        out = self._mix_output(y.reshape(B * T, H * N), g)
+        return out.view(B, T, C), dataclasses.replace(state, att_x_prev=x[:, -1].float(), wkv=wkv)
+
+    def step(self, x: Tensor, state: RWKV5State) -> tuple[Tensor, RWKV5State]:
+        """One token: x (B, C). No token-shift concatenation; one addcmul gives every input."""
+        B, C = x.shape
+        H, N = self.n_head, self.head_size
+        c = self.constants()
+        r, log_w, k, v, g = self._projections(x, state.att_x_prev.to(x.dtype) - x, c)
+        y, wkv = wkv5(*(t.view(B, H, N) for t in (r, log_w, k, v)), c.bonus, state.wkv)  # (B, H, N)
+        return self._mix_output(y.view(B, H * N), g), dataclasses.replace(
+            state, att_x_prev=x.float(), wkv=wkv
         )
-        m_w, m_k, m_v, m_r, m_g = torch.bmm(mixed, self.time_maa_w2).view(5, B, T, C).unbind(0)
-        xw = x + delta * (self.time_maa_w + m_w)
-        r = self.receptance(x + delta * (self.time_maa_r + m_r))
-        k = self.key(x + delta * (self.time_maa_k + m_k))
-        v = self.value(x + delta * (self.time_maa_v + m_v))
-        g = F.silu(self.gate(x + delta * (self.time_maa_g + m_g)))
-        w = self.time_decay.float() + (torch.tanh(xw @ self.time_decay_w1) @ self.time_decay_w2).float()
-        log_w = -torch.exp(w)  # (B, T, A)
-        r, log_w, k, v = (t.float().view(B, T, H, N) for t in (r, log_w, k, v))
-        y, wkv_state = wkv5(r, log_w, k, v, self.time_faaaa.float().view(H, N), wkv_state, self.chunk_len)
-        y = F.group_norm(
-            y.reshape(B * T, H * N), H, self.ln_x.weight.float(), self.ln_x.bias.float(), self.ln_x_eps
-        )
-        return self.output(y.view(B, T, H * N).to(x.dtype) * g), wkv_state
 
 
-class ChannelMix(nn.Module):
+class ChannelMixConstants(NamedTuple):
+    maa: Tensor  # (2, 1, C) time_maa_k, _r stacked
+
+
+class ChannelMix(StepConstants):
     """Channel mixing ("ffn"): RWKV-5's, with the lerp written as x + (x_prev - x) * time_maa_?."""
 
     def __init__(self, config: RWKV6Config) -> None:
@@ -151,16 +193,27 @@ class ChannelMix(nn.Module):
         self.receptance = nn.Linear(C, C, bias=False)
         self.value = nn.Linear(Fd, C, bias=False)
 
-    def forward(self, x: Tensor, x_prev: Tensor) -> Tensor:
-        # x: (B, T, C); x_prev: (B, C)
-        delta = token_shift(x, x_prev) - x
+    def derive_constants(self) -> ChannelMixConstants:
+        return ChannelMixConstants(torch.cat([self.time_maa_k, self.time_maa_r]).view(2, 1, -1))
+
+    def forward(self, x: Tensor, state: RWKV5State) -> tuple[Tensor, RWKV5State]:
+        """x: (B, T, C) normalised input; state: this layer's part."""
+        delta = token_shift(x, state.ffn_x_prev.to(x.dtype)) - x
         hidden = torch.square(torch.relu(self.key(x + delta * self.time_maa_k)))  # (B, T, F)
-        return torch.sigmoid(self.receptance(x + delta * self.time_maa_r)) * self.value(hidden)
+        out = torch.sigmoid(self.receptance(x + delta * self.time_maa_r)) * self.value(hidden)
+        return out, dataclasses.replace(state, ffn_x_prev=x[:, -1].float())
+
+    def step(self, x: Tensor, state: RWKV5State) -> tuple[Tensor, RWKV5State]:
+        """One token: x (B, C)."""
+        xk, xr = torch.addcmul(x, state.ffn_x_prev.to(x.dtype) - x, self.constants().maa)  # 2 x (B, C)
+        hidden = torch.square(torch.relu(self.key(xk)))  # (B, F)
+        out = torch.sigmoid(self.receptance(xr)) * self.value(hidden)
+        return out, dataclasses.replace(state, ffn_x_prev=x.float())
 
 
 class RWKV6(RWKV5):
-    """The whole model: RWKV-5's loop with RWKV-6's mixing layers and state type."""
+    """The whole model: RWKV-4's layer loop (models/rwkv4.py) with RWKV-6's mixing layers and state."""
 
     time_mix: ClassVar[type[nn.Module]] = TimeMix
     channel_mix: ClassVar[type[nn.Module]] = ChannelMix
-    state_cls: ClassVar[type[RWKV5State]] = RWKV6State
+    state_cls: ClassVar[type[RecurrentState]] = RWKV6State

@@ -1,7 +1,7 @@
 """RWKV-7 "Goose": the generalised delta rule (Peng et al. 2025), as in the World and G1 models.
 
-Read top to bottom: config, state, the two mixing layers, a block, the model. Parameter names and
-shapes are BlinkDL's (``att.x_r``, ``att.w0``, ``att.w1``, ``att.r_k``, ...), so a BlinkDL state
+Read top to bottom: config, state, the two mixing layers, a block, the model; each mixing layer and
+block has ``forward`` (T tokens) and ``step`` (one token). Parameter names and shapes are BlinkDL's (``att.x_r``, ``att.w0``, ``att.w1``, ``att.r_k``, ...), so a BlinkDL state
 dict loads as it is.
 
 What changed from RWKV-6: the state update is a delta rule (ops/wkv7.py) that first removes part of
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from ..ops.wkv7 import wkv7
 from ..state import RecurrentState
-from .common import as_token_batch, check_state_shapes, token_shift, zeros
+from .common import StepConstants, as_token_batch, as_token_column, check_state_shapes, token_shift, zeros
 
 # The decay is w = exp(-exp(-0.5) * sigmoid(w0 + lora)): every channel keeps at least e^-0.61 = 0.55
 # of its state per token. Bounding it keeps the delta rule's state (and its chunked form) tame.
@@ -105,20 +105,44 @@ class RWKV7State(RecurrentState):
     version: ClassVar[str] = "7"
 
     @classmethod
-    def zeros(cls, config: RWKV7Config, batch: int, device: torch.device | str = "cpu") -> RWKV7State:
+    def shapes(cls, config: RWKV7Config, batch: int) -> dict[str, tuple[int, ...]]:
         L, C, H, N = config.n_layer, config.n_embd, config.n_head, config.head_size
-        return cls(
-            zeros((L, batch, C), device), zeros((L, batch, H, N, N), device), zeros((L, batch, C), device)
-        )
+        return {"att_x_prev": (L, batch, C), "wkv": (L, batch, H, N, N), "ffn_x_prev": (L, batch, C)}
+
+    @classmethod
+    def zeros(cls, config: RWKV7Config, batch: int, device: torch.device | str = "cpu") -> RWKV7State:
+        return cls(**{name: zeros(shape, device) for name, shape in cls.shapes(config, batch).items()})
 
 
 def lora(x: Tensor, down: Tensor, up: Tensor, inner: Any = None) -> Tensor:
-    """A low-rank projection ``inner(x @ down) @ up``; down (C, D), up (D, C)."""
-    h = x @ down
-    return (h if inner is None else inner(h)) @ up
+    """A low-rank projection ``inner(x @ down) @ up``; down (C, D), up (D, C). Computed in the
+    matrices' dtype (float32: see TimeMixConstants), returned in x's."""
+    h = x.to(down.dtype) @ down
+    return ((h if inner is None else inner(h)) @ up).to(x.dtype)
 
 
-class TimeMix(nn.Module):
+class TimeMixConstants(NamedTuple):
+    mix: Tensor  # (6, 1, C) x_r, x_w, x_k, x_v, x_a, x_g stacked: one addcmul gives every input
+    w0: Tensor  # the (1, 1, C) vectors below as (C,), so they broadcast over (M, C) tokens
+    a0: Tensor
+    v0: Tensor | None  # None where the value-residual gate is absent (layer 0 of some files)
+    k_k: Tensor
+    k_a: Tensor
+    r_k: Tensor  # (C,): the bonus weights r_k (H, N) flattened
+    # The low-rank matrices in float32 whatever the model's dtype: on the CPU a one-row product
+    # with a (768, 64) bf16 matrix takes ~55 us, in float32 ~7 us, and a 16-bit model's step makes
+    # eight of them per layer. The sums are only more precise for it.
+    w1: Tensor
+    w2: Tensor
+    a1: Tensor
+    a2: Tensor
+    v1: Tensor | None
+    v2: Tensor | None
+    g1: Tensor
+    g2: Tensor
+
+
+class TimeMix(StepConstants):
     """Time mixing ("att"): the delta-rule WKV with value residual, gated output."""
 
     def __init__(self, config: RWKV7Config, layer_id: int) -> None:
@@ -159,45 +183,85 @@ class TimeMix(nn.Module):
         self.output = nn.Linear(C, C, bias=False)
         self.ln_x = nn.GroupNorm(H, C, eps=config.ln_x_eps)
 
-    def forward(
-        self, x: Tensor, x_prev: Tensor, v_first: Tensor | None, wkv_state: Tensor
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """x: (B, T, C) normalised input; x_prev: (B, C); v_first: (B, T, C) from layer 0 (None in
-        layer 0); wkv_state: (B, H, N, N). Returns the output, v_first, and the new WKV state."""
-        B, T, C = x.shape
-        H, N = self.n_head, self.head_size
-        delta = token_shift(x, x_prev) - x
-        xr, xw, xk = x + delta * self.x_r, x + delta * self.x_w, x + delta * self.x_k
-        xv, xa, xg = x + delta * self.x_v, x + delta * self.x_a, x + delta * self.x_g
+    def derive_constants(self) -> TimeMixConstants:
+        mix = torch.cat([self.x_r, self.x_w, self.x_k, self.x_v, self.x_a, self.x_g]).view(6, 1, -1)
+        used = self.layer_id > 0  # layer 0's value-residual gate, if stored, is never used
+        v0, v1, v2 = (self.v0.view(-1), self.v1.float(), self.v2.float()) if used else (None, None, None)
+        return TimeMixConstants(
+            mix, self.w0.view(-1), self.a0.view(-1), v0, self.k_k.view(-1), self.k_a.view(-1), self.r_k.view(-1),
+            self.w1.float(), self.w2.float(), self.a1.float(), self.a2.float(), v1, v2, self.g1.float(), self.g2.float(),
+        )  # fmt: skip
 
+    def _wkv_inputs(
+        self, x: Tensor, delta: Tensor, v_first: Tensor | None, c: TimeMixConstants
+    ) -> tuple[Tensor, ...]:
+        """Everything the WKV and the output need, for M tokens: x and delta = x_prev - x are (M, C),
+        v_first (M, C) from layer 0 (None in layer 0). Returns r, log_w, k, v, alpha, beta (float32,
+        (M, C)), then r, k, v in x's dtype for the bonus, the gate g and v_first."""
+        xr, xw, xk, xv, xa, xg = torch.addcmul(x, delta, c.mix)  # x + (x_prev - x) * x_?
+        M, C = x.shape
         r = self.receptance(xr)
         k = self.key(xk)
         v = self.value(xv)
-        w = self.w0 + lora(xw, self.w1, self.w2, torch.tanh)
-        a = torch.sigmoid(self.a0 + lora(xa, self.a1, self.a2))  # in-context learning rate, (0, 1)
-        g = lora(xg, self.g1, self.g2, torch.sigmoid)
-
-        kk = F.normalize((k * self.k_k).view(B, T, H, N), dim=-1, p=2.0).view(B, T, C)
-        k = k * (1 + (a - 1) * self.k_a)
-        if self.layer_id == 0:
+        w = c.w0 + lora(xw, c.w1, c.w2, torch.tanh)
+        a = torch.sigmoid(c.a0 + lora(xa, c.a1, c.a2))  # in-context learning rate, (0, 1)
+        g = lora(xg, c.g1, c.g2, torch.sigmoid)
+        kk = F.normalize((k * c.k_k).view(M, self.n_head, -1), dim=-1, p=2.0).view(M, C)
+        k = k * (1 + (a - 1) * c.k_a)
+        if v_first is None:  # layer 0: its value is every later layer's v_first
             v_first = v
         else:
-            v = v + (v_first - v) * torch.sigmoid(self.v0 + lora(xv, self.v1, self.v2))
-        log_w = -MAX_LOG_DECAY_RATE * torch.sigmoid(w.float())  # (B, T, C), in (-0.61, 0)
+            v = v + (v_first - v) * torch.sigmoid(c.v0 + lora(xv, c.v1, c.v2))
+        log_w = -MAX_LOG_DECAY_RATE * torch.sigmoid(w.float())  # (M, C), in (-0.61, 0)
+        wkv_in = (r.float(), log_w, k.float(), v.float(), -kk.float(), (kk * a).float())
+        return (*wkv_in, r, k, v, g, v_first)
 
-        heads = [t.float().view(B, T, H, N) for t in (r, log_w, k, v, -kk, kk * a)]
-        y, wkv_state = wkv7(*heads, wkv_state, self.chunk_len)  # (B, T, H, N)
-        y = F.group_norm(
-            y.reshape(B * T, C), H, self.ln_x.weight.float(), self.ln_x.bias.float(), self.ln_x_eps
-        )
-        y = y.view(B, T, C).to(x.dtype)
+    def _mix_output(
+        self, y: Tensor, r: Tensor, k: Tensor, v: Tensor, g: Tensor, c: TimeMixConstants
+    ) -> Tensor:
+        """GroupNorm over heads (float32), the current token's bonus, the gate, the output projection.
+        y: (M, C) float32 WKV output; r, k, v, g: (M, C)."""
+        M, C = r.shape
+        y = F.group_norm(y, self.n_head, self.ln_x.weight.float(), self.ln_x.bias.float(), self.ln_x_eps)
         # The current token's own contribution, weighted per channel by r_k.
-        bonus = (r * k * self.r_k.view(C)).view(B, T, H, N).sum(dim=-1, keepdim=True) * v.view(B, T, H, N)
-        y = y + bonus.view(B, T, C)
-        return self.output(y * g), v_first, wkv_state
+        bonus = (r * k * c.r_k).view(M, self.n_head, -1).sum(dim=-1, keepdim=True) * v.view(
+            M, self.n_head, -1
+        )
+        return self.output((y.to(r.dtype) + bonus.view(M, C)) * g)
+
+    def forward(
+        self, x: Tensor, v_first: Tensor | None, state: RWKV7State
+    ) -> tuple[Tensor, Tensor, RWKV7State]:
+        """x: (B, T, C) normalised input; v_first: (B, T, C) from layer 0 (None in layer 0); state:
+        this layer's part (:meth:`RecurrentState.layer`). Returns the output, v_first, the new state."""
+        B, T, C = x.shape
+        H, N = self.n_head, self.head_size
+        c = self.constants()
+        delta = token_shift(x, state.att_x_prev.to(x.dtype)) - x
+        flat_first = None if v_first is None else v_first.reshape(B * T, C)
+        *wkv_in, r, k, v, g, v_first = self._wkv_inputs(
+            x.reshape(B * T, C), delta.reshape(B * T, C), flat_first, c
+        )
+        y, wkv = wkv7(*(t.view(B, T, H, N) for t in wkv_in), state.wkv, self.chunk_len)  # (B, T, H, N)
+        out = self._mix_output(y.reshape(B * T, C), r, k, v, g, c)
+        new = dataclasses.replace(state, att_x_prev=x[:, -1].float(), wkv=wkv)
+        return out.view(B, T, C), v_first.view(B, T, C), new
+
+    def step(self, x: Tensor, v_first: Tensor | None, state: RWKV7State) -> tuple[Tensor, Tensor, RWKV7State]:
+        """One token: x, v_first (B, C). No token-shift concatenation; one addcmul gives every input."""
+        B, C = x.shape
+        c = self.constants()
+        *wkv_in, r, k, v, g, v_first = self._wkv_inputs(x, state.att_x_prev.to(x.dtype) - x, v_first, c)
+        y, wkv = wkv7(*(t.view(B, self.n_head, -1) for t in wkv_in), state.wkv)  # (B, H, N)
+        out = self._mix_output(y.view(B, C), r, k, v, g, c)
+        return out, v_first, dataclasses.replace(state, att_x_prev=x.float(), wkv=wkv)
 
 
-class ChannelMix(nn.Module):
+class ChannelMixConstants(NamedTuple):
+    x_k: Tensor  # (C,)
+
+
+class ChannelMix(StepConstants):
     """Channel mixing ("ffn"): a squared-ReLU MLP on the token-shifted input, no receptance gate."""
 
     def __init__(self, config: RWKV7Config) -> None:
@@ -207,16 +271,30 @@ class ChannelMix(nn.Module):
         self.key = nn.Linear(C, Fd, bias=False)
         self.value = nn.Linear(Fd, C, bias=False)
 
-    def forward(self, x: Tensor, x_prev: Tensor) -> Tensor:
-        # x: (B, T, C); x_prev: (B, C)
-        xk = x + (token_shift(x, x_prev) - x) * self.x_k
-        return self.value(torch.square(torch.relu(self.key(xk))))  # (B, T, C) through (B, T, F)
+    def derive_constants(self) -> ChannelMixConstants:
+        return ChannelMixConstants(self.x_k.view(-1))
+
+    def forward(self, x: Tensor, state: RWKV7State) -> tuple[Tensor, RWKV7State]:
+        """x: (B, T, C) normalised input; state: this layer's part."""
+        xk = x + (token_shift(x, state.ffn_x_prev.to(x.dtype)) - x) * self.x_k
+        out = self.value(torch.square(torch.relu(self.key(xk))))  # (B, T, C) through (B, T, F)
+        return out, dataclasses.replace(state, ffn_x_prev=x[:, -1].float())
+
+    def step(self, x: Tensor, state: RWKV7State) -> tuple[Tensor, RWKV7State]:
+        """One token: x (B, C)."""
+        xk = torch.addcmul(x, state.ffn_x_prev.to(x.dtype) - x, self.constants().x_k)
+        out = self.value(torch.square(torch.relu(self.key(xk))))  # (B, C) through (B, F)
+        return out, dataclasses.replace(state, ffn_x_prev=x.float())
 
 
 class Block(nn.Module):
+    """One layer: pre-LayerNorm residual around time mixing (which also passes v_first on), then
+    around channel mixing."""
+
     def __init__(self, config: RWKV7Config, layer_id: int) -> None:
         super().__init__()
         C, eps = config.n_embd, config.layer_norm_eps
+        self.normalises_embedding = layer_id == 0
         if layer_id == 0:
             self.ln0 = nn.LayerNorm(C, eps=eps)  # normalises the embeddings, block 0 only
         self.ln1 = nn.LayerNorm(C, eps=eps)
@@ -224,14 +302,39 @@ class Block(nn.Module):
         self.att = TimeMix(config, layer_id)
         self.ffn = ChannelMix(config)
 
+    def forward(
+        self, x: Tensor, v_first: Tensor | None, state: RWKV7State
+    ) -> tuple[Tensor, Tensor, RWKV7State]:
+        """x: (B, T, C) residual stream; v_first: layer 0's value (None in layer 0); state: this
+        layer's part. Returns all three updated."""
+        if self.normalises_embedding:
+            x = self.ln0(x)
+        out, v_first, state = self.att(self.ln1(x), v_first, state)
+        x = x + out
+        out, state = self.ffn(self.ln2(x), state)
+        return x + out, v_first, state
+
+    def step(self, x: Tensor, v_first: Tensor | None, state: RWKV7State) -> tuple[Tensor, Tensor, RWKV7State]:
+        """x: (B, C), one token."""
+        if self.normalises_embedding:
+            x = self.ln0(x)
+        out, v_first, state = self.att.step(self.ln1(x), v_first, state)
+        x = x + out
+        out, state = self.ffn.step(self.ln2(x), state)
+        return x + out, v_first, state
+
 
 class RWKV7(nn.Module):
-    """The whole model: ``logits, state = model(tokens, state)`` for any number of tokens."""
+    """The whole model: ``logits, state = model(tokens, state)`` for any number of tokens, and
+    ``logits, state = model.step(tokens, state)`` for one token per sequence."""
 
     def __init__(self, config: RWKV7Config) -> None:
         super().__init__()
         self.config = config
-        self.emb = nn.Embedding(config.vocab_size, config.n_embd)
+        # No random init of the embedding: weights come from a checkpoint or init_rwkv7_ (see RWKV4).
+        self.emb = nn.Embedding(
+            config.vocab_size, config.n_embd, _weight=torch.empty(config.vocab_size, config.n_embd)
+        )
         self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
         self.ln_out = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps)
         self.head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
@@ -239,33 +342,45 @@ class RWKV7(nn.Module):
     def initial_state(self, batch: int = 1) -> RWKV7State:
         return RWKV7State.zeros(self.config, batch, self.emb.weight.device)
 
+    def _checked(self, state: RWKV7State | None, batch: int) -> RWKV7State:
+        if state is None:
+            return self.initial_state(batch)
+        check_state_shapes(state, RWKV7State, RWKV7State.shapes(self.config, batch))
+        return state
+
     def forward(
-        self, tokens: Tensor | list[int], state: RWKV7State | None = None
+        self, tokens: Tensor | list[int], state: RWKV7State | None = None, *, last_only: bool = False
     ) -> tuple[Tensor, RWKV7State]:
         """tokens: (B, T) ids (a 1-D tensor or list means B = 1). Returns (B, T, V) float32 logits
-        and the state after the last token; the given state is left untouched."""
+        (the last position's only, (B, 1, V), with ``last_only``) and the state after the last
+        token; the given state is left untouched. One token (T = 1) takes :meth:`step`."""
         tokens = as_token_batch(tokens, self.emb.weight.device)
-        B = tokens.shape[0]
-        if state is None:
-            state = self.initial_state(B)
-        check_state_shapes(state, RWKV7State.zeros(self.config, B, "meta"))
-        dtype = self.emb.weight.dtype
+        if tokens.shape[1] == 1:
+            logits, state = self.step(tokens[:, 0], state)
+            return logits[:, None], state
+        state = self._checked(state, tokens.shape[0])
         x = self.emb(tokens)  # (B, T, C)
         v_first: Tensor | None = None
-        att_prev, wkv, ffn_prev = [], [], []
+        layers = []
         for i, block in enumerate(self.blocks):
-            if i == 0:
-                x = block.ln0(x)
-            h = block.ln1(x)
-            att_out, v_first, s = block.att(h, state.att_x_prev[i].to(dtype), v_first, state.wkv[i])
-            att_prev.append(h[:, -1].float())
-            wkv.append(s)
-            x = x + att_out
-            h = block.ln2(x)
-            x = x + block.ffn(h, state.ffn_x_prev[i].to(dtype))
-            ffn_prev.append(h[:, -1].float())
-        logits = self.head(self.ln_out(x)).float()
-        return logits, RWKV7State(torch.stack(att_prev), torch.stack(wkv), torch.stack(ffn_prev))
+            x, v_first, layer = block(x, v_first, state.layer(i))
+            layers.append(layer)
+        if last_only:
+            x = x[:, -1:]
+        return self.head(self.ln_out(x)).float(), RWKV7State.stack(layers)
+
+    def step(self, tokens: Tensor, state: RWKV7State | None = None) -> tuple[Tensor, RWKV7State]:
+        """tokens: (B,) ids, one per sequence. Returns (B, V) float32 logits and the new state
+        (the given one is left untouched): the recurrent mode, without a time axis."""
+        tokens = as_token_column(tokens)
+        state = self._checked(state, tokens.shape[0])
+        x = self.emb(tokens)  # (B, C)
+        v_first: Tensor | None = None
+        layers = []
+        for i, block in enumerate(self.blocks):
+            x, v_first, layer = block.step(x, v_first, state.layer(i))
+            layers.append(layer)
+        return self.head(self.ln_out(x)).float(), RWKV7State.stack(layers)
 
 
 @torch.no_grad()

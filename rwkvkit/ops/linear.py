@@ -14,7 +14,7 @@ dtype; what was measured here (Xeon with AVX-512/AMX, 1-2 threads; benchmarks/ke
   bf16 activations, fp32 accumulation inside) reads a quarter of the fp32 bytes.
 
 Every fast form here has a plain sibling (``F.linear`` on dequantized weights) that tests compare
-it with; see tests/test_fast_inference.py for the tolerances.
+it with; see tests/test_linear.py and tests/test_inference.py for the tolerances.
 """
 
 from __future__ import annotations

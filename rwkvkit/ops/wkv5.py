@@ -9,7 +9,7 @@ RWKV-5 has a static w (per head in 5.0/5.1, per channel in 5.2); RWKV-6 computes
 token. ``w`` is passed as its logarithm (``log_w <= 0``), which can be very negative: trained
 RWKV-5/6 channels forget nearly everything each token (w = e^-100 and below).
 
-Three forms, computing the same numbers in float32:
+Three forms, computing the same numbers in float32, and the one dispatch point :func:`wkv5`:
 - :func:`wkv5_reference`: the loop over tokens, the readable definition;
 - :func:`wkv5_step`: one token, the recurrent mode;
 - :func:`wkv5_chunked`: the parallel mode. With cumulative log-decay ``g_t = sum_{j<=t} log w_j``
@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from .decay import MAX_FACTORISED_SPAN, chunk_span, decayed_scores
+from .registry import Backend, BackendRegistry
 
 # log w below this is w = 0 to float32 (e^-1e4); clamping keeps -inf (exp of a huge time_decay)
 # from turning cumulative sums into inf - inf = NaN.
@@ -88,11 +89,22 @@ def wkv5_chunked(
     return torch.cat(ys, dim=2).transpose(1, 2), state
 
 
+# The one place a WKV-5/6 implementation is chosen; a CUDA/Triton kernel registers here.
+BACKENDS = BackendRegistry("wkv5", Backend("torch", step=wkv5_step, sequence=wkv5_chunked))
+
+
 def wkv5(
     r: Tensor, log_w: Tensor, k: Tensor, v: Tensor, u: Tensor, state: Tensor, chunk_len: int = 32
 ) -> tuple[Tensor, Tensor]:
-    """The one dispatch point: the recurrent step for one token, the chunked form for more."""
+    """The one dispatch point, for both modes: the backend's step for one token, its chunked form for more.
+
+    r, log_w, k, v: (B, T, H, N) float32, or (B, H, N) for one token (the decode step, which then
+    returns y as (B, H, N)); u (H, N); state (B, H, N, N). Returns y and the final state.
+    """
+    backend = BACKENDS.lookup(r)
+    if r.dim() == 3:
+        return backend.step(r, log_w, k, v, u, state)
     if r.shape[1] == 1:
-        y, state = wkv5_step(r[:, 0], log_w[:, 0], k[:, 0], v[:, 0], u, state)
+        y, state = backend.step(r[:, 0], log_w[:, 0], k[:, 0], v[:, 0], u, state)
         return y[:, None], state
-    return wkv5_chunked(r, log_w, k, v, u, state, chunk_len)
+    return backend.sequence(r, log_w, k, v, u, state, chunk_len)

@@ -9,7 +9,7 @@ RWKV-7 uses ``alpha = -kk`` and ``beta = kk * a`` (kk the normalised key, a the 
 rate), so ``S alpha beta^T`` removes part of what the state holds along kk before writing the new
 value. ``w`` is passed as its logarithm (``log_w <= 0``).
 
-Three forms, computing the same numbers in float32:
+Three forms, computing the same numbers in float32, and the one dispatch point :func:`wkv7`:
 - :func:`wkv7_reference`: the loop over tokens, the readable definition (and its autograd);
 - :func:`wkv7_step`: one token, the recurrent mode;
 - :func:`wkv7_chunked`: the parallel mode. Within a chunk the only nonlinear coupling is through
@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from .decay import MAX_FACTORISED_SPAN, chunk_span, decayed_scores
+from .registry import Backend, BackendRegistry
 
 # Every RWKV-7 decay is >= e^-0.61 per token (models/rwkv7.py), so a chunk of this many tokens or fewer
 # never exceeds the factorised form's span.
@@ -107,6 +108,10 @@ def wkv7_chunked(
     return torch.cat(ys, dim=2).transpose(1, 2), state
 
 
+# The one place a WKV-7 implementation is chosen; a CUDA/Triton kernel registers here.
+BACKENDS = BackendRegistry("wkv7", Backend("torch", step=wkv7_step, sequence=wkv7_chunked))
+
+
 def wkv7(
     r: Tensor,
     log_w: Tensor,
@@ -117,8 +122,15 @@ def wkv7(
     state: Tensor,
     chunk_len: int = 32,
 ) -> tuple[Tensor, Tensor]:
-    """The one dispatch point: the recurrent step for one token, the chunked form for more."""
+    """The one dispatch point, for both modes: the backend's step for one token, its chunked form for more.
+
+    r, log_w, k, v, alpha, beta: (B, T, H, N) float32, or (B, H, N) for one token (the decode step,
+    which then returns y as (B, H, N)); state (B, H, N, N). Returns y and the final state.
+    """
+    backend = BACKENDS.lookup(r)
+    if r.dim() == 3:
+        return backend.step(r, log_w, k, v, alpha, beta, state)
     if r.shape[1] == 1:
-        y, state = wkv7_step(r[:, 0], log_w[:, 0], k[:, 0], v[:, 0], alpha[:, 0], beta[:, 0], state)
+        y, state = backend.step(r[:, 0], log_w[:, 0], k[:, 0], v[:, 0], alpha[:, 0], beta[:, 0], state)
         return y[:, None], state
-    return wkv7_chunked(r, log_w, k, v, alpha, beta, state, chunk_len)
+    return backend.sequence(r, log_w, k, v, alpha, beta, state, chunk_len)
