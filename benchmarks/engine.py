@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO))  # this checkout's rwkvkit, not an installed copy
 
 from benchmarks._machine import machine  # noqa: E402
 
-from rwkvkit.engine import Engine, Request, _step, prefill  # noqa: E402  (COMPAT SHIM: _step -> model.step at merge)
+from rwkvkit.engine import Engine, Request, prefill  # noqa: E402
 from rwkvkit.models.rwkv4 import RWKV4Config  # noqa: E402
 from rwkvkit.sampling import Penalties, SamplingParams, make_generator, next_token  # noqa: E402
 from rwkvkit.testing import random_rwkv4  # noqa: E402
@@ -53,7 +53,7 @@ def bare(model, start, batch: int, params: SamplingParams, tokens: int) -> None:
         if penalties is not None:
             penalties.update(ids)
         if i < tokens - 1:  # the last token is not read, as in the engine (no keep_state)
-            logits, state = _step(model, ids, state)
+            logits, state = model.step(ids, state)
 
 
 def engine(model, start, batch: int, params: SamplingParams, tokens: int) -> None:

@@ -122,31 +122,13 @@ class Event:
 # --------------------------------------------------------------------------------------------
 # Calling the model. The engine is the one place that calls a model to generate.
 
-# COMPAT SHIM (issue 10, item 1 pending) - remove at merge. Once every model has
-# ``forward(tokens, state, *, last_only)`` and ``step(tokens, state)``, _forward_last becomes
-# ``model(ids, state, last_only=True)`` (then ``[:, -1]``) and _step becomes ``model.step(ids, state)``.
-
 
 def _forward_last(
     model: nn.Module, ids: Tensor, state: RecurrentState | None
 ) -> tuple[Tensor, RecurrentState]:
-    """ids (B, T) -> (logits (B, V) float32 after the last id, state)."""
-    try:
-        logits, state = model(ids, state, last_only=True)
-    except TypeError:  # RWKV-5/6/7 and GPT before item 1 have no last_only
-        logits, state = model(ids, state)
+    """ids (B, T) -> (logits (B, V) float32 after the last id, state): prefill needs no others."""
+    logits, state = model(ids, state, last_only=True)
     return logits[:, -1].float(), state
-
-
-def _step(model: nn.Module, ids: Tensor, state: RecurrentState) -> tuple[Tensor, RecurrentState]:
-    """ids (B,) -> (logits (B, V) float32, state)."""
-    if hasattr(model, "step"):
-        return model.step(ids, state)
-    logits, state = model(ids[:, None], state)
-    return logits[:, -1].float(), state
-
-
-# END COMPAT SHIM
 
 
 def _model_limits(model: nn.Module) -> tuple[int | None, int | None]:
@@ -202,8 +184,8 @@ def prefill(
     logits = None
     for s in range(0, ids.shape[1], prefill_chunk):
         logits, state = _forward_last(model, ids[:, s : s + prefill_chunk], state)
-    assert logits is not None and state is not None
-    return Prefix(state, logits, before + ids.shape[1])
+    assert logits is not None  # a stateless fixed-window model may return no state
+    return Prefix(state, logits, before + ids.shape[1])  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------------------------
@@ -482,7 +464,7 @@ class Engine:
             else:
                 idx = torch.tensor(fed, device=tokens.device)
                 state, ids = batch.state.select(idx), tokens[idx]
-            new_logits, new_state = _step(self.model, ids, state)
+            new_logits, new_state = self.model.step(ids, state)
         at = {pos: j for j, pos in enumerate(fed)}  # batch position -> row of the new state
         for pos, row in enumerate(rows):
             lp = logprobs.get(pos, (None, None))

@@ -41,13 +41,18 @@ class Bigram(nn.Module):
         self.calls = 0
 
     def forward(
-        self, tokens: Tensor | list[int], state: CounterState | None = None
+        self, tokens: Tensor | list[int], state: CounterState | None = None, *, last_only: bool = False
     ) -> tuple[Tensor, CounterState]:
         t = torch.as_tensor(tokens, dtype=torch.long)
         t = t[None] if t.dim() == 1 else t
         self.calls += 1
         seen = torch.zeros(1, t.shape[0], 1) if state is None else state.seen
-        return self.logits[t].float(), CounterState(seen + t.shape[1])
+        logits = self.logits[t[:, -1:] if last_only else t].float()
+        return logits, CounterState(seen + t.shape[1])
+
+    def step(self, tokens: Tensor, state: CounterState | None = None) -> tuple[Tensor, CounterState]:
+        logits, state = self.forward(tokens[:, None], state)
+        return logits[:, -1], state
 
 
 P_NEXT = 0.6  # probability of the designated successor; the rest is spread evenly

@@ -5,6 +5,8 @@ speed is measured by benchmarks/, never by tests."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,8 @@ from rwkvkit.bench.contenders import build_contenders
 from rwkvkit.bench.machine import machine_info, machine_line
 from rwkvkit.bench.timing import interleaved, summarize
 from rwkvkit.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_interleaved_rounds_rotate_and_summarize() -> None:
@@ -55,3 +59,17 @@ def test_bench_command_on_a_tiny_random_model(tmp_path: Path, capsys: pytest.Cap
     assert table.startswith("Machine: ") and "| rwkvkit fp32, B=1 |" in table and "| rwkvkit fp32 |" in table
     result = json.loads(out.read_text())
     assert result["decode_tok_s"]["rwkvkit fp32, B=1"]["rounds"] == 1 and result["prefill_len"] == 8
+
+
+def test_bench_cli_runs_on_a_tiny_model(tmp_path: Path) -> None:
+    out = tmp_path / "r.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "rwkvkit", "bench", "--shape", "tiny", "--contenders", "fp32,int8,plain-fp32",
+         "--threads", "1", "--rounds", "1", "--decode-tokens", "2", "--prefill", "8",
+         "--reference", "rwkvkit fp32 (plain modules)", "--workdir", str(tmp_path), "--json", str(out)],
+        cwd=ROOT, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "rwkvkit int8, B=8" in proc.stdout and "prefill, 8 tokens" in proc.stdout
+    assert out.exists()

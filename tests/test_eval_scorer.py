@@ -170,10 +170,12 @@ class Windowed(nn.Module):
         self.config = dataclasses.replace(inner.config)
         object.__setattr__(self, "block_size", block_size)
 
-    def forward(self, tokens: Tensor, state: object = None) -> tuple[Tensor, None]:
+    def forward(
+        self, tokens: Tensor, state: object = None, *, last_only: bool = False
+    ) -> tuple[Tensor, None]:
         assert state is None, "a window model is never handed a state"
         assert tokens.shape[-1] <= self.block_size, "read more tokens than its context"
-        return self.inner(tokens, None)[0], None
+        return self.inner(tokens, None, last_only=last_only)[0], None
 
 
 def test_fixed_context_model_is_read_in_windows(rwkv: nn.Module, tok: ByteTokenizer, tmp_path: Path) -> None:

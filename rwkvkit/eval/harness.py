@@ -35,42 +35,36 @@ from tqdm import tqdm
 from ..checkpoint import load_model, tokenizer_for_model
 from ..dtypes import dtype_from_name
 from ..errors import EvalDataError
+from ..generate import generate_text
 from .scorer import Scorer
 
 DEFAULT_BATCH = 8
 
 
-@torch.no_grad()
 def greedy_until(scorer: Scorer, context: str, until: list[str], max_tokens: int) -> str:
-    """Greedy continuation of ``context``, cut before the first stop string or at end-of-text."""
-    tok, model = scorer.tokenizer, scorer.model
-    ids = list(tok.encode(context)) if context else list(scorer.prefix)
+    """Greedy continuation of ``context``, cut before the first stop string or at end-of-text.
+
+    Generation runs through the engine (rwkvkit.generate). A recurrent model reads the whole
+    context as one stream; read in windows, the context keeps its last ``window - max_tokens``
+    tokens so that context and continuation fit one window (the harness's own convention).
+    """
+    ids = list(scorer.tokenizer.encode(context)) if context else list(scorer.prefix)
     if not ids:
         raise EvalDataError(
             "generation from an empty context needs an end-of-text token; this tokenizer has none"
         )
-    eos = getattr(tok, "eos_id", None)
-    stream = scorer.window is None  # carry the state token by token; otherwise re-read the window
-    if stream:
-        state, logits = scorer.prefix_state(ids)
-    generated: list[int] = []
-    text = ""
-    for _ in range(max_tokens):
-        if not stream:
-            window = torch.tensor([(ids + generated)[-scorer.window :]], device=scorer.device)
-            logits = model(window, None)[0][0, -1]
-        nxt = int(logits.argmax())
-        if eos is not None and nxt == eos:
-            break
-        generated.append(nxt)
-        text = tok.decode(generated)
-        cuts = [text.find(s) for s in until if s and s in text]
-        if cuts:
-            return text[: min(cuts)]
-        if stream:
-            out, state = model(torch.tensor([[nxt]], device=scorer.device), state)
-            logits = out[0, -1]
-    return text
+    if scorer.window is not None:
+        ids = ids[-max(1, scorer.window - max_tokens) :]
+    result = generate_text(
+        scorer.model,
+        scorer.tokenizer,
+        ids,
+        temperature=0.0,
+        max_tokens=max_tokens,
+        stop=until,
+        prefill_chunk=scorer.tokens_per_call,
+    )
+    return result.text
 
 
 class RwkvkitLM(LM):

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import inspect
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -32,6 +31,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from ..engine import prefill
 from ..errors import EvalDataError
 from .loss import next_token_logprobs
 
@@ -67,13 +67,6 @@ def model_window(model: nn.Module) -> int | None:
             if isinstance(value, int) and value > 0:
                 return value
     return None
-
-
-def _accepts_last_only(model: nn.Module) -> bool:
-    try:
-        return "last_only" in inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):
-        return False
 
 
 def _clone_state(state: Any) -> Any:
@@ -119,8 +112,6 @@ class Scorer:
         self.tokens_per_call = tokens_per_call  # recurrent models: at most this many tokens per call
         self.share_prefix = share_prefix  # False: every request reads its context (for comparison)
         self.device = next(model.parameters()).device
-        # Reading a context needs only its last position's logits: skip the head elsewhere if the model can.
-        self._last_only = {"last_only": True} if _accepts_last_only(model) else {}
         eos = getattr(tokenizer, "eos_id", None)
         self.prefix: list[int] = [] if eos is None else [int(eos)]
 
@@ -166,16 +157,12 @@ class Scorer:
         vocab = int(getattr(getattr(self.model, "config", None), "vocab_size", 0) or 65536)
         return max(1, min(self.tokens_per_call, LOGIT_BUDGET // (batch * vocab)))
 
-    @torch.no_grad()
     def prefix_state(self, ids: Sequence[int]) -> tuple[Any, Tensor]:
-        """Read ``ids`` (B = 1) from a fresh state: (state after them, logits (V,) for what follows)."""
-        tokens = torch.tensor([list(ids)], dtype=torch.long, device=self.device)
-        state, logits = None, None
-        step = self._chunk(1, tokens.shape[1])
-        for s in range(0, tokens.shape[1], step):
-            logits, state = self.model(tokens[:, s : s + step], state, **self._last_only)
-        assert logits is not None
-        return state, logits[0, -1].float()
+        """Read ``ids`` (B = 1) from a fresh state: (state after them, logits (V,) for what follows).
+
+        The engine's prefill reads it, a bounded number of tokens per call."""
+        prefix = prefill(self.model, list(ids), prefill_chunk=self._chunk(1, len(ids)))
+        return prefix.state, prefix.logits[0]
 
     @torch.no_grad()
     def score_rows(

@@ -146,7 +146,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     def run_eval(step: int) -> float:
         val = validation_loss(model, data, cfg, device, amp)
         bpb = val / math.log(2) / bytes_per_token
-        text = sample_text(model, tokenizer, cfg.sample_prompt, cfg.sample_len, cfg.seed + step, device)
+        text = sample_text(model, tokenizer, cfg.sample_prompt, cfg.sample_len, cfg.seed + step)
         runfiles.append_metrics(metrics, {"step": step, "val_loss": val, "val_bpb": bpb})
         with open(out / runfiles.SAMPLES, "a") as f:
             f.write(f"=== step {step} (val {val:.4f} nats/token, {bpb:.4f} bits/byte)\n{text}\n\n")
