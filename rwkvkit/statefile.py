@@ -13,6 +13,10 @@ The file holds the state's tensors under ``state.<field>``, optionally the logit
 consumed token (``logits``: what the next token is drawn from, so a saved prompt can be
 continued without feeding anything) and metadata: format tag, RWKV version, state class,
 model config, identity, number of tokens consumed, optional tokenizer name. Writes are atomic.
+
+:func:`load_state` also reads the official layout of a tuned state (RWKV-PEFT's
+``blocks.N.att.time_state`` tensors, in a .pth or .safetensors of their own;
+:mod:`rwkvkit.formats.time_state`), which records no model identity: only its shapes are checked.
 """
 
 from __future__ import annotations
@@ -28,8 +32,10 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from .errors import StateError
+from .checkpoint import read_tensors, sniff_format
+from .errors import CheckpointError, StateError
 from .fileio import atomic_write
+from .formats import time_state
 from .state import RecurrentState
 
 FORMAT = "rwkvkit-state"
@@ -83,7 +89,7 @@ class SavedState:
     state: RecurrentState
     logits: Tensor | None  # (B, V) float32 after the last consumed token, if saved
     tokens_consumed: int
-    identity: ModelIdentity
+    identity: ModelIdentity | None  # None for an official time_state file, which records none
     tokenizer: str | None = None
     extra: dict[str, str] = dataclasses.field(default_factory=dict)
 
@@ -136,6 +142,12 @@ def load_state(path: str | Path, model: nn.Module) -> SavedState:
     if not path.is_file():
         raise StateError(f"{path}: no such state file")
     try:
+        fmt = sniff_format(path)
+    except CheckpointError as e:
+        raise StateError(f"{path}: not a state file ({e.problem})") from None
+    if fmt != "safetensors":
+        return _load_official(path, model)
+    try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is no dict)
@@ -143,6 +155,8 @@ def load_state(path: str | Path, model: nn.Module) -> SavedState:
         raise StateError(
             f"{path}: not a readable safetensors state file; it is truncated or corrupt ({e})"
         ) from None
+    if meta.get("format") != FORMAT and tensors and all(time_state.is_time_state_key(k) for k in tensors):
+        return _load_official(path, model, tensors)
     if meta.get("format") != FORMAT:
         raise StateError(
             f"{path}: this safetensors file is not an rwkvkit state file (no format={FORMAT!r} in its "
@@ -189,3 +203,29 @@ def load_state(path: str | Path, model: nn.Module) -> SavedState:
         tokenizer=meta.get("tokenizer"),
         extra={k.removeprefix("extra."): v for k, v in meta.items() if k.startswith("extra.")},
     )
+
+
+def _load_official(path: Path, model: nn.Module, tensors: dict[str, Tensor] | None = None) -> SavedState:
+    """An official tuned state (``blocks.N.att.time_state`` tensors), as a batch-1 state for ``model``."""
+    if tensors is None:
+        try:
+            tensors = read_tensors(path)
+        except CheckpointError as e:
+            raise StateError(f"{path}: not a readable state file ({e.problem})") from None
+    if not tensors or not all(time_state.is_time_state_key(k) for k in tensors):
+        raise StateError(
+            f"{path}: neither an rwkvkit state file nor an official state file (blocks.N.att.time_state "
+            "tensors); a model checkpoint goes to --model, a state file to --state"
+        )
+    state = time_state.to_state(tensors, model, path)
+    return SavedState(
+        state=state, logits=None, tokens_consumed=0, identity=None, extra={"kind": "time_state"}
+    )
+
+
+def load_initial_state(path: str | Path, model: nn.Module) -> RecurrentState:
+    """A state file's state as ``model``'s initial state: one row, made by this model (or official)."""
+    saved = load_state(path, model)
+    if saved.state.batch_size != 1:
+        raise StateError(f"{path}: holds {saved.state.batch_size} states; an initial state is one")
+    return saved.state
