@@ -1,8 +1,13 @@
 """Converting checkpoints: any readable checkpoint to a BlinkDL .pth, .safetensors, a Hugging
-Face folder or an rwkv.cpp file (``rwkvkit convert``, :mod:`rwkvkit.cli.convert`)."""
+Face folder or an rwkv.cpp file (``rwkvkit convert``, :mod:`rwkvkit.cli.convert`).
+
+A LoRA run converts to its merged weights; a state-tuning run (RWKV-5/6/7) to its base's weights
+with the tuned state as official ``blocks.N.att.time_state`` tensors, which the official ``rwkv``
+package reads as its initial state (RWKV-PEFT's merged form)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import warnings
 from pathlib import Path
@@ -10,11 +15,11 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .checkpoint import read_checkpoint
+from .checkpoint import RawCheckpoint, build_model, read_checkpoint
 from .dtypes import DTYPES, dtype_from_name
 from .errors import RwkvkitError
 from .fileio import atomic_path, atomic_write
-from .formats import hf
+from .formats import hf, time_state
 from .formats.rwkvcpp import rwkvcpp_version, write_rwkvcpp
 from .models import model_classes
 
@@ -73,6 +78,29 @@ def _check_rwkvcpp_can_hold(config: object, source_format: str) -> None:
         )
 
 
+def _tuned_state(raw: RawCheckpoint, to: str) -> dict[str, Tensor]:
+    """A tuned initial state that comes with the checkpoint (a state-tuning run's, or official
+    ``time_state`` keys in the file), in the official layout (float32), to write beside the weights.
+    Only .pth and .safetensors files can hold it, and only for RWKV-5/6/7."""
+    if not raw.time_state and raw.state_file is None:
+        return {}
+    where = raw.state_file or raw.path
+    if to not in ("pth", "safetensors"):
+        raise RwkvkitError(
+            f"{where}: a tuned initial state has no place in a {to} file; convert to pth or safetensors "
+            "(which hold it as official blocks.N.att.time_state tensors), or pass the state file with --state"
+        )
+    if raw.version not in time_state.VERSIONS:
+        raise RwkvkitError(
+            f"{where}: RWKV-{raw.version} has no official layout for a tuned state; the weights alone are "
+            f"the base's ({raw.path}), so use that with --state {where}"
+        )
+    if raw.state_file is None:
+        return {k: v.float() for k, v in raw.time_state.items()}
+    model = build_model(dataclasses.replace(raw, state_dict=dict(raw.state_dict)))  # reads the state file
+    return time_state.from_state(model.default_state, raw.version)  # type: ignore[arg-type]
+
+
 def convert(src: str | Path, dst: str | Path, to: str, dtype: str = "fp32") -> Path:
     """Read ``src`` in any supported form and write it to ``dst`` as ``to``."""
     if to not in TARGETS:
@@ -82,13 +110,14 @@ def convert(src: str | Path, dst: str | Path, to: str, dtype: str = "fp32") -> P
     config_cls, _ = model_classes(raw.version, raw.path)
     config = config_cls.from_state_dict(raw.state_dict, **raw.config_overrides)
     dst = Path(dst)
+    tuned_state = _tuned_state(raw, to)
     if to == "rwkvcpp":
         if dtype == "bf16":
             raise RwkvkitError("rwkv.cpp files hold fp32 or fp16 weights; pass --dtype fp32 or fp16")
         _check_rwkvcpp_can_hold(config, raw.format)
         write_rwkvcpp(dst, raw.state_dict, version=rwkvcpp_version(raw.state_dict.keys()), data_type=dtype)
         return dst
-    sd = _cast(raw.state_dict, torch_dtype)
+    sd = {**_cast(raw.state_dict, torch_dtype), **tuned_state}
     if to in ("pth", "hf") and getattr(config, "ln_x_eps", 64e-5) != 64e-5:
         warnings.warn(
             f"{raw.path} runs RWKV-{config.version}'s ln_x with eps {config.ln_x_eps} (rwkv.cpp's value), "
