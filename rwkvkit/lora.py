@@ -83,7 +83,6 @@ def add_lora(model: nn.Module, settings: LoraSettings) -> Any:
     A name matches a layer whose module name is it or ends with ``.name`` (peft's rule). A default
     name the model lacks (RWKV-4 has no gate) is skipped; any other name that matches nothing is a
     mistake, refused."""
-    peft = _peft()
     modules = linear_names(model)
     unmatched = [t for t in settings.targets if not any(n == t or n.endswith("." + t) for n in modules)]
     if len(unmatched) == len(settings.targets) or set(unmatched) - set(DEFAULT_TARGETS):
@@ -92,6 +91,7 @@ def add_lora(model: nn.Module, settings: LoraSettings) -> Any:
             f"--lora-targets: {','.join(unmatched)} names no linear layer of this model; its linear "
             f"layers are called {', '.join(shown)}"
         )
+    peft = _peft()
     config = peft.LoraConfig(
         r=settings.rank,
         lora_alpha=settings.alpha,

@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from ..lora import DEFAULT_TARGETS, LoraSettings
+
 # rwkvkit-run-1 files named two fields otherwise: its "chunk_len" was the BPTT segment and its
 # "wkv_chunk" the WKV chunk. Mapped together, so one old name never lands on the other's field.
 _RUN1_NAMES = {"chunk_len": "bptt_len", "wkv_chunk": "chunk_len"}
@@ -103,7 +105,7 @@ class FinetuneConfig(TrainConfig):
     lora_rank: int = 8
     lora_alpha: float = 16.0
     lora_dropout: float = 0.0
-    lora_targets: str = "receptance,key,value,output,gate"  # comma-separated module names
+    lora_targets: str = ",".join(DEFAULT_TARGETS)  # comma-separated module names
     # Fine-tuning's own defaults for the loop's settings
     lr: float | None = None  # type: ignore[assignment]  # None: METHOD_LR's
     lr_final: float | None = None  # type: ignore[assignment]  # None: lr times METHOD_LR's ratio
@@ -121,6 +123,12 @@ class FinetuneConfig(TrainConfig):
             if self.lr_final is None:  # the method's ratio of final to peak rate
                 self.lr_final = self.lr * lr_final / lr
         super().__post_init__()
+        if self.method == "lora":
+            self.lora_settings()  # refuse bad LoRA settings before anything is loaded
+
+    def lora_settings(self) -> LoraSettings:
+        targets = tuple(t.strip() for t in self.lora_targets.split(","))
+        return LoraSettings(self.lora_rank, self.lora_alpha, self.lora_dropout, targets)
 
     def saved(self) -> dict[str, Any]:
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in ARCH_FIELDS}

@@ -146,8 +146,6 @@ def prepare(
     """
     from tqdm import tqdm
 
-    from ..chat import ChatTemplate
-
     if not 0 < val_fraction < 1:
         raise DataError(f"--val-fraction must be between 0 and 1, got {val_fraction}")
     tok = load_tokenizer(tokenizer)
@@ -156,13 +154,50 @@ def prepare(
     files = expand_inputs(inputs)
     total_bytes = sum(f.stat().st_size for f in files if f.suffix != ".idx")
     out = Path(out)
-    eos = getattr(tok, "eos_id", None)
-    template = ChatTemplate()
+    with tqdm(total=total_bytes, unit="B", unit_scale=True, desc="tokenizing", disable=not progress) as bar:
+        pieces, masks, docs, n_bytes = _tokenize(files, tok, dtype, bar)  # the bar ends before any error
+    tokens = np.concatenate(pieces) if pieces else np.zeros(0, dtype=dtype)
+    if docs:
+        n_val_docs = max(1, round(len(docs) * val_fraction))
+        if len(docs) - n_val_docs < 1:
+            raise DataError(f"only {len(docs)} example in the inputs: too few to train and validate on")
+        split = int(sum(d[2] for d in docs[: len(docs) - n_val_docs]))
+    else:
+        n_val = max(1, int(len(tokens) * val_fraction))
+        if len(tokens) - n_val < 2:
+            raise DataError(f"only {len(tokens)} tokens in the inputs: too little to train on")
+        split = len(tokens) - n_val
+    out.mkdir(parents=True, exist_ok=True)
+    _write_split_files(out, tokens, split, masks, docs)
+    manifest = {
+        "format": "rwkvkit-tokens-1",
+        "tokenizer": tok.name,
+        "vocab_size": vocab,
+        "dtype": np.dtype(dtype).name,
+        "train_tokens": int(split),
+        "val_tokens": int(len(tokens) - split),
+        # bytes per token over the whole corpus: turns nats per token into bits per byte
+        "bytes_per_token": (n_bytes / len(tokens)) if n_bytes else None,
+        "sources": [str(f) for f in files],
+    }
+    if docs:
+        manifest.update(examples=True, train_examples=len(docs) - n_val_docs, val_examples=n_val_docs)
+    atomic_write_bytes(out / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
+    return manifest
+
+
+def _tokenize(
+    files: list[Path], tok: Any, dtype: Any, bar: Any
+) -> tuple[list[np.ndarray], list[np.ndarray], list[tuple[int, int, int]], int]:
+    """Every file's tokens (one array per record); for examples also their masks and (file index,
+    line, tokens) each; and the bytes of text read."""
+    from ..chat import ChatTemplate
+
+    vocab, eos, template = int(tok.vocab_size), getattr(tok, "eos_id", None), ChatTemplate()
     pieces: list[np.ndarray] = []
     masks: list[np.ndarray] = []
-    docs: list[tuple[int, int, int]] = []  # examples: (file index, line, tokens)
+    docs: list[tuple[int, int, int]] = []
     n_bytes = 0
-    bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="tokenizing", disable=not progress)
 
     def kind_check(is_example: bool, where: str) -> None:
         if pieces and bool(docs) != is_example:
@@ -196,35 +231,7 @@ def prepare(
             size = len(text.encode("utf-8"))
             n_bytes += size
             bar.update(size)
-    bar.close()
-    tokens = np.concatenate(pieces) if pieces else np.zeros(0, dtype=dtype)
-    if docs:
-        n_val_docs = max(1, round(len(docs) * val_fraction))
-        if len(docs) - n_val_docs < 1:
-            raise DataError(f"only {len(docs)} example in the inputs: too few to train and validate on")
-        split = int(sum(d[2] for d in docs[: len(docs) - n_val_docs]))
-    else:
-        n_val = max(1, int(len(tokens) * val_fraction))
-        if len(tokens) - n_val < 2:
-            raise DataError(f"only {len(tokens)} tokens in the inputs: too little to train on")
-        split = len(tokens) - n_val
-    out.mkdir(parents=True, exist_ok=True)
-    _write_split_files(out, tokens, split, masks, docs)
-    manifest = {
-        "format": "rwkvkit-tokens-1",
-        "tokenizer": tok.name,
-        "vocab_size": vocab,
-        "dtype": np.dtype(dtype).name,
-        "train_tokens": int(split),
-        "val_tokens": int(len(tokens) - split),
-        # bytes per token over the whole corpus: turns nats per token into bits per byte
-        "bytes_per_token": (n_bytes / len(tokens)) if n_bytes else None,
-        "sources": [str(f) for f in files],
-    }
-    if docs:
-        manifest.update(examples=True, train_examples=len(docs) - n_val_docs, val_examples=n_val_docs)
-    atomic_write_bytes(out / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
-    return manifest
+    return pieces, masks, docs, n_bytes
 
 
 def _write_split_files(

@@ -28,7 +28,7 @@ from ..errors import CheckpointError, RwkvkitError
 from ..fileio import atomic_write
 from ..formats import time_state
 from ..formats.run import ADAPTER_DIR, OFFICIAL_STATE_FILE, STATE_FILE, is_run_folder, read_run_file
-from ..lora import LoraSettings, adapter_tensors, add_lora, load_adapter_tensors, save_adapter
+from ..lora import adapter_tensors, add_lora, load_adapter_tensors, save_adapter
 from ..state import RecurrentState
 from ..statefile import ModelIdentity, save_state
 from .config import METHODS, FinetuneConfig
@@ -206,13 +206,7 @@ def make_trainee(cfg: FinetuneConfig, data: TokenData) -> Trainee:
     if cfg.method == "full":
         trainee = FullTuning(model, model_config, arch, info)
     elif cfg.method == "lora":
-        settings = LoraSettings(
-            cfg.lora_rank,
-            cfg.lora_alpha,
-            cfg.lora_dropout,
-            tuple(t.strip() for t in cfg.lora_targets.split(",")),
-        )
-        peft_model = add_lora(model, settings)
+        peft_model = add_lora(model, cfg.lora_settings())
         trainee = LoraTuning(model, model_config, arch, info, peft_model, ModelIdentity(**base["identity"]))
     else:
         for p in model.parameters():
