@@ -99,10 +99,8 @@ def test_each_method_learns_and_its_run_loads_with_its_own_numbers(
         torch.testing.assert_close(got, own, atol=MERGE_TOL, rtol=MERGE_TOL)
     elif method == "state":
         state = loaded.initial_state(1)
-        assert set(saved) == {"state.wkv_num", "state.wkv_den"}
-        assert torch.equal(state.wkv_num, saved["state.wkv_num"]) and torch.equal(
-            state.wkv_den, saved["state.wkv_den"]
-        )
+        assert set(saved) == {"state.wkv_num", "state.wkv_den", "state.wkv_max"}
+        assert all(torch.equal(getattr(state, k.removeprefix("state.")), v) for k, v in saved.items())
         assert (state.wkv_den >= 0).all() and state.wkv_num.abs().max() > 0
         assert torch.equal(
             loaded.state_dict()["emb.weight"], rwkvkit.load_model(base).state_dict()["emb.weight"]
@@ -130,7 +128,7 @@ def test_frozen_weights_get_no_gradient_and_no_optimizer_state(
     if method == "lora":
         assert trainable and all(".lora_A." in n or ".lora_B." in n for n in trainable)
     else:
-        assert trainable == {"learned.wkv_num", "learned.wkv_den"}
+        assert trainable == {"learned.wkv_num", "learned.wkv_den", "learned.wkv_max"}
     base_params = dict(trainee.model.named_parameters())
     assert not any(p.requires_grad for n, p in base_params.items() if ".lora_" not in n)
     x, y, mask = data.sampler("train", cfg.ctx_len, 0).read([0, 1])

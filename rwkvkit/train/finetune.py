@@ -36,8 +36,11 @@ from .data import TokenData
 from .loop import train
 from .trainee import Trainee
 
-# The state fields state tuning learns, per RWKV version; the others stay zero.
-TUNED_FIELDS = {"4": ("wkv_num", "wkv_den"), "5": ("wkv",), "6": ("wkv",), "7": ("wkv",)}
+# The state fields state tuning learns, per RWKV version; the others (token shift) stay zero.
+# RWKV-4's WKV state is two sums and their common log-scale offset (num e^max, den e^max): the
+# offset is learned too, or the sums could only grow additively, far too slowly to matter next to
+# e^k of the tokens that follow (measured: a chat style was not learned without it).
+TUNED_FIELDS = {"4": ("wkv_num", "wkv_den", "wkv_max"), "5": ("wkv",), "6": ("wkv",), "7": ("wkv",)}
 
 
 def base_path(cfg: FinetuneConfig) -> tuple[Path, bool]:
@@ -181,8 +184,8 @@ class StateTuning(Trainee):
 
 def state_start(model: nn.Module) -> tuple[RecurrentState, tuple[str, ...]]:
     """Where state tuning starts (the base's own initial state: zeros, or one it was tuned to) and
-    which fields it learns. RWKV-4's empty WKV sums are kept at offset 0 rather than -inf, which is
-    the same state (the sums are zero) but lets gradients reach them."""
+    which fields it learns. RWKV-4's empty WKV sums start at offset 0 rather than -inf, which is the
+    same state (the sums are zero) but lets gradients reach them."""
     version = str(getattr(getattr(model, "config", None), "version", ""))
     if version not in TUNED_FIELDS:
         raise RwkvkitError(f"state tuning needs an RWKV-4, 5, 6 or 7 model; this is {type(model).__name__}")
