@@ -299,13 +299,10 @@ def official(model: nn.Module, version: str, strategy: str, cuda_kernels: bool, 
             [sys.executable, str(Path(__file__).with_name("gpu_official.py")), str(job)],
             capture_output=True, text=True, timeout=args.official_timeout,
         )  # fmt: skip
-    if proc.returncode != 0:
-        return {
-            "error": proc.stderr.strip().splitlines()[-1]
-            if proc.stderr.strip()
-            else f"exit {proc.returncode}"
-        }
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode or not lines:  # the child's last stderr line says why (a compile error, say)
+        return {"error": (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]}
+    return json.loads(lines[-1])
 
 
 # --------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import pytest
 import torch
 from test_wkv5 import _inputs as wkv5_inputs
 from test_wkv7 import _inputs as wkv7_inputs
-from triton_interpret import interpreted
+from triton_interpret import kernel_module
 
 from rwkvkit.ops.wkv5 import wkv5_chunked, wkv5_reference, wkv5_step
 from rwkvkit.ops.wkv7 import wkv7_chunked, wkv7_reference, wkv7_step
@@ -31,17 +31,8 @@ BF16_TOL = 3e-2
 
 @pytest.fixture
 def fla(device: torch.device):
-    """The adapter module, its kernels interpreted on the CPU or compiled on the GPU."""
-    if device.type == "cpu":
-        return interpreted("rwkvkit.ops.fla_kernels")[0]
-    pytest.importorskip("fla", reason="fla-core is not installed (pip install 'rwkvkit[gpu]')")
-    from triton_interpret import _compiled
-
-    import rwkvkit.ops.fla_kernels as module
-
-    if not _compiled(module.chunk_rwkv7):
-        pytest.skip("fla's kernels were imported under the interpreter in this process; run -m cuda alone")
-    return module
+    """The kernels' module: interpreted on the CPU, compiled on the GPU."""
+    return kernel_module(device, "rwkvkit.ops.fla_kernels", "chunk_rwkv7")
 
 
 def skip_bf16_on_cpu(device: torch.device, dtype: torch.dtype) -> None:

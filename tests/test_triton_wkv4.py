@@ -12,21 +12,15 @@ from __future__ import annotations
 import pytest
 import torch
 from test_wkv4 import make_inputs
-from triton_interpret import _compiled, interpreted
+from triton_interpret import kernel_module
 
 from rwkvkit.ops.wkv4 import initial_wkv_state, wkv4_chunked_matmul, wkv4_reference, wkv4_step
 
 
 @pytest.fixture
 def tw(device: torch.device):
-    if device.type == "cpu":
-        return interpreted("rwkvkit.ops.triton_wkv4")[0]
-    pytest.importorskip("triton", reason="triton is not installed (pip install 'rwkvkit[gpu]')")
-    import rwkvkit.ops.triton_wkv4 as module
-
-    if not _compiled(module._wkv4_fwd_kernel):
-        pytest.skip("the kernel was imported under the interpreter in this process; run -m cuda alone")
-    return module
+    """The kernels' module: interpreted on the CPU, compiled on the GPU."""
+    return kernel_module(device, "rwkvkit.ops.triton_wkv4", "_wkv4_fwd_kernel")
 
 
 def _run(fn, base, device, dtype=torch.float32):

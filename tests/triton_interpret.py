@@ -28,6 +28,7 @@ import sys
 from types import ModuleType
 
 import pytest
+import torch
 
 _repaired = False
 tl = None  # triton.language once imported: a jitted function must see it among its globals
@@ -110,3 +111,17 @@ def interpreted(*names: str) -> list[ModuleType]:
         if any(_compiled(v) for v in vars(module).values()):
             pytest.skip(f"{module.__name__} was imported before the interpreter was on; run this file alone")
     return modules
+
+
+def kernel_module(device: torch.device, name: str, kernel: str) -> ModuleType:
+    """The module ``name`` for a test on ``device``: its kernels interpreted on the CPU, compiled on a
+    GPU. ``kernel`` names one of its kernels, to tell which kind this process imported."""
+    if device.type == "cpu":
+        return interpreted(name)[0]
+    for package in ("triton", *(["fla"] if "fla" in name else [])):
+        if importlib.util.find_spec(package) is None:
+            pytest.skip(f"{package} is not installed (pip install 'rwkvkit[gpu]' installs it)")
+    module = importlib.import_module(name)
+    if not _compiled(getattr(module, kernel)):
+        pytest.skip(f"{name} was imported under the interpreter in this process; run -m cuda alone")
+    return module

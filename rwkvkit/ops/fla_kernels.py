@@ -92,15 +92,9 @@ def wkv5_fla_step(
 
 
 def wkv7_fla(
-    r: Tensor,
-    log_w: Tensor,
-    k: Tensor,
-    v: Tensor,
-    alpha: Tensor,
-    beta: Tensor,
-    state: Tensor,
+    r: Tensor, log_w: Tensor, k: Tensor, v: Tensor, alpha: Tensor, beta: Tensor, state: Tensor,
     chunk_len: int = 0,
-) -> tuple[Tensor, Tensor]:
+) -> tuple[Tensor, Tensor]:  # fmt: skip
     """The T-token form: fla's chunked RWKV-7 kernel. Shapes as ``wkv7_chunked``; ``chunk_len``
     is unused (fla picks 64 for RWKV-7's bounded decay)."""
     with _no_autocast(r):
