@@ -64,3 +64,24 @@ def test_train_device_error_is_one_line(data_dir: Path, tmp_path: Path) -> None:
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
     assert "cuda:99" in lines[0] and "Traceback" not in proc.stderr
+
+
+def test_training_ranks_take_their_own_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under torchrun (LOCAL_RANK) a device without an index becomes the rank's own GPU; an index
+    given is kept. (torch.cuda's answers are stood in for: this runs without a GPU too.)"""
+    from rwkvkit.train.config import TrainConfig
+    from rwkvkit.train.device import pick_device
+
+    def device(name: str) -> torch.device:
+        return pick_device(TrainConfig(data="d", out="o", device=name))
+
+    if NO_GPU:
+        assert device("auto") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert device("auto") == device("cuda") == torch.device("cuda", 1)
+    assert device("cuda:0") == torch.device("cuda", 0)
+    assert device("cpu") == torch.device("cpu")
+    with pytest.raises(RwkvkitError, match="cuda:2"):
+        device("cuda:2")
