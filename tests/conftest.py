@@ -11,6 +11,11 @@ os.environ.setdefault("RWKV_CUDA_ON", "0")
 
 import pytest
 import torch
+
+if not torch.cuda.is_available():
+    # Without a GPU, Triton kernels can only run under Triton's interpreter (tests/triton_interpret.py),
+    # and Triton decides at import: set before anything in the session imports it.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 from cli_run import save_tiny_model
 from eval_models import byte_rwkv
 from torch import nn

@@ -3,8 +3,10 @@
 The interpreter executes a kernel's Python body with NumPy, one program at a time, so the kernels'
 arithmetic (ours in rwkvkit/ops/triton_wkv4.py, fla-core's behind rwkvkit/ops/fla_kernels.py) is
 tested here on the same inputs as on a GPU. It decides at ``@triton.jit`` time, so
-:func:`interpreted` imports the kernel modules with the variable set (a module imported earlier
-without it is refused: its kernels would need a GPU).
+:func:`interpreted` imports the kernel modules with the variable set, and tests/conftest.py sets it
+for the whole session on a machine without a GPU, before anything imports Triton (Triton's own
+jitted helpers, ``tl.cumsum`` say, are made when ``triton.language`` is first imported). A module
+imported earlier without it is refused: its kernels would need a GPU.
 
 Triton 3.6's interpreter needs four repairs to run fla-core's kernels; each is a fault of the
 interpreter, not of the kernels (they compile and run on a GPU as they are):
@@ -95,6 +97,10 @@ def interpreted(*names: str) -> list[ModuleType]:
     for package in ("triton", *(["fla"] if any("fla" in n for n in names) else [])):
         if importlib.util.find_spec(package) is None:
             pytest.skip(f"{package} is not installed (pip install 'rwkvkit[gpu]' installs it)")
+    import triton
+
+    if not triton.__version__.startswith("3.6."):
+        pytest.skip(f"the interpreter repairs here are for Triton 3.6; this is {triton.__version__}")
     before = os.environ.get("TRITON_INTERPRET")
     os.environ["TRITON_INTERPRET"] = "1"
     try:
@@ -107,7 +113,9 @@ def interpreted(*names: str) -> list[ModuleType]:
             del os.environ["TRITON_INTERPRET"]
         else:
             os.environ["TRITON_INTERPRET"] = before
-    for module in modules:
+    import triton.language.standard
+
+    for module in [triton.language.standard, *modules]:
         if any(_compiled(v) for v in vars(module).values()):
             pytest.skip(f"{module.__name__} was imported before the interpreter was on; run this file alone")
     return modules
