@@ -152,3 +152,47 @@ def test_wkv7_kernel_long_sequence_in_pieces(fla, device: torch.device) -> None:
     second, end = fla.wkv7_fla(*(t[:, 29:] for t in x[:6]), mid)
     assert rel(torch.cat([first, second], dim=1), whole) < FP32_TOL[device.type]
     assert rel(end, whole_state) < FP32_TOL[device.type]
+
+
+def check_model_on_kernels(model, op, kernels, device, tol: float, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A whole model with ``kernels`` as ``op``'s backend (as on a GPU; on the CPU under the
+    interpreter) against the same model on the PyTorch forms: prefill, two decode steps (the first
+    step's new state shows in the second) and every parameter's gradient."""
+    from rwkvkit.testing import parameter_gradients
+
+    # 3 rows: a batch unlike the 2 heads, so a (H, N) decay read as (B, H, N) cannot pass unseen
+    tokens = torch.randint(0, 64, (3, 40), generator=torch.Generator().manual_seed(0)).to(device)
+
+    def run():
+        with torch.no_grad():
+            logits, state = model(tokens)
+            _, state = model.step(tokens[:, 0], state)
+            step, _ = model.step(tokens[:, 1], state)
+        grads = parameter_gradients(model, lambda: model(tokens[:, :20])[0].logsumexp(-1).mean())
+        return logits, step, grads
+
+    monkeypatch.setattr(op.BACKENDS, "_table", {(device.type, None): op.BACKENDS.default})
+    want = run()
+    op.BACKENDS.register(kernels, device.type)
+    got = run()
+    assert rel(got[0], want[0]) < tol and rel(got[1], want[1]) < tol
+    for key, g in want[2].items():
+        if g is not None and g.norm() > 0:
+            assert rel(got[2][key], g) < 10 * tol, key  # through a dozen layers of products
+
+
+@pytest.mark.parametrize("name", ["rwkv5", "rwkv6", "rwkv7"])
+def test_models_on_the_kernels_equal_the_pytorch_forms(
+    fla, device: torch.device, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RWKV-5's static (H, N) decay, RWKV-6's per-token one, RWKV-7's delta rule, in whole models."""
+    from test_engine import REAL
+
+    from rwkvkit.ops import wkv5, wkv7
+    from rwkvkit.ops.registry import Backend
+
+    if name == "rwkv7":
+        op, kernels = wkv7, Backend("fla", fla.wkv7_fla_step, fla.wkv7_fla)
+    else:
+        op, kernels = wkv5, Backend("fla", fla.wkv5_fla_step, fla.wkv5_fla)
+    check_model_on_kernels(REAL[name]().to(device), op, kernels, device, FP32_TOL[device.type], monkeypatch)

@@ -111,3 +111,16 @@ def test_step_and_calls_in_pieces(tw, device: torch.device) -> None:
     assert all(t.grad is not None for t in leaves)
     empty, _ = tw.wkv4_triton_step(w, u, k[:1, 0], v[:1, 0], initial_wkv_state(1, 24, device))
     torch.testing.assert_close(empty, v[:1, 0], atol=0, rtol=0)  # nothing before: the value itself
+
+
+def test_model_on_the_kernel_equals_the_pytorch_forms(
+    tw, device: torch.device, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from test_engine import REAL
+    from test_fla_kernels import check_model_on_kernels
+
+    from rwkvkit.ops import wkv4
+    from rwkvkit.ops.registry import Backend
+
+    kernel = Backend("triton", tw.wkv4_triton_step, tw.wkv4_triton)
+    check_model_on_kernels(REAL["rwkv4"]().to(device), wkv4, kernel, device, 2e-5, monkeypatch)

@@ -97,10 +97,10 @@ def interpreted(*names: str) -> list[ModuleType]:
     for package in ("triton", *(["fla"] if any("fla" in n for n in names) else [])):
         if importlib.util.find_spec(package) is None:
             pytest.skip(f"{package} is not installed (pip install 'rwkvkit[gpu]' installs it)")
-    import triton
+    from importlib.metadata import version
 
-    if not triton.__version__.startswith("3.6."):
-        pytest.skip(f"the interpreter repairs here are for Triton 3.6; this is {triton.__version__}")
+    if not version("triton").startswith("3.6."):  # read without importing Triton (it must not be, yet)
+        pytest.skip(f"the interpreter repairs here are for Triton 3.6; this is {version('triton')}")
     before = os.environ.get("TRITON_INTERPRET")
     os.environ["TRITON_INTERPRET"] = "1"
     try:

@@ -83,7 +83,8 @@ def wkv5_fla_step(
     """One token, (B, H, N) inputs: fla's fused recurrent RWKV-6 kernel (the PyTorch step under autograd)."""
     if _wants_grad(r, log_w, k, v, u, state):
         return wkv5_step(r, log_w, k, v, u, state)
-    r, k, v, log_w = (t[:, None] for t in (r, k, v, log_w.clamp(min=FLA_MIN_LOG_DECAY)))
+    log_w = log_w.clamp(min=FLA_MIN_LOG_DECAY).expand_as(r)  # RWKV-5's static decay is (H, N)
+    r, k, v, log_w = (t[:, None] for t in (r, k, v, log_w))
     with _no_autocast(r):
         y, new = fused_recurrent_rwkv6(
             r, k, v, log_w, u, scale=1.0, initial_state=state, output_final_state=True
