@@ -17,6 +17,11 @@ Batches above the largest bucket, and calls that record gradients, run the eager
 device without CUDA graphs the same static buffers are run eagerly instead of replayed, so the
 bucket and buffer logic is tested on the CPU (tests/test_cuda_graphs.py); exactness of the replay
 against the eager step is tested on a GPU.
+
+A graph reads the model's tensors at the addresses they had when it was captured. Weights changed
+in place are seen; tensors replaced (a ``load_state_dict`` re-derives the step's constants, a move
+makes new ones) are not, so :func:`graphed_step`, which keeps one GraphedStep per model for every
+engine made on it, captures afresh when any address has changed.
 """
 
 from __future__ import annotations
@@ -51,6 +56,28 @@ class _Bucket:
     last: RecurrentState | None = None  # the view handed out by the last call
 
 
+def _addresses(model: nn.Module) -> tuple[int, ...]:
+    """Where every tensor a step reads lives: parameters, buffers, and the derived step constants."""
+    out = [t.data_ptr() for t in (*model.parameters(), *model.buffers())]
+    for module in model.modules():
+        prepared = getattr(module, "_prepared", None)
+        if prepared is not None:
+            out += [t.data_ptr() for t in prepared if isinstance(t, Tensor)]
+    return tuple(out)
+
+
+def graphed_step(model: nn.Module) -> GraphedStep:
+    """The model's GraphedStep, kept on the model so engines made one after another (one per
+    ``generate`` call) reuse its captures; made afresh when the model's tensors have moved."""
+    where = _addresses(model)
+    cached = model.__dict__.get("_graphed_step")
+    if cached is None or cached.addresses != where:
+        cached = GraphedStep(model)
+        cached.addresses = where
+        model.__dict__["_graphed_step"] = cached
+    return cached
+
+
 class GraphedStep:
     """``model.step`` with the same signature, replayed from one CUDA graph per batch bucket."""
 
@@ -61,6 +88,14 @@ class GraphedStep:
         self.device = next(model.parameters()).device
         self._captured: dict[int, _Bucket] = {}
         self._pool = None  # one memory pool for every bucket's graph (they never run at once)
+        self.addresses: tuple[int, ...] = ()  # what graphed_step checks before reusing this
+
+    def __reduce__(self) -> tuple:
+        # kept on its model (graphed_step): a copied or pickled model starts without captures
+        return (type(None), ())
+
+    def __deepcopy__(self, memo: dict) -> None:
+        return None
 
     def __call__(self, tokens: Tensor, state: RecurrentState) -> tuple[Tensor, RecurrentState]:
         b = tokens.shape[0]

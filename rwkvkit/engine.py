@@ -39,7 +39,7 @@ from collections.abc import Collection, Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
-from .cuda_graphs import GraphedStep, graphable
+from .cuda_graphs import graphable, graphed_step
 from .errors import RwkvkitError
 from .sampling import Penalties, SamplingParams, make_generator, next_token_rows
 from .state import RecurrentState
@@ -255,7 +255,7 @@ class Engine:
         self.device = next(model.parameters()).device
         if cuda_graphs is None:
             cuda_graphs = self.device.type == "cuda" and graphable(model)
-        self._step = GraphedStep(model) if cuda_graphs else model.step  # the batched decode call
+        self._step = graphed_step(model) if cuda_graphs else model.step  # the batched decode call
         self.vocab_size, self.context_len = _model_limits(model)
         self._rows: dict[int, _Row] = {}  # every live row
         self._waiting: deque[_Row] = deque()  # not yet fully prefilled, first come first served

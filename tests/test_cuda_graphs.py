@@ -144,3 +144,33 @@ def test_kept_states_are_not_changed_by_later_replays(device: torch.device) -> N
     # and it is the right state: the prompt and its two tokens read by the model directly
     want = prefill(model, [5, 6, 7, *kept.token_ids])
     torch.testing.assert_close(kept.logits, want.logits, atol=1e-4, rtol=1e-4)
+
+
+def test_engines_on_one_model_share_its_captures(device: torch.device) -> None:
+    """One GraphedStep per model: a second engine (a second ``generate`` call) reuses the captures;
+    new weights loaded (new step constants) make it capture afresh, and the results follow them."""
+    import copy
+
+    from rwkvkit.cuda_graphs import graphed_step
+    from rwkvkit.inference import optimize_for_inference
+
+    model = optimize_for_inference(_model("rwkv4", device))
+    greedy = SamplingParams(temperature=0)
+    first = Engine(model, cuda_graphs=True)
+    first.add(Request(prompt=[1, 2, 3], params=greedy, max_tokens=3))
+    list(first.run())
+    assert Engine(model, cuda_graphs=True)._step is first._step and first._step._captured
+    other = REAL["rwkv4"]().to(device)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.mul_(1.5)
+    model.load_state_dict(other.state_dict())
+    fresh = graphed_step(model)
+    assert fresh is not first._step and not fresh._captured
+    engine = Engine(model, cuda_graphs=True)
+    row = engine.add(Request(prompt=[1, 2, 3], params=greedy, max_tokens=6))
+    got = next(e.result for e in engine.run() if e.result is not None and e.row == row).token_ids
+    eager = Engine(model, cuda_graphs=False)
+    row = eager.add(Request(prompt=[1, 2, 3], params=greedy, max_tokens=6))
+    assert got == next(e.result for e in eager.run() if e.result is not None and e.row == row).token_ids
+    assert copy.deepcopy(model).__dict__["_graphed_step"] is None  # a copy starts without captures
