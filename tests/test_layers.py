@@ -15,11 +15,11 @@ PACKAGE = Path(__file__).resolve().parents[1] / "rwkvkit"
 # Top-level parts of the package, lowest layer first. One entry can hold several parts.
 LAYERS: list[set[str]] = [
     {"errors", "defaults"},
-    {"fileio", "dtypes", "state"},
+    {"fileio", "dtypes", "state", "device"},
     {"ops", "sampling", "tokenizer"},
     {"models"},
     {"formats", "quantize", "testing"},
-    {"inference", "statefile"},
+    {"inference", "statefile", "cuda_graphs"},
     {"checkpoint", "engine"},
     {"generate", "convert"},
     {"chat"},
