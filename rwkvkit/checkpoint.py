@@ -12,7 +12,7 @@ import json
 import pickle
 import struct
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -165,8 +165,6 @@ def read_run_checkpoint(path: Path) -> RawCheckpoint:
     info = read_run_file(path)
     method = run_method(info)
     if method == "lora":
-        from .lora import merged_checkpoint  # peft is imported only where an adapter is read
-
         return merged_checkpoint(read_checkpoint(tuned_base(path, info)), path / ADAPTER_DIR)
     if method == "state":
         if not (path / STATE_FILE).is_file():
@@ -290,6 +288,15 @@ def build_model(
     return model
 
 
+def merged_checkpoint(raw: RawCheckpoint, adapter: str | Path) -> RawCheckpoint:
+    """The checkpoint with a LoRA adapter (a folder or a LoRA run) merged into its weights, in
+    float32: what ``load_model(BASE, adapter=...)`` builds from and ``rwkvkit convert RUN`` writes."""
+    from .lora import apply_adapter  # imports peft, which only adapters need
+
+    model = apply_adapter(build_model(raw), adapter, merge=True)
+    return replace(raw, state_dict={k: v.detach() for k, v in model.state_dict().items()})
+
+
 def load_model(
     path: str | Path,
     *,
@@ -322,8 +329,6 @@ def load_model(
     device = resolve_device(device)  # before reading a large file for a device that is not there
     raw = read_checkpoint(path)
     if adapter is not None:
-        from .lora import merged_checkpoint  # peft is imported only where an adapter is read
-
         raw = merged_checkpoint(raw, adapter)
     if state is not None:
         raw.state_file = Path(state) / STATE_FILE if is_run_folder(Path(state)) else Path(state)

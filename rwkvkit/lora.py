@@ -25,7 +25,6 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from .checkpoint import RawCheckpoint, build_model
 from .errors import CheckpointError, RwkvkitError
 from .fileio import atomic_write_bytes
 from .formats.run import ADAPTER_DIR, is_run_folder
@@ -192,11 +191,3 @@ def apply_adapter(model: nn.Module, path: str | Path, *, merge: bool = True) -> 
             folder, f"this adapter does not fit the model: {str(e).splitlines()[0]}"
         ) from None
     return wrapped.merge_and_unload() if merge else wrapped.get_base_model()
-
-
-def merged_checkpoint(raw: RawCheckpoint, adapter: str | Path) -> RawCheckpoint:
-    """The checkpoint with the adapter merged into its weights, in float32 (what
-    ``load_model(BASE, adapter=...)`` builds from and ``rwkvkit convert RUN`` writes)."""
-    model = apply_adapter(build_model(raw), adapter, merge=True)
-    sd = {k: v.detach() for k, v in model.state_dict().items()}
-    return dataclasses.replace(raw, state_dict=sd)

@@ -32,8 +32,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from .checkpoint import read_tensors, sniff_format
-from .errors import CheckpointError, StateError
+from .errors import StateError
 from .fileio import atomic_write
 from .formats import time_state
 from .state import RecurrentState
@@ -141,11 +140,9 @@ def load_state(path: str | Path, model: nn.Module) -> SavedState:
     path = Path(path)
     if not path.is_file():
         raise StateError(f"{path}: no such state file")
-    try:
-        fmt = sniff_format(path)
-    except CheckpointError as e:
-        raise StateError(f"{path}: not a state file ({e.problem})") from None
-    if fmt != "safetensors":
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head == b"PK\x03\x04" or head[:1] == b"\x80":  # a torch.save file: an official state
         return _load_official(path, model)
     try:
         with safe_open(str(path), framework="pt") as f:
@@ -208,10 +205,7 @@ def load_state(path: str | Path, model: nn.Module) -> SavedState:
 def _load_official(path: Path, model: nn.Module, tensors: dict[str, Tensor] | None = None) -> SavedState:
     """An official tuned state (``blocks.N.att.time_state`` tensors), as a batch-1 state for ``model``."""
     if tensors is None:
-        try:
-            tensors = read_tensors(path)
-        except CheckpointError as e:
-            raise StateError(f"{path}: not a readable state file ({e.problem})") from None
+        tensors = time_state.read_file(path)
     if not tensors or not all(time_state.is_time_state_key(k) for k in tensors):
         raise StateError(
             f"{path}: neither an rwkvkit state file nor an official state file (blocks.N.att.time_state "

@@ -13,10 +13,13 @@ vectors, and no official tool tunes it).
 from __future__ import annotations
 
 import dataclasses
+import pickle
 import re
+import zipfile
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 from torch import Tensor, nn
 
 from ..errors import StateError
@@ -38,6 +41,26 @@ def split_time_state(sd: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str
     """A state dict's weights, and its ``time_state`` tensors (empty when it has none)."""
     weights = {k: v for k, v in sd.items() if not _KEY.match(k)}
     return weights, {k: v for k, v in sd.items() if _KEY.match(k)}
+
+
+def read_file(path: str | Path) -> dict[str, Tensor]:
+    """The tensors of a state file in the official layout: a .pth (read with ``weights_only``, so
+    nothing in it runs) or a .safetensors."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        head = f.read(4)
+    try:
+        if head == b"PK\x03\x04" or head[:1] == b"\x80":  # torch.save's zip or pickle stream
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        else:
+            with safe_open(str(path), framework="pt") as f:
+                obj = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is no dict)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError,
+            SafetensorError) as e:  # fmt: skip
+        raise StateError(f"{path}: not a readable state file ({str(e).splitlines()[0]})") from None
+    if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise StateError(f"{path}: not a readable state file (it holds no dict of tensors)")
+    return obj
 
 
 def _transposed(version: str) -> bool:
