@@ -296,6 +296,23 @@ def gpu_section(res: dict | None) -> list[str]:
     return out
 
 
+def finetune_section(res: dict) -> list[str]:
+    """benchmarks/finetune.py's table: peak RSS and tokens/s of each fine-tuning method."""
+    tokens = res["batch"] * res["ctx"]
+    out = [f"### The 169M RWKV-4 shape, batch {res['batch']} x ctx {res['ctx']} = {tokens} tokens per step, "
+           "float32, random weights", "", machine_line(res["machine"]), "",
+           "| method | trained parameters | threads | peak RSS (MB) | tokens/s (median of rounds) |",
+           "|---|---:|---:|---:|---:|"]  # fmt: skip
+    for row in res["results"].values():
+        speed = f"{row['tokens_per_s']:,.0f}" if row["tokens_per_s"] else "-"
+        out.append(
+            f"| {row['method']} | {row['n_trainable']:,} | {row['threads']} | {row['peak_rss_mb']:,.0f} | {speed} |"
+        )
+    out += ["", "`python benchmarks/finetune.py` (each cell a fresh process; `load + forward` is the floor: the "
+            "base loaded and one forward without gradients)."]  # fmt: skip
+    return out
+
+
 def main() -> int:
     speeds = {s: r for s in ("169m", "430m") if (r := load(f"speed_{s}.json"))}
     context = load("context.json")
@@ -314,6 +331,8 @@ def main() -> int:
                   f"![context](benchmarks/plots/{plot_context(context)})", ""]  # fmt: skip
     if int8:
         lines += ["## Quantization", "", *int8_section(int8), ""]
+    if finetune := load("finetune.json"):
+        lines += ["## Fine-tuning", "", *finetune_section(finetune), ""]
     lines += ["## On a GPU", "", *gpu_section(load("gpu.json")), ""]
     (ROOT / "BENCHMARKS.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {ROOT / 'BENCHMARKS.md'}")

@@ -5,18 +5,20 @@
 #   2. state-tuned on a small chat dataset whose replies have one fixed style ("Verily, I say unto
 #      thee: ... Amen."): what `rwkvkit chat` answers to questions not in the data, base and tuned.
 #
-#   bash scripts/finetune_quality.sh          # ~30 min on a share of a busy 2-core machine
+#   bash scripts/finetune_quality.sh          # ~1 hour on a share of a busy 2-core machine
 #
-# Environment: SHARED (the corpora folder's parent), WORK, THREADS.
+# Environment: SHARED (the corpora folder's parent), WORK, THREADS, PART (kjv, chat or all).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+PART=${PART:-all}  # kjv, chat or all
 SHARED=${SHARED:-../shared}
 WORK=${WORK:-runs/finetune-quality}
-THREADS=${THREADS:-2}
+THREADS=${THREADS:-1}
 PY=${PYTHON:-python}
 BASE=rwkvkit/data/default/model.safetensors
 mkdir -p "$WORK"
 
+if [ "$PART" != chat ]; then
 # 1. A new domain. The last 60,000 characters of the KJV (Revelation and before) are held out;
 #    training reads the first 95%.
 $PY - "$SHARED/corpora/kjv.txt" "$WORK" <<'PY'
@@ -26,8 +28,8 @@ open(f"{sys.argv[2]}/kjv_train.txt", "w", encoding="utf-8").write(text[: int(len
 open(f"{sys.argv[2]}/kjv_heldout.txt", "w", encoding="utf-8").write(text[-60000:])
 PY
 $PY -m rwkvkit prepare "$WORK/kjv_train.txt" --out "$WORK/kjv" --no-progress
-COMMON=(--data "$WORK/kjv" --steps 100 --batch-size 8 --ctx-len 128 --warmup 10 --eval-every 50
-        --save-every 100 --threads "$THREADS" --seed 0 --no-progress)
+COMMON=(--data "$WORK/kjv" --steps 60 --batch-size 4 --ctx-len 128 --warmup 5 --eval-every 30
+        --save-every 60 --threads "$THREADS" --seed 0 --no-progress)
 $PY -m rwkvkit finetune --method lora --lr 3e-3 --out "$WORK/kjv-lora" "${COMMON[@]}"
 $PY -m rwkvkit finetune --method state --lr 1 --out "$WORK/kjv-state" "${COMMON[@]}"
 $PY -m rwkvkit finetune --method full --lr 1e-3 --out "$WORK/kjv-full" "${COMMON[@]}"
@@ -35,6 +37,8 @@ MODELS=(--model "$BASE" --model "$WORK/kjv-lora" --model "$WORK/kjv-state" --mod
 # one stream (the state carried through the whole text) and windows of 128 (each from the initial state)
 $PY -m rwkvkit eval "${MODELS[@]}" --task perplexity --data "$WORK/kjv_heldout.txt" --no-progress
 $PY -m rwkvkit eval "${MODELS[@]}" --task perplexity --data "$WORK/kjv_heldout.txt" --ctx-len 128 --no-progress
+fi
+[ "$PART" = kjv ] && exit 0
 
 # 2. A reply style, learned as a state.
 $PY - "$WORK/verily.jsonl" <<'PY'

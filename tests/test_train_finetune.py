@@ -80,6 +80,9 @@ def test_each_method_learns_and_its_run_loads_with_its_own_numbers(
     finetune(tune(chat_dir, out, base, method))
     rows = losses(out)
     assert rows[-1] < rows[0], rows
+    # samples answer the first validation question (chat data's default sample prompt)
+    assert "=== step 6" in (out / "samples.txt").read_text()
+    assert "User: Question 19?\n\nAssistant:" in (out / "samples.txt").read_text()
     info = layout.read_run_file(out)
     assert info["method"] == method and info["base"]["path"] == str(base)
     ids = torch.tensor([list(b"User: Question 3?\n\nAssistant:")])

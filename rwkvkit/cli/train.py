@@ -53,7 +53,8 @@ HELP = {
     "eval_windows": "validation windows per evaluation",
     "log_every": "a metrics.jsonl row every N steps",
     "sample_len": "tokens in each text sample",
-    "sample_prompt": "the text each sample continues (default: a newline)",
+    "sample_prompt": "the text each sample continues (default: a newline; for chat or prompt/completion "
+    "data, the first validation example's prompt)",
     "stop_after": "stop after N steps in this invocation, to resume later with --resume (0: run to --steps)",
     "resume": "continue the run in --out from its last complete checkpoint",
     "threads": "torch CPU threads (0: PyTorch's default)",

@@ -297,6 +297,13 @@ class TokenData:
                 )
         return cls(path, manifest, arrays["train"], arrays["val"], masks, docs)
 
+    def example_prompt(self, split: str, i: int) -> list[int]:
+        """The tokens of example ``i`` before its first counted one (a chat's first question)."""
+        start = int(self.docs[split][i, 0])
+        counted = np.flatnonzero(self.masks[split][start:])
+        tokens = self.train if split == "train" else self.val
+        return [int(t) for t in tokens[start : start + (int(counted[0]) if counted.size else 1)]]
+
     def sampler(self, split: str, ctx_len: int, seed: int) -> TokenSampler | DocumentSampler:
         """What reads a split's batches: windows of the stream, or whole examples with their masks."""
         tokens = self.train if split == "train" else self.val

@@ -137,6 +137,9 @@ def train(cfg: TrainConfig, make: Callable[[TrainConfig, TokenData], Trainee] = 
     amp = autocast_for(cfg, device)
     tokenizer = load_tokenizer(data.manifest["tokenizer"])
     bytes_per_token = data.manifest.get("bytes_per_token") or 1.0
+    sample_prompt = cfg.sample_prompt
+    if data.examples and sample_prompt == "\n":  # the default: for chats, answer the first question
+        sample_prompt = tokenizer.decode(data.example_prompt("val", 0))
 
     metrics = out / runfiles.METRICS
     if dist_info.main:
@@ -167,7 +170,7 @@ def train(cfg: TrainConfig, make: Callable[[TrainConfig, TokenData], Trainee] = 
     def run_eval(step: int) -> float:
         val = validation_loss(model, data, cfg, device, amp)
         bpb = val / math.log(2) / bytes_per_token
-        text = sample_text(model, tokenizer, cfg.sample_prompt, cfg.sample_len, cfg.seed + step)
+        text = sample_text(model, tokenizer, sample_prompt, cfg.sample_len, cfg.seed + step)
         runfiles.append_metrics(metrics, {"step": step, "val_loss": val, "val_bpb": bpb})
         with open(out / runfiles.SAMPLES, "a") as f:
             f.write(f"=== step {step} (val {val:.4f} nats/token, {bpb:.4f} bits/byte)\n{text}\n\n")
