@@ -104,4 +104,4 @@ def test_bad_flags_and_files_are_one_line_errors(chat_data: Path, state_run: Pat
     err = one_line_error(
         "generate", "--model", str(state_run), "--state", str(tmp_path / "bad.jsonl"), "--prompt", "x"
     )
-    assert "not a state file" in err
+    assert "bad.jsonl: not a readable safetensors state file" in err
