@@ -331,7 +331,7 @@ def load_model(
     if adapter is not None:
         raw = merged_checkpoint(raw, adapter)
     if state is not None:
-        raw.state_file = Path(state) / STATE_FILE if is_run_folder(Path(state)) else Path(state)
+        raw.state_file = Path(state)  # a state file or a state-tuning run
     model = build_model(raw, device=device, dtype=dtype)
     return optimize_for_inference(model, quantize=quantize)
 

@@ -17,12 +17,14 @@ made or read: it pulls transformers in, which plain inference never needs.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import tempfile
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from .errors import CheckpointError, RwkvkitError
@@ -191,3 +193,34 @@ def apply_adapter(model: nn.Module, path: str | Path, *, merge: bool = True) -> 
             folder, f"this adapter does not fit the model: {str(e).splitlines()[0]}"
         ) from None
     return wrapped.merge_and_unload() if merge else wrapped.get_base_model()
+
+
+def shared_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model``'s modules that holds the very same tensors (parameters, buffers, derived
+    step constants): new modules to adapt, no new weights."""
+    memo: dict[int, Any] = {}
+    for module in model.modules():
+        for value in [*module._parameters.values(), *module._buffers.values(), *vars(module).values()]:
+            for t in value if isinstance(value, tuple | list) else (value,):
+                if isinstance(t, Tensor):
+                    memo[id(t)] = t
+    return copy.deepcopy(model, memo)
+
+
+def adapter_view(model: nn.Module, path: str | Path) -> nn.Module:
+    """``model`` with the adapter at ``path`` on top, sharing every weight of ``model``.
+
+    Many adapters on one base cost the base's memory once plus each adapter's (rank x width per
+    adapted layer): how ``rwkvkit serve --adapter`` serves them side by side. The update stays
+    unmerged (peft's LoRA layers add B A x to each adapted layer's output), so a view is slower
+    per token than a merged model; ``model`` itself is left as it was, and only reads its weights.
+    """
+    if getattr(model, "quantization", None):
+        raise RwkvkitError(
+            f"an adapter can share the base's weights only when they are not quantized (this model is "
+            f"{model.quantization}); load the base without quantization, or merge the adapter into a "
+            "model file with `rwkvkit convert RUN OUT` and quantize that"
+        )
+    view = shared_copy(model)
+    with torch.no_grad():
+        return apply_adapter(view, path, merge=False).eval()

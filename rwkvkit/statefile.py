@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from .errors import StateError
 from .fileio import atomic_write
 from .formats import time_state
+from .formats.run import STATE_FILE, is_run_folder
 from .state import RecurrentState
 
 FORMAT = "rwkvkit-state"
@@ -218,7 +219,10 @@ def _load_official(path: Path, model: nn.Module, tensors: dict[str, Tensor] | No
 
 
 def load_initial_state(path: str | Path, model: nn.Module) -> RecurrentState:
-    """A state file's state as ``model``'s initial state: one row, made by this model (or official)."""
+    """A state file's state (or a state-tuning run's) as ``model``'s initial state: one row, made
+    by this model (or official)."""
+    if is_run_folder(Path(path)):
+        path = Path(path) / STATE_FILE
     saved = load_state(path, model)
     if saved.state.batch_size != 1:
         raise StateError(f"{path}: holds {saved.state.batch_size} states; an initial state is one")

@@ -1,5 +1,6 @@
 """LoRA through peft on every RWKV version: a fresh adapter changes nothing, merged weights equal
-the adapted model, the files are PEFT's layout, and an adapter is refused by another base."""
+the adapted model, the files are PEFT's layout, an adapter is refused by another base, and
+adapters served side by side share the base's weights."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from rwkvkit.lora import (  # (peft is optional)
     CONFIG_FILE,
     WEIGHTS_FILE,
     LoraSettings,
+    adapter_view,
     add_lora,
     apply_adapter,
     save_adapter,
@@ -148,3 +150,38 @@ def test_targets_that_name_nothing_are_refused(tmp_path: Path) -> None:
         add_lora(model, LoraSettings(targets=("gate",)))  # RWKV-4 has none: alone, it adapts nothing
     with pytest.raises(RwkvkitError, match="--lora-rank must be at least 1"):
         LoraSettings(rank=0)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_adapter_views_share_the_base_weights_and_equal_the_merged_model(
+    tmp_path: Path, version: str
+) -> None:
+    """Two adapters on one loaded base (what ``serve --adapter`` holds): each view computes what its
+    merged model does, in forward and step, holds no weight of its own but its LoRA matrices, and
+    leaves the base as it was."""
+    path = save_random(version, tmp_path / "base.pth", seed=1)
+    adapters = [make_adapter(path, tmp_path / f"a{i}", seed=2 + i, rank=4, alpha=8) for i in range(2)]
+    base = rwkvkit.load_model(path)
+    ids = tokens(version, 17, batch=2)
+    with torch.no_grad():
+        before = base(ids)[0]
+        views = [adapter_view(base, a) for a in adapters]
+        for view, adapter in zip(views, adapters, strict=True):
+            merged = rwkvkit.load_model(path, adapter=adapter)
+            want, want_state = merged(ids)
+            got, got_state = view(ids)
+            torch.testing.assert_close(got, want, atol=MERGE_TOL, rtol=MERGE_TOL)
+            step, _ = view.step(ids[:, 0], got_state)
+            torch.testing.assert_close(
+                step, merged.step(ids[:, 0], want_state)[0], atol=MERGE_TOL, rtol=MERGE_TOL
+            )
+        assert (views[0](ids)[0] - views[1](ids)[0]).abs().max() > 1e-2
+        assert torch.equal(base(ids)[0], before)
+    shared = {p.data_ptr() for p in base.parameters()}
+    for view in views:
+        own = {n: p for n, p in view.named_parameters() if p.data_ptr() not in shared}
+        assert own and all(".lora_A." in n or ".lora_B." in n for n in own)
+        assert sum(p.numel() for p in own.values()) < sum(p.numel() for p in base.parameters()) / 5
+    assert not any(".lora_" in n for n, _ in base.named_parameters())
+    with pytest.raises(RwkvkitError, match="share the base's weights only when they are not quantized"):
+        adapter_view(rwkvkit.load_model(path, quantize="int8"), adapters[0])

@@ -19,6 +19,7 @@ from rwkvkit.convert import convert
 from rwkvkit.errors import RwkvkitError
 from rwkvkit.formats import run as layout
 from rwkvkit.formats import time_state
+from rwkvkit.statefile import load_initial_state
 from rwkvkit.train.config import FinetuneConfig, TrainConfig
 from rwkvkit.train.data import TokenData, prepare
 from rwkvkit.train.finetune import finetune, make_trainee
@@ -105,6 +106,9 @@ def test_each_method_learns_and_its_run_loads_with_its_own_numbers(
         assert set(saved) == {"state.wkv_num", "state.wkv_den", "state.wkv_max"}
         assert all(torch.equal(getattr(state, k.removeprefix("state.")), v) for k, v in saved.items())
         assert (state.wkv_den >= 0).all() and state.wkv_num.abs().max() > 0
+        # the run as a start state for another loaded base (what `serve --state NAME=RUN` reads)
+        start = load_initial_state(out, rwkvkit.load_model(base))
+        assert all(torch.equal(t, state.tensors()[k]) for k, t in start.tensors().items())
         assert torch.equal(
             loaded.state_dict()["emb.weight"], rwkvkit.load_model(base).state_dict()["emb.weight"]
         )
