@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors import safe_open
+from test_rwkv7 import run_official_rwkv7
 from tuned_models import VERSIONS, randomize_lora_, save_random, tokens
 
 import rwkvkit
-from rwkvkit.checkpoint import build_model, read_checkpoint
+from rwkvkit.checkpoint import build_model, merged_checkpoint, read_checkpoint
 from rwkvkit.errors import CheckpointError, RwkvkitError
 from rwkvkit.statefile import ModelIdentity
 
@@ -185,3 +186,31 @@ def test_adapter_views_share_the_base_weights_and_equal_the_merged_model(
     assert not any(".lora_" in n for n, _ in base.named_parameters())
     with pytest.raises(RwkvkitError, match="share the base's weights only when they are not quantized"):
         adapter_view(rwkvkit.load_model(path, quantize="int8"), adapters[0])
+
+
+PEER_TOL = 1e-4  # the project's bar against the official package in float32
+
+
+@pytest.mark.parametrize("version", ["5", "6", "7"])
+def test_merged_weights_give_the_official_package_the_adapted_logits(tmp_path: Path, version: str) -> None:
+    """The merged weights (what ``rwkvkit convert RUN x.pth`` writes) in the official ``rwkv``
+    package give the unmerged adapted model's logits (RWKV-4: tests/test_train_finetune.py)."""
+    pytest.importorskip("rwkv")
+    base = save_random(version, tmp_path / "base.pth", seed=1)
+    adapter = make_adapter(base, tmp_path / "adapter", seed=2, rank=4, alpha=8)
+    torch.save(merged_checkpoint(read_checkpoint(base), adapter).state_dict, tmp_path / "merged.pth")
+    ids = tokens(version, 15)[0].tolist()
+    with torch.no_grad():
+        own = apply_adapter(fresh(base), adapter, merge=False)(torch.tensor([ids]))[0][0]
+        plain = fresh(base)(torch.tensor([ids]))[0][0]
+    assert (own - plain).abs().max() > 1e-2
+    if version == "7":
+        job = {"model": str(tmp_path / "merged.pth"), "chunks": [ids], "out": str(tmp_path / "o.pt")}
+        run_official_rwkv7([job], tmp_path)
+        ref = torch.load(job["out"], weights_only=True)[0]
+    else:
+        from rwkv.model import RWKV  # environment switches are set in conftest.py
+
+        official = RWKV(model=str(tmp_path / "merged.pth"), strategy="cpu fp32", verbose=False)
+        ref = official.forward(ids, None, full_output=True)[0]
+    assert (ref.reshape(own.shape) - own).abs().max().item() <= PEER_TOL
