@@ -121,7 +121,8 @@ def main() -> None:
     from rwkvkit.bench.machine import machine_info, machine_line
 
     print(machine_line(machine_info(max(args.threads))))
-    print(f"load before: {os.getloadavg()[0]:.2f} (1-minute load average)")
+    load_before = os.getloadavg()[0]
+    print(f"load before: {load_before:.2f} (1-minute load average)")
     results: dict[str, list[dict]] = {}
     with tempfile.TemporaryDirectory(prefix="rwkvkit-finetune-bench-") as tmp:
         base, data = prepare_inputs(Path(tmp))
@@ -157,7 +158,8 @@ def main() -> None:
         print(f"| {method} | {rows[0]['n_trainable']:,} | {threads} | {rss:,.0f} | {shown} |")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({"machine": machine_info(max(args.threads)), "shape": SHAPE, "batch": args.batch,
-                                   "ctx": args.ctx, "results": table}, indent=2) + "\n")  # fmt: skip
+                                   "ctx": args.ctx, "load": [load_before, os.getloadavg()[0]],
+                                   "results": table}, indent=2) + "\n")  # fmt: skip
     print(f"\nwritten to {RESULTS.relative_to(REPO)}")
 
 

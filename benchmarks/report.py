@@ -310,6 +310,11 @@ def finetune_section(res: dict) -> list[str]:
         )
     out += ["", "`python benchmarks/finetune.py` (each cell a fresh process; `load + forward` is the floor: the "
             "base loaded and one forward without gradients)."]  # fmt: skip
+    if "load" in res:
+        before, after = res["load"]
+        out += ["", f"1-minute load average {before:.1f} before and {after:.1f} after: other jobs shared the 2 cores, "
+                "so the 2-thread rows (which wait on each other's share) measure the contention more than the "
+                "methods; memory is unaffected."]  # fmt: skip
     return out
 
 
