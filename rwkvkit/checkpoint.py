@@ -24,6 +24,8 @@ from .formats import fla, hf
 from .formats.run import is_run_folder, latest_checkpoint
 from .formats.rwkvcpp import MAGIC as RWKVCPP_MAGIC
 from .formats.rwkvcpp import read_rwkvcpp
+from .formats.gguf import MAGIC as GGUF_MAGIC
+from .formats.gguf import read_gguf
 from .inference import QUANTIZE_MODES, optimize_for_inference
 from .models import detect_version, model_classes
 from .tokenizer import Tokenizer, load_tokenizer, tokenizer_name_for_vocab_size
@@ -39,7 +41,7 @@ class RawCheckpoint:
     """A checkpoint read into canonical form, before a model is built from it."""
 
     path: Path
-    format: str  # "pth", "safetensors", "hf", "rwkvcpp", "run"
+    format: str  # "pth", "safetensors", "hf", "rwkvcpp", "run", "gguf"
     state_dict: dict[str, Tensor]
     version: str
     config_overrides: dict[str, Any] = field(default_factory=dict)
@@ -63,6 +65,8 @@ def sniff_format(path: Path) -> str:
         raise CheckpointError(path, f"the file is only {len(head)} bytes long: it is empty or truncated")
     if struct.unpack("<I", head[:4])[0] == RWKVCPP_MAGIC:
         return "rwkvcpp"
+    if head[:4] == GGUF_MAGIC:
+        return "gguf"
     if head[:4] == b"PK\x03\x04":
         return "pth"  # torch.save's zip format
     if head[:2] in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05"):
@@ -72,8 +76,8 @@ def sniff_format(path: Path) -> str:
         return "safetensors"
     raise CheckpointError(
         path,
-        "unrecognised file format (expected a BlinkDL .pth, a .safetensors file, an rwkv.cpp .bin "
-        "or a Hugging Face folder)",
+        "unrecognised file format (expected a BlinkDL .pth, a .safetensors file, an rwkv.cpp .bin, "
+        "a llama.cpp .gguf or a Hugging Face folder)",
     )
 
 
@@ -155,6 +159,9 @@ def read_checkpoint(path: str | Path) -> RawCheckpoint:
             }
     elif fmt == "hf":
         sd, overrides = _read_hf_folder(path)
+    elif fmt == "gguf":
+        sd, version, overrides = read_gguf(path)
+        return RawCheckpoint(path, fmt, sd, version, overrides)
     else:  # a training run folder: its newest checkpoint
         return read_checkpoint(latest_checkpoint(path))
     if hf.is_hf_state_dict(sd):
@@ -277,13 +284,21 @@ def safetensors_metadata(path: str | Path) -> dict[str, str]:
 
 def tokenizer_name_for_model(model: nn.Module) -> str:
     """A checkpoint's tokenizer: what its metadata names, else what its vocabulary size implies."""
-    source = getattr(model, "source", None)
+    return tokenizer_name_for_source(getattr(model, "source", None), model.config.vocab_size)  # type: ignore[attr-defined]
+
+
+def tokenizer_name_for_source(source: RawCheckpoint | None, vocab: int) -> str:
+    """The tokenizer of a checkpoint read from ``source`` whose embedding has ``vocab`` rows: a
+    safetensors file's metadata, a GGUF file's own vocabulary ("world" when it is the bundled one),
+    else what the vocabulary size implies."""
     if source is not None and source.format == "safetensors":
         meta = safetensors_metadata(source.path)
         for key in ("rwkvkit_tokenizer", "tokenizer"):
             if meta.get(key):
                 return meta[key]
-    vocab = model.config.vocab_size  # type: ignore[attr-defined]
+    if source is not None and source.format == "gguf":
+        vocabulary = load_tokenizer(source.path).vocab  # type: ignore[attr-defined]
+        return "world" if vocabulary == load_tokenizer("world").vocab else str(source.path)  # type: ignore[attr-defined]
     name = tokenizer_name_for_vocab_size(vocab)
     if name is None:
         raise TokenizerError(
