@@ -21,11 +21,11 @@ from torch import Tensor, nn
 
 from .errors import CheckpointError, RwkvkitError, TokenizerError, UnsupportedVersionError
 from .formats import fla, hf
+from .formats.gguf import MAGIC as GGUF_MAGIC
+from .formats.gguf import read_gguf
 from .formats.run import is_run_folder, latest_checkpoint
 from .formats.rwkvcpp import MAGIC as RWKVCPP_MAGIC
 from .formats.rwkvcpp import read_rwkvcpp
-from .formats.gguf import MAGIC as GGUF_MAGIC
-from .formats.gguf import read_gguf
 from .inference import QUANTIZE_MODES, optimize_for_inference
 from .models import detect_version, model_classes
 from .tokenizer import Tokenizer, load_tokenizer, tokenizer_name_for_vocab_size

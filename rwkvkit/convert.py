@@ -81,7 +81,9 @@ def _check_ln_x_eps_fits(config: Any) -> None:
     """Warn where a folder's config cannot record this model's ln_x eps (it then loads with another)."""
     if config.version in ("5", "6") and hf.head_size_divisor(config.ln_x_eps) is None:
         recorded = "the remote code's 1e-5 * head_size_divisor**2"
-    elif config.version == "7" and not math.isclose(config.ln_x_eps, config.head_size * config.layer_norm_eps):
+    elif config.version == "7" and not math.isclose(
+        config.ln_x_eps, config.head_size * config.layer_norm_eps
+    ):
         recorded = "fla's head_dim * norm_eps"
     else:
         return
@@ -92,7 +94,9 @@ def _check_ln_x_eps_fits(config: Any) -> None:
     )
 
 
-def save_hf(sd: dict[str, Tensor], dst: Path, config: Any, dtype_name: str, tokenizer: Tokenizer | None) -> None:
+def save_hf(
+    sd: dict[str, Tensor], dst: Path, config: Any, dtype_name: str, tokenizer: Tokenizer | None
+) -> None:
     """A Hugging Face folder for every version: transformers' ``RwkvForCausalLM`` (RWKV-4), the
     RWKV/ remote-code layout (RWKV-5, RWKV-6) or flash-linear-attention's ``RWKV7ForCausalLM``
     (RWKV-7): config.json, model.safetensors and the tokenizer files."""
@@ -114,7 +118,9 @@ def save_hf(sd: dict[str, Tensor], dst: Path, config: Any, dtype_name: str, toke
     cfg["torch_dtype"] = str(DTYPES[dtype_name]).removeprefix("torch.")  # "float32", "bfloat16", ...
     atomic_write(
         dst / "model.safetensors",
-        lambda p: save_file({k: v.contiguous() for k, v in weights.items()}, str(p), metadata={"format": "pt"}),
+        lambda p: save_file(
+            {k: v.contiguous() for k, v in weights.items()}, str(p), metadata={"format": "pt"}
+        ),
     )
     _write_json(dst / "config.json", cfg)
     _write_tokenizer_files(dst, tokenizer, tok_class)

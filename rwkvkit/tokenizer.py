@@ -199,7 +199,9 @@ class WorldTokenizerRef(_TableDecoder):
         """A World tokenizer over a vocabulary given as id -> bytes (e.g. a GGUF file's metadata);
         ``name`` is what `load_tokenizer` takes to build it again."""
         if not vocab or min(vocab) < 1 or len(set(vocab.values())) != len(vocab) or not all(vocab.values()):
-            raise TokenizerError(f"{name}: a World vocabulary needs distinct, non-empty tokens with ids from 1")
+            raise TokenizerError(
+                f"{name}: a World vocabulary needs distinct, non-empty tokens with ids from 1"
+            )
         _check_single_bytes(vocab.values(), name)
         self = cls.__new__(cls)
         self.path, self.name, self.vocab, self._rust_readable = None, name, dict(vocab), False

@@ -119,4 +119,6 @@ def llama_converted(tmp_path_factory: pytest.TempPathFactory, world_models: dict
 
     converter = find_converter()
     folder = tmp_path_factory.mktemp("llama-converted")
-    return converter_cache(folder, world_models, lambda src, dst, outtype: run_converter(converter, src, dst, outtype))
+    return converter_cache(
+        folder, world_models, lambda src, dst, outtype: run_converter(converter, src, dst, outtype)
+    )

@@ -100,7 +100,9 @@ def llama_cpp_logits(path: Path, tokens: list[int]) -> np.ndarray:
     Runs with llama.cpp's CPU "extra buffer types" (AMX / repacked weights) off: in 0.3.36 the AMX
     path segfaults on RWKV-7 Q8_0 files on AMX machines (the kind of AMX mul_mat crash reported in
     ggml-org/llama.cpp#20824), whoever wrote the file; the plain CPU kernels compute the same model."""
-    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (benchmarks/setup.sh)")
+    llama_cpp = pytest.importorskip(
+        "llama_cpp", reason="llama-cpp-python is not installed (benchmarks/setup.sh)"
+    )
     low = llama_cpp.llama_cpp
     default = low.llama_model_default_params
 
@@ -129,7 +131,9 @@ def llama_quantize(src: Path, dst: Path, ftype: str) -> Path:
     llama.cpp's LLAMA_FTYPE_MOSTLY_<ftype> (Q4_0, Q4_K_M, ...)."""
     import ctypes
 
-    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (benchmarks/setup.sh)")
+    llama_cpp = pytest.importorskip(
+        "llama_cpp", reason="llama-cpp-python is not installed (benchmarks/setup.sh)"
+    )
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{ftype}")
     params.nthread = 1

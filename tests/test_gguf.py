@@ -26,11 +26,11 @@ import gguf
 import numpy as np
 import pytest
 import torch
-from world_models import CONFIGS, RESCALE_EVERY, TOKENS, logits
+from world_models import RESCALE_EVERY, logits
 
 import rwkvkit
-from rwkvkit.checkpoint import tokenizer_name_for_model
 from rwkvkit.chat import ChatTemplate
+from rwkvkit.checkpoint import tokenizer_name_for_model
 from rwkvkit.convert import convert
 from rwkvkit.errors import CheckpointError, RwkvkitError
 from rwkvkit.formats.gguf import (
@@ -74,7 +74,9 @@ def test_names_are_in_llama_cpps_tensor_list(version: str) -> None:
     config, make = SMALL[version]
     arch = {"6": gguf.MODEL_ARCH.RWKV6, "7": gguf.MODEL_ARCH.RWKV7}[version]
     allowed = {gguf.TENSOR_NAMES[t].format(bid=0) for t in gguf.MODEL_TENSORS[arch]}
-    names = {re.sub(r"^blk\.\d+\.", "blk.0.", n).rsplit(".", 1)[0] for n in to_gguf_layout(make(config), version)}
+    names = {
+        re.sub(r"^blk\.\d+\.", "blk.0.", n).rsplit(".", 1)[0] for n in to_gguf_layout(make(config), version)
+    }
     assert names <= allowed, names - allowed
 
 
@@ -88,11 +90,15 @@ def test_layouts_round_trip(version: str) -> None:
         assert out["blk.0.time_mix_lerp_fused.weight"].shape == (6, 1, 1, C)
         assert out["blk.1.time_mix_w1.weight"].shape == (D, C)  # transposed: (out, in)
         assert torch.equal(out["blk.0.time_mix_v1.weight"], out["blk.0.time_mix_a1.weight"])  # placeholders
-        assert torch.equal(out["blk.1.time_mix_lerp_fused.weight"][1].flatten(), sd["blocks.1.att.x_w"].flatten())
+        assert torch.equal(
+            out["blk.1.time_mix_lerp_fused.weight"][1].flatten(), sd["blocks.1.att.x_w"].flatten()
+        )
     else:
         assert out["blk.0.time_mix_lerp_fused.weight"].shape == (5, 1, 1, C)
         assert out["blk.0.time_mix_w2.weight"].shape == (5, C, config.mix_lora)
-        assert torch.equal(out["blk.1.time_mix_lerp_fused.weight"][3].flatten(), sd["blocks.1.att.time_maa_r"].flatten())
+        assert torch.equal(
+            out["blk.1.time_mix_lerp_fused.weight"][3].flatten(), sd["blocks.1.att.time_maa_r"].flatten()
+        )
     back = from_gguf_layout(out, version, config.head_size)
     skipped = {f"blocks.0.att.v{i}" for i in "012"} if version == "7" else set()
     assert set(back) == set(sd) - skipped
@@ -149,7 +155,9 @@ def test_lossy_types_stay_within_their_rounding(tmp_path, world_models, dtype: s
     else:
         model = rwkvkit.checkpoint.build_model(rwkvkit.checkpoint.read_checkpoint(src))
         out = tmp_path / "m.gguf"
-        write_gguf(out, model.state_dict(), model.config, dtype, load_tokenizer("world").vocab, chat_template="")
+        write_gguf(
+            out, model.state_dict(), model.config, dtype, load_tokenizer("world").vocab, chat_template=""
+        )
     kinds = {t.tensor_type.name for t in open_gguf(out).tensors}
     assert {"F32", dtype.upper().replace("FP", "F")} <= kinds
     assert_within_step(logits(out), logits(src), dtype)
@@ -182,7 +190,9 @@ def test_custom_vocabulary_travels_in_the_file(tmp_path) -> None:
      pytest.param("6", "q8_0", marks=pytest.mark.slow), pytest.param("6", "fp16", marks=pytest.mark.slow),
      pytest.param("7", "fp16", marks=pytest.mark.slow), pytest.param("7", "bf16", marks=pytest.mark.slow)],
 )  # fmt: skip
-def test_llama_cpp_conversions_load_with_the_original_logits(llama_converted, world_models, version, dtype) -> None:
+def test_llama_cpp_conversions_load_with_the_original_logits(
+    llama_converted, world_models, version, dtype
+) -> None:
     """f32: the original weights' logits within 1e-4 (measured: identical; RWKV-6's file has layer 2's
     output matrices halved by rescale_every, which reading undoes exactly); lossy types within the
     step bound."""

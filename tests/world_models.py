@@ -58,7 +58,9 @@ def hf_folder_for_converter(pth: Path, folder: Path, rescale_every: int = 0) -> 
     return folder
 
 
-def converter_cache(folder: Path, models: dict[str, Path], run: Callable[[Path, Path, str], Path]) -> Callable:
+def converter_cache(
+    folder: Path, models: dict[str, Path], run: Callable[[Path, Path, str], Path]
+) -> Callable:
     """get(version, dtype, rescaled=False) -> llama.cpp's GGUF conversion of that model, made once per
     session; ``rescaled`` (RWKV-6): from a folder whose config says rescale_every = RESCALE_EVERY."""
     made: dict[tuple[str, str, bool], Path] = {}

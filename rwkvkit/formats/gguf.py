@@ -40,7 +40,7 @@ from __future__ import annotations
 import math
 import re
 import struct
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -124,14 +124,24 @@ _FUSED_LERPS = {
 _FUSED = "time_mix_lerp_fused.weight"
 _V6_SEPARATE_LERPS = {f"att.time_maa_{c}": f"time_mix_lerp_{c}.weight" for c in "wkvrg"}  # older files
 # BlinkDL leaves stored (in, out) that llama.cpp stores transposed.
-_TRANSPOSED = {"w1", "w2", "a1", "a2", "v1", "v2", "g1", "g2", "time_maa_w1", "time_decay_w1", "time_decay_w2"}
+_TRANSPOSED = {
+    "w1",
+    "w2",
+    "a1",
+    "a2",
+    "v1",
+    "v2",
+    "g1",
+    "g2",
+    "time_maa_w1",
+    "time_decay_w1",
+    "time_decay_w2",
+}
 # Tensors llama.cpp keeps in F32 whatever the file type (besides 1-D ones, norms and biases).
 _ALWAYS_F32 = ("time_mix_first", "time_mix_w1", "time_mix_w2", "time_mix_decay_w1", "time_mix_decay_w2",
                "time_mix_lerp_fused")  # fmt: skip
 _BLOCK_RE = re.compile(r"^blocks\.(\d+)\.(.+)$")
 _GGUF_BLOCK_RE = re.compile(r"^blk\.(\d+)\.(.+)$")
-
-
 
 
 def _leaf(name: str) -> str:
@@ -200,7 +210,11 @@ def from_gguf_layout(
             for part, vector in zip(order, t.reshape(len(order), -1), strict=True):
                 sd[f"blocks.{layer}.{part}"] = vector.clone()
             continue
-        if version == "7" and layer == "0" and rest in ("time_mix_v0.weight", "time_mix_v1.weight", "time_mix_v2.weight"):
+        if (
+            version == "7"
+            and layer == "0"
+            and rest in ("time_mix_v0.weight", "time_mix_v1.weight", "time_mix_v2.weight")
+        ):
             continue
         if rest not in back:
             raise KeyError(name)
@@ -232,12 +246,11 @@ def _bounded_reader(path: Path) -> Any:
 
     GGUFReader trusts the counts it reads: a lying array length makes it loop over empty reads,
     appending an object per item, for as long as the length says. These overrides of its small
-    read helpers stop that at the first impossible value."""
+    read helpers stop that at the first impossible value. Arrays are also kept as one part each
+    (see ``_get_field_parts``; :func:`_array` reads them), not one numpy view per item."""
     import gguf
 
     class BoundedReader(gguf.GGUFReader):
-        array_items = 0
-
         def _get(self, offset: int, dtype: Any, count: int = 1, override_order: Any = None) -> Any:
             count, offset = int(count), int(offset)
             end = offset + np.dtype(dtype).itemsize * count
@@ -268,9 +281,13 @@ def _bounded_reader(path: Path) -> Any:
             item_type, length = int(head[0]), int(self._get(orig_offs + 4, np.uint64)[0])
             self.items_seen = getattr(self, "items_seen", 0) + length
             self._check_count("array items", self.items_seen, orig_offs + 12, 0, MAX_ARRAY_ITEMS)
-            self._check_count("array items", length, orig_offs + 12, _min_item_size(item_type), MAX_ARRAY_ITEMS)
+            self._check_count(
+                "array items", length, orig_offs + 12, _min_item_size(item_type), MAX_ARRAY_ITEMS
+            )
             if self.byte_order != "I":
-                raise _Refused("a big-endian GGUF file; rwkvkit (like llama.cpp on this machine) reads little-endian ones")
+                raise _Refused(
+                    "a big-endian GGUF file; rwkvkit (like llama.cpp on this machine) reads little-endian ones"
+                )
             if item_type == gguf.GGUFValueType.ARRAY:
                 return super()._get_field_parts(orig_offs, raw_type)
             # One part for the whole array instead of one numpy view per item: the World tokenizer's
@@ -305,7 +322,10 @@ def open_gguf(path: str | Path) -> Any:
     """The parsed container (metadata and tensor table; the tensor data stays memory-mapped)."""
     path = Path(path)
     try:
-        return _bounded_reader(path)
+        reader = _bounded_reader(path)
+        if reader.byte_order != "I":
+            raise _Refused("a big-endian GGUF file; rwkvkit (like llama.cpp here) reads little-endian ones")
+        return reader
     except _Refused as e:
         raise CheckpointError(path, str(e)) from None
     except (ValueError, KeyError, IndexError, OverflowError, TypeError) as e:
@@ -386,6 +406,10 @@ def _expected_shapes(reader: Any, path: Path, version: str, names: set[str]) -> 
     N = _size(reader, "{arch}.wkv.head_size", path)
     if min(C, L, Fd, N) == 0 or C % N:
         raise CheckpointError(path, f"inconsistent sizes: embedding {C}, {L} layers, FFN {Fd}, head size {N}")
+    if len(reader.tensors) < L * 20:  # every layer has 20 tensors or more
+        raise CheckpointError(
+            path, f"the metadata says {L} layers, but the file has only {len(reader.tensors)} tensors"
+        )
     emb = next((t for t in reader.tensors if t.name == "token_embd.weight"), None)
     if emb is None:
         raise CheckpointError(path, "missing tensor 'token_embd.weight'")
@@ -508,13 +532,16 @@ def read_gguf(path: str | Path) -> tuple[dict[str, Tensor], str, dict[str, Any]]
             )
         if not _can_dequantize(t.tensor_type):
             raise CheckpointError(
-                path, f"tensor {name!r} is of type {t.tensor_type.name}, which the gguf package cannot dequantize"
+                path,
+                f"tensor {name!r} is of type {t.tensor_type.name}, which the gguf package cannot dequantize",
             )
         shapes[name] = shape
     tokens = _array(reader, "tokenizer.ggml.tokens")
     vocab = expected["token_embd.weight"][0]
     if tokens is not None and len(tokens) != vocab:
-        raise CheckpointError(path, f"the tokenizer lists {len(tokens)} tokens for an embedding of {vocab} rows")
+        raise CheckpointError(
+            path, f"the tokenizer lists {len(tokens)} tokens for an embedding of {vocab} rows"
+        )
     head_size = _size(reader, "{arch}.wkv.head_size", path)
     rescale = _size(reader, "{arch}.rescale_every_n_layers", path, default=0) if version == "6" else 0
     data = {name: _to_torch(t, shapes[name]) for name, t in tensors.items()}
@@ -678,22 +705,3 @@ def write_gguf(
         w.close()
 
     atomic_write(path, write)
-
-
-def is_gguf(head: bytes) -> bool:
-    return head[:4] == MAGIC
-
-
-def names_for(version: str) -> Callable[[str], str]:
-    """BlinkDL name -> llama.cpp name, for the names that map one to one (tests and messages)."""
-    block_map = _BLOCK[version]
-
-    def name(blinkdl: str) -> str:
-        if blinkdl in _TOP:
-            return _TOP[blinkdl]
-        m = _BLOCK_RE.match(blinkdl)
-        if m is None or m.group(2) not in block_map:
-            raise KeyError(blinkdl)
-        return f"blk.{m.group(1)}.{block_map[m.group(2)]}"
-
-    return name
