@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import CheckpointError, RwkvkitError, TokenizerError, UnsupportedVersionError
-from .formats import fla, hf
+from .formats import fla, hf, hub
 from .formats.gguf import MAGIC as GGUF_MAGIC
 from .formats.gguf import read_gguf
 from .formats.run import is_run_folder, latest_checkpoint
@@ -139,7 +139,10 @@ def _read_hf_folder(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
 
 
 def read_checkpoint(path: str | Path) -> RawCheckpoint:
-    """Read any supported checkpoint into canonical (BlinkDL-named) form."""
+    """Read any supported checkpoint into canonical (BlinkDL-named) form; a Hugging Face Hub reference
+    (``hf://OWNER/REPO/FILE``, ``OWNER/REPO``: :mod:`rwkvkit.formats.hub`) is fetched into the Hub cache."""
+    if hub.is_hub_reference(path):
+        path = hub.resolve(path)  # type: ignore[arg-type]
     path = Path(path)
     fmt = sniff_format(path)
     overrides: dict[str, Any] = {}
@@ -253,8 +256,10 @@ def load_model(
 ) -> nn.Module:
     """Load any supported RWKV checkpoint, ready to call as ``logits, state = model(tokens, state)``.
 
-    The format (BlinkDL .pth or .safetensors, Hugging Face folder, rwkv.cpp .bin) and the RWKV
-    version are detected from the content. ``dtype`` is the weights' dtype (the WKV state and the
+    The format (BlinkDL .pth or .safetensors, Hugging Face folder, rwkv.cpp .bin, llama.cpp .gguf)
+    and the RWKV version are detected from the content. ``path`` may also name a model on the
+    Hugging Face Hub: ``"hf://OWNER/REPO/FILE"``, ``"hf://OWNER/REPO@REVISION/FILE"`` or a repository
+    id ``"OWNER/REPO"`` that is no local path (fetched into, or found in, the Hub cache). ``dtype`` is the weights' dtype (the WKV state and the
     logits stay float32). ``quantize="int8"`` stores the matrices as weight-only int8 (per-output
     channel scales); the rest keeps ``dtype``. The model comes back with the fast inference layers
     of :mod:`rwkvkit.inference` in place (same numbers as the plain modules, within the tolerances
