@@ -27,7 +27,7 @@ from .models import model_classes
 from .tokenizer import GPT20B_JSON_PATH, Tokenizer, WorldTokenizerRef, load_tokenizer
 
 TARGETS = ("pth", "safetensors", "hf", "rwkvcpp", "gguf", "onnx")
-OUTPUT_DTYPES = (*DTYPES, "q8_0")  # q8_0: GGUF only
+OUTPUT_DTYPES = tuple(dict.fromkeys((*DTYPES, *GGUF_DTYPES)))  # q8_0: GGUF only
 WORLD_VOCAB_FILE = "rwkv_vocab_v20230424.txt"  # the name llama.cpp's converter and the RWKV/ code look for
 
 
@@ -177,10 +177,10 @@ def convert(src: str | Path, dst: str | Path, to: str, dtype: str = "fp32") -> P
         raise RwkvkitError(f"unknown dtype {dtype!r}; choose one of {', '.join(OUTPUT_DTYPES)}")
     if dtype not in DTYPES and to != "gguf":
         raise RwkvkitError(f"{dtype} is a GGUF file type; --to {to} takes {', '.join(DTYPES)}")
+    if to == "onnx" and dtype != "fp32":
+        raise RwkvkitError("ONNX export writes fp32 weights; pass --dtype fp32")
     dst = Path(dst)
     if to == "gguf":
-        if dtype not in GGUF_DTYPES:
-            raise RwkvkitError(f"GGUF output takes --dtype {', '.join(GGUF_DTYPES)}")
         _save_gguf(read_checkpoint(src), dst, dtype)
         return dst
     torch_dtype = dtype_from_name(dtype)
@@ -188,7 +188,7 @@ def convert(src: str | Path, dst: str | Path, to: str, dtype: str = "fp32") -> P
     if to == "onnx":
         from .formats.onnx import export_onnx
 
-        export_onnx(build_model(raw), dst, dtype=torch_dtype)
+        export_onnx(build_model(raw), dst)
         return dst
     config_cls, _ = model_classes(raw.version, raw.path)
     config = config_cls.from_state_dict(raw.state_dict, **raw.config_overrides)
