@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 from ..convert import OUTPUT_DTYPES, TARGETS, convert
+from .flags import add_dtype_flag
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -16,12 +17,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("dst", help="where to write (a folder for --to hf)")
     parser.add_argument("--to", required=True, choices=TARGETS, help="output format")
-    # convert's own --dtype: the output's weight type, which for GGUF includes a quantized one.
-    parser.add_argument(
-        "--dtype",
-        default="fp32",
+    add_dtype_flag(
+        parser,
+        "weight dtype of the output (q8_0: GGUF only, for 2-D matrices, as llama.cpp quantizes)",
         choices=OUTPUT_DTYPES,
-        help="weight dtype of the output (q8_0: GGUF only; 2-D matrices, as llama.cpp quantizes)",
     )
 
 
