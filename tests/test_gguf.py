@@ -272,3 +272,15 @@ def test_an_unsupported_architecture_is_named(tmp_path) -> None:
     w.write_header_to_file(), w.write_kv_data_to_file(), w.write_tensors_to_file(), w.close()
     with pytest.raises(CheckpointError, match=r"llama\.gguf: this GGUF file holds a 'llama' model"):
         rwkvkit.load_model(tmp_path / "llama.gguf")
+
+
+def test_generate_runs_a_gguf_file_with_its_own_tokenizer(tmp_path, world_models) -> None:
+    """The command line on a GGUF file: the tokenizer comes from the file's metadata, and greedy
+    text is the original checkpoint's."""
+    from cli_run import rwkvkit_cli
+
+    gguf_path = convert(world_models["7"], tmp_path / "m.gguf", "gguf")
+    args = ["--prompt", "The capital of France is", "--max-tokens", "6", "--temperature", "0", "--seed", "1"]
+    from_gguf = rwkvkit_cli("generate", "--model", str(gguf_path), *args).stdout
+    from_pth = rwkvkit_cli("generate", "--model", str(world_models["7"]), *args).stdout
+    assert from_gguf == from_pth and from_gguf.strip()

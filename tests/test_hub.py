@@ -101,7 +101,7 @@ def assert_same(result: list, want: torch.Tensor) -> None:
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory):
     """The server with four repositories: me/tiny (main and tag v1 at one commit, branch dev at
-    another), me/folder (an HF folder plus a stray .pth), me/gguf-only (one checkpoint and a README),
+    another), me/folder (an HF folder plus stray .pth files), me/single (one checkpoint and a README),
     me/many (two checkpoints)."""
     d = tmp_path_factory.mktemp("hub-files")
     first, second = save_tiny_model(d / "a.pth", seed=1), save_tiny_model(d / "b.pth", seed=2)
