@@ -13,7 +13,10 @@ max |logit difference| over all positions (logits' std about 1):
   Hugging Face folder `rwkvkit convert --to hf` writes) against rwkvkit on the original weights;
   llama.cpp running our file against llama.cpp running its own; llama.cpp against rwkvkit on the
   same file (llama.cpp rounds activations to the weights' type inside its matrix products);
-- onnxruntime on the exported step, 32 steps, against rwkvkit's step.
+- onnxruntime on the exported step, 32 steps, against rwkvkit's step;
+- rwkvkit's own one-token step against its forward: what a change of rounding order alone moves the
+  logits by in this model, the scale for every other column (random RWKV-6 weights at this shape
+  amplify rounding far more than RWKV-7's).
 
 Needs llama-cpp-python (benchmarks/setup.sh), the official package, onnx and onnxruntime; llama.cpp's
 converter is found as tests/llama_cpp_tools.py finds it.
@@ -87,8 +90,16 @@ def measure(version: str, folder: Path, converter: Path, onnx: bool) -> dict:
     torch.save(make(config, seed=1), pth)
     original = rwkvkit_logits(pth)
     official = official_logits(version, pth, folder)
+    with torch.no_grad():  # how much this model amplifies a change of rounding order alone
+        model = rwkvkit.load_model(pth)
+        steps = step_by_step(model, torch.tensor([TOKENS]))[0][0].numpy()
+        del model
     hf = convert(pth, folder / f"hf{version}", "hf")
-    out: dict = {"logits_std": float(original.std()), "types": {}}
+    out: dict = {
+        "logits_std": float(original.std()),
+        "rwkvkit_step_vs_forward": diff(steps, original),
+        "types": {},
+    }
     for ours_name, theirs_name in TYPES.items():
         ours = convert(pth, folder / f"ours-{ours_name}.gguf", "gguf", ours_name)
         theirs = run_converter(converter, hf, folder / f"llama-{ours_name}.gguf", theirs_name)
@@ -131,7 +142,10 @@ def main() -> int:
 
     torch.set_num_threads(1)
     converter = llama_cpp_tools.find_converter()
-    results: dict = {"machine": machine_info(1), "tokens": len(TOKENS), "versions": {}}
+    from importlib.metadata import version
+
+    results: dict = {"machine": machine_info(1), "tokens": len(TOKENS), "versions": {},
+                     "peers": {p: version(p) for p in ("llama_cpp_python", "gguf", "onnx", "onnxruntime")}}  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         for version in args.versions.split(","):
             folder = Path(tmp) / version

@@ -185,13 +185,16 @@ def gguf_tables(results: dict) -> list[str]:
             lines.append(f"| RWKV-{version} | {t} | {d['rwkvkit_our_file_vs_original']:.2e} | "
                          f"{d['rwkvkit_llama_file_vs_original']:.2e} | {d['llama_our_file_vs_llama_own_file']:.2e} | "
                          f"{d['llama_vs_rwkvkit_same_file']:.2e} | {d['llama_vs_original']:.2e} |")  # fmt: skip
-    lines += ["", "| version | rwkvkit vs official | llama.cpp f32 vs official | onnxruntime vs rwkvkit (logits / state) | logits std |",
-              "|---|---:|---:|---:|---:|"]  # fmt: skip
+    lines += ["", "| version | rwkvkit vs official | llama.cpp f32 vs official | onnxruntime vs rwkvkit (logits / state) "
+              "| rwkvkit step vs forward | logits std |", "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
     for version, r in results["versions"].items():
         onnx = (f"{r['onnxruntime_vs_rwkvkit_logits']:.2e} / {r['onnxruntime_vs_rwkvkit_state']:.2e}"
                 if "onnxruntime_vs_rwkvkit_logits" in r else "-")  # fmt: skip
+        own = f"{r['rwkvkit_step_vs_forward']:.2e}" if "rwkvkit_step_vs_forward" in r else "-"
         lines.append(f"| RWKV-{version} | {r['rwkvkit_vs_official']:.2e} | {r['llama_f32_vs_official']:.2e} | "
-                     f"{onnx} | {r['logits_std']:.2f} |")  # fmt: skip
+                     f"{onnx} | {own} | {r['logits_std']:.2f} |")  # fmt: skip
+    if "peers" in results:
+        lines += ["", "Peers: " + ", ".join(f"{k} {v}" for k, v in results["peers"].items()) + "."]
     return lines
 
 

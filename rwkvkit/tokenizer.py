@@ -34,7 +34,7 @@ _HEX_BYTES_LITERAL = re.compile(r"b'(?:\\x[0-9a-fA-F]{2})+'")
 
 _NAME_HINT = (
     "pass 'world', '20b' or 'byte', or the path of a World-format vocabulary .txt "
-    "(lines 'id repr(token) byte_length') or of a Hugging Face tokenizers .json file"
+    "(lines 'id repr(token) byte_length'), of a Hugging Face tokenizers .json file or of a .gguf file"
 )
 
 

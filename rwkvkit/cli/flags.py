@@ -46,7 +46,7 @@ def add_tokenizer_flag(parser: argparse.ArgumentParser, default: str | None = No
         "--tokenizer",
         metavar="NAME",
         default=default,
-        help='"world", "20b", "byte" or a vocabulary file'
+        help='"world", "20b", "byte", a vocabulary file or a .gguf file (its tokenizer)'
         + ("" if default else " (default: the model's own)"),
     )
 
