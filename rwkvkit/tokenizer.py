@@ -487,7 +487,7 @@ def load_tokenizer(name_or_path: str | os.PathLike[str]) -> Tokenizer:
     if key.lower() in BUILTIN_TOKENIZERS:
         return _builtin(key.lower())
     path = Path(key).expanduser()
-    if path.suffix.lower() == ".gguf" and path.is_file():
+    if path.is_file() and _starts_with(path, b"GGUF"):  # a GGUF file, whatever its name
         from .formats.gguf import gguf_vocabulary
 
         vocab = gguf_vocabulary(path)
@@ -501,6 +501,14 @@ def load_tokenizer(name_or_path: str | os.PathLike[str]) -> Tokenizer:
     if path.resolve() == GPT20B_JSON_PATH.resolve():
         return Gpt20BTokenizer(path)
     return HFTokenizer(path)
+
+
+def _starts_with(path: Path, magic: bytes) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(magic)) == magic
+    except OSError:
+        return False
 
 
 def tokenizer_name_for_vocab_size(vocab_size: int) -> str | None:

@@ -284,3 +284,16 @@ def test_generate_runs_a_gguf_file_with_its_own_tokenizer(tmp_path, world_models
     from_gguf = rwkvkit_cli("generate", "--model", str(gguf_path), *args).stdout
     from_pth = rwkvkit_cli("generate", "--model", str(world_models["7"]), *args).stdout
     assert from_gguf == from_pth and from_gguf.strip()
+
+
+def test_a_gguf_file_is_known_by_its_content_not_its_name(tmp_path, world_models) -> None:
+    path = convert(world_models["6"], tmp_path / "model.bin", "gguf")
+    model = rwkvkit.load_model(path)
+    assert model.source.format == "gguf"
+    config = RWKV7Config(vocab_size=300, n_layer=1, n_embd=64, ffn_dim=64, head_size=64, decay_lora=32,
+                         iclr_lora=32, value_lora=32, gate_lora=32)  # fmt: skip
+    custom = rwkvkit.models.RWKV7(config)
+    custom.load_state_dict(random_rwkv7_state_dict(config))
+    vocab = {i + 1: bytes([i]) for i in range(256)} | {257: b"ab"}
+    write_gguf(tmp_path / "custom.weights", custom.state_dict(), config, "fp32", vocab, chat_template="")
+    assert load_tokenizer(tmp_path / "custom.weights").encode("abc") == [257, 100]
