@@ -4,7 +4,8 @@ large is allocated, quickly, and through the command line one line on stderr wit
 The files are variations of one small valid RWKV-7 GGUF (a 320-token vocabulary): truncated at every
 part of the container, counts and lengths that lie (tensors, keys, array items, string lengths,
 dimensions), tensor offsets past the end, unknown or undequantizable tensor types, duplicate tensors,
-tensors missing or mis-shaped, metadata that contradicts the tensors. They are all loaded in one
+tensors missing or mis-shaped, metadata that contradicts the tensors or is no size (an unknown
+container version, a zero alignment, a NaN epsilon, text for a number). They are all loaded in one
 subprocess that records each one's error, time and peak memory, so a hang or a huge allocation
 fails the test instead of the machine.
 """
@@ -46,7 +47,7 @@ def _write(path: Path, sd: dict[str, torch.Tensor], config: RWKV7Config = CONFIG
     return path
 
 
-def _patched(src: Path, dst: Path, offset: int, fmt: str, value: int) -> Path:
+def _patched(src: Path, dst: Path, offset: int, fmt: str, value: float) -> Path:
     data = bytearray(src.read_bytes())
     struct.pack_into(fmt, data, offset, value)
     dst.write_bytes(bytes(data))
@@ -56,6 +57,22 @@ def _patched(src: Path, dst: Path, offset: int, fmt: str, value: int) -> Path:
 def _array_length_offset(reader: gguf.GGUFReader, key: str) -> int:
     """Where a metadata array's item count sits: key length, key, value type, item type, count."""
     return reader.fields[key].offset + 8 + len(key.encode()) + 4 + 4
+
+
+def _scalar_offset(reader: gguf.GGUFReader, key: str) -> int:
+    """Where a scalar metadata value sits: key length, key, value type, value."""
+    return reader.fields[key].offset + 8 + len(key.encode()) + 4
+
+
+def _tiny(path: Path, add: object) -> Path:
+    """A one-tensor rwkv7 GGUF with whatever metadata ``add(writer)`` puts in."""
+    import numpy as np
+
+    w = gguf.GGUFWriter(path, "rwkv7")
+    add(w)  # type: ignore[operator]
+    w.add_tensor("token_embd.weight", np.zeros((4, 8), np.float32))
+    w.write_header_to_file(), w.write_kv_data_to_file(), w.write_tensors_to_file(), w.close()
+    return path
 
 
 def _tensor_info_offset(reader: gguf.GGUFReader, name: str) -> tuple[int, int]:
@@ -115,6 +132,22 @@ def hostile_files(folder: Path) -> dict[str, tuple[Path, str]]:
         "cannot dequantize",
     )
     p("offset-past-the-end", dims_at + 4 + 8 * n_dims + 4, "<Q", 1 << 40, "truncated|corrupt")
+    p("unknown-gguf-version", 4, "<I", 99, "version 99")
+    p("eps-nan", _scalar_offset(reader, "rwkv7.attention.layer_norm_epsilon"), "<f", float("nan"), "epsilon")
+    p("head-size-not-dividing", _scalar_offset(reader, "rwkv7.wkv.head_size"), "<I", 7, "head size 7")
+    p(
+        "huge-lora-rank",
+        _scalar_offset(reader, "rwkv7.attention.decay_lora_rank"),
+        "<I",
+        1 << 30,
+        "not a size",
+    )
+    cases["zero-alignment"] = (_tiny(folder / "align.gguf", lambda w: w.add_uint32("general.alignment", 0)),
+                               "alignment")  # fmt: skip
+    cases["text-where-a-size-belongs"] = (
+        _tiny(folder / "text-size.gguf", lambda w: w.add_string("rwkv7.embedding_length", "big")),
+        "embedding_length.*not a size",
+    )
     arch_len = reader.fields["general.architecture"].offset
     p(
         "unknown-architecture",
@@ -180,7 +213,8 @@ CASE_NAMES = [
     "lying-tensor-count", "lying-key-count", "lying-array-length", "array-one-too-long", "lying-key-length",
     "lying-n-dims", "huge-dimension", "unknown-tensor-type", "integer-tensor-type", "offset-past-the-end",
     "unknown-architecture", "missing-tensor", "mis-shaped-tensor", "unexpected-tensor", "nan-weights",
-    "metadata-contradicts-tensors", "lying-block-count",
+    "metadata-contradicts-tensors", "lying-block-count", "unknown-gguf-version", "eps-nan",
+    "head-size-not-dividing", "huge-lora-rank", "zero-alignment", "text-where-a-size-belongs",
 ]  # fmt: skip
 
 
@@ -209,3 +243,14 @@ def test_the_command_line_reports_one_line(outcomes) -> None:
         assert proc.returncode == 2
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith(f"rwkvkit convert: error: {path}"), proc.stderr
+
+
+def test_a_hostile_gguf_as_tokenizer_is_one_line(outcomes, small_pth) -> None:
+    """``--tokenizer FILE.gguf`` reads the file's vocabulary through the same bounded reader."""
+    for name in ("truncated-header", "lying-array-length", "text-where-a-size-belongs"):
+        path = outcomes[name][0]
+        proc = rwkvkit_cli("generate", "--model", str(small_pth), "--tokenizer", str(path), "--prompt", "hi",
+                           "--max-tokens", "2", check=False)  # fmt: skip
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+        assert lines[0].startswith(f"rwkvkit generate: error: {path}"), lines[0]

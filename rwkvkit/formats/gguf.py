@@ -544,12 +544,15 @@ def read_gguf(path: str | Path) -> tuple[dict[str, Tensor], str, dict[str, Any]]
         )
     head_size = _size(reader, "{arch}.wkv.head_size", path)
     rescale = _size(reader, "{arch}.rescale_every_n_layers", path, default=0) if version == "6" else 0
+    overrides: dict[str, Any] = {}
+    key = f"{VERSION_ARCH[version]}.attention.layer_norm_epsilon"
+    eps = _field(reader, key, path)
+    if eps is not None:
+        if not (isinstance(eps, float) and math.isfinite(eps) and 0 < eps < 1):
+            raise CheckpointError(path, f"the metadata key {key!r} is {eps!r}, not a layer-norm epsilon")
+        overrides["layer_norm_eps"] = float(f"{eps:.7g}")  # stored as float32: 1e-5 reads 9.99999975e-06
     data = {name: _to_torch(t, shapes[name]) for name, t in tensors.items()}
     sd = from_gguf_layout(data, version, head_size, rescale)
-    overrides: dict[str, Any] = {}
-    eps = _field(reader, f"{VERSION_ARCH[version]}.attention.layer_norm_epsilon", path)
-    if isinstance(eps, float) and math.isfinite(eps) and eps > 0:
-        overrides["layer_norm_eps"] = float(f"{eps:.7g}")  # stored as float32: 1e-5 reads 9.99999975e-06
     return sd, version, overrides
 
 
