@@ -180,16 +180,28 @@ def convert(src: str | Path, dst: str | Path, to: str, dtype: str = "fp32") -> P
     if to == "onnx" and dtype != "fp32":
         raise RwkvkitError("ONNX export writes fp32 weights; pass --dtype fp32")
     dst = Path(dst)
-    if to == "gguf":
-        _save_gguf(read_checkpoint(src), dst, dtype)
-        return dst
-    torch_dtype = dtype_from_name(dtype)
+    if to == "hf" and dst.exists() and not dst.is_dir():
+        raise RwkvkitError(f"{dst} is a file; --to hf writes a folder: name a new or existing folder")
+    if to != "hf" and dst.is_dir():
+        raise RwkvkitError(f"{dst} is a folder; --to {to} writes one file: name the file")
     raw = read_checkpoint(src)
+    try:
+        _write(raw, dst, to, dtype)
+    except OSError as e:  # the destination, not the source: read_checkpoint reports its own
+        raise RwkvkitError(f"cannot write {dst}: {e.strerror or e}") from None
+    return dst
+
+
+def _write(raw: RawCheckpoint, dst: Path, to: str, dtype: str) -> None:
+    if to == "gguf":
+        _save_gguf(raw, dst, dtype)
+        return
     if to == "onnx":
         from .formats.onnx import export_onnx
 
         export_onnx(build_model(raw), dst)
-        return dst
+        return
+    torch_dtype = dtype_from_name(dtype)
     config_cls, _ = model_classes(raw.version, raw.path)
     config = config_cls.from_state_dict(raw.state_dict, **raw.config_overrides)
     if to == "rwkvcpp":
@@ -197,22 +209,21 @@ def convert(src: str | Path, dst: str | Path, to: str, dtype: str = "fp32") -> P
             raise RwkvkitError("rwkv.cpp files hold fp32 or fp16 weights; pass --dtype fp32 or fp16")
         _check_rwkvcpp_can_hold(config, raw.format)
         write_rwkvcpp(dst, raw.state_dict, version=rwkvcpp_version(raw.state_dict.keys()), data_type=dtype)
-        return dst
+        return
     if to == "hf":
         tokenizer = _tokenizer_of(raw, config.vocab_size)
         model = build_model(raw)  # every tensor in its canonical shape, as the folders' code wants it
         save_hf(_cast(model.state_dict(), torch_dtype), dst, model.config, dtype, tokenizer)
-        return dst
+        return
     sd = _cast(raw.state_dict, torch_dtype)
     if to == "pth" and getattr(config, "ln_x_eps", 64e-5) != 64e-5:
         warnings.warn(
             f"{raw.path} runs RWKV-{config.version}'s ln_x with eps {config.ln_x_eps} (rwkv.cpp's value), "
             f"which a {to} checkpoint cannot record: it will load with BlinkDL's 64e-5 and give different "
             "logits. Convert to safetensors to keep it.",
-            stacklevel=2,
+            stacklevel=3,
         )
     if to == "pth":
         save_pth(sd, dst)
     else:
         save_safetensors(sd, dst, config)
-    return dst
