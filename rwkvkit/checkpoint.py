@@ -121,6 +121,8 @@ def _read_hf_folder(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
         cfg = json.loads((path / "config.json").read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(path / "config.json", f"not valid JSON ({e})") from None
+    if not isinstance(cfg, dict):
+        raise CheckpointError(path / "config.json", "not a JSON object")
     model_type = cfg.get("model_type")
     if model_type not in ("rwkv", "rwkv5", "rwkv6", "rwkv7", None):
         raise CheckpointError(
@@ -128,15 +130,18 @@ def _read_hf_folder(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
             f"this Hugging Face folder holds a {model_type!r} model; RWKV folders have model_type 'rwkv' "
             "(RWKV-4), 'rwkv5', 'rwkv6' (RWKV/ remote-code folders) or 'rwkv7' (flash-linear-attention)",
         )
+    read_overrides = fla.config_overrides_from_fla if model_type == "rwkv7" else hf.config_overrides_from_hf
+    try:
+        overrides = read_overrides(cfg)  # checked before any weight is read
+    except ValueError as e:
+        raise CheckpointError(path / "config.json", str(e)) from None
     files = sorted(path.glob("*.safetensors")) or sorted(path.glob("pytorch_model*.bin"))
     if not files:
         raise CheckpointError(path, "no model.safetensors or pytorch_model.bin in this Hugging Face folder")
     sd: dict[str, Tensor] = {}
     for f in files:  # sharded checkpoints: the shards together hold every key once
         sd.update(_safetensors_load(f)[0] if f.suffix == ".safetensors" else _torch_load(f, legacy=False))
-    if model_type == "rwkv7":
-        return sd, fla.config_overrides_from_fla(cfg)
-    return sd, hf.config_overrides_from_hf(cfg)
+    return sd, overrides
 
 
 def read_checkpoint(path: str | Path) -> RawCheckpoint:

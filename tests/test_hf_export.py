@@ -20,6 +20,7 @@ from test_hf import HF_V5_NAMES, HF_V6_NAMES
 import rwkvkit
 from rwkvkit.chat import ChatTemplate
 from rwkvkit.convert import WORLD_VOCAB_FILE, convert
+from rwkvkit.errors import CheckpointError
 from rwkvkit.models.rwkv4 import RWKV4Config
 from rwkvkit.models.rwkv5 import RWKV5Config
 from rwkvkit.models.rwkv6 import RWKV6Config
@@ -112,3 +113,28 @@ def test_an_ln_x_eps_fla_cannot_record_is_warned(tmp_path: Path) -> None:
 def test_a_byte_level_model_goes_without_tokenizer_files(tmp_path: Path, small_pth: Path) -> None:
     folder = convert(small_pth, tmp_path / "hf", "hf")
     assert not (folder / WORLD_VOCAB_FILE).exists() and (folder / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "patch", "match"),
+    [("5.2", {"layer_norm_epsilon": "abc"}, "'layer_norm_epsilon' is 'abc'"),
+     ("6", {"layer_norm_epsilon": float("nan")}, "'layer_norm_epsilon' is nan"),
+     ("6", {"layer_norm_epsilon": -1}, "'layer_norm_epsilon' is -1, not a number between 0 and 1"),
+     ("6", {"head_size_divisor": 1e200}, "'head_size_divisor' is 1e\\+200"),
+     ("5.2", {"head_size_divisor": "8"}, "'head_size_divisor' is '8'"),
+     ("7", {"norm_eps": [1e-5]}, "'norm_eps' is \\[1e-05\\]"),
+     ("7", {"head_dim": 0}, "'head_dim' is 0")],
+)  # fmt: skip
+def test_a_config_value_that_cannot_be_is_named(tmp_path: Path, name: str, patch: dict, match: str) -> None:
+    """A folder's config.json with text, NaN, a list or an absurd size where a number belongs: one
+    CheckpointError naming the file and the key, before the weights are read."""
+    config, make, _ = CASES[name]
+    torch.save(make(config, seed=3), tmp_path / "m.pth")
+    folder = convert(tmp_path / "m.pth", tmp_path / "hf", "hf")
+    cfg = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**cfg, **patch}))
+    with pytest.raises(CheckpointError, match=rf"config\.json: {match}"):
+        rwkvkit.load_model(folder)
+    (folder / "config.json").write_text("[1, 2]")
+    with pytest.raises(CheckpointError, match=r"config\.json: not a JSON object"):
+        rwkvkit.load_model(folder)

@@ -16,6 +16,7 @@ from typing import Any
 from torch import Tensor
 
 from ..errors import CheckpointError
+from .hf import config_number
 
 _TOP = {
     "emb.weight": "model.embeddings.weight",
@@ -154,8 +155,8 @@ def fla_config(config: Any) -> dict[str, Any]:
 def config_overrides_from_fla(cfg: dict[str, Any]) -> dict[str, Any]:
     """fla's norm_eps is its LayerNorms' eps; its GroupNorm ln_x uses head_dim * norm_eps (64e-5 at 64)."""
     out: dict[str, Any] = {}
-    if "norm_eps" in cfg:
-        out["layer_norm_eps"] = float(cfg["norm_eps"])
-        head_dim = int(cfg.get("head_dim") or 64)
-        out["ln_x_eps"] = head_dim * float(cfg["norm_eps"])
+    eps = config_number(cfg, "norm_eps", 1.0)
+    if eps is not None:
+        out["layer_norm_eps"] = eps
+        out["ln_x_eps"] = (config_number(cfg, "head_dim", 1 << 16) or 64) * eps
     return out
