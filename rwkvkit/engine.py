@@ -9,8 +9,8 @@ A row is one prompt being continued. Rows are added with :meth:`Engine.add` at a
    ``prefill_chunk`` in each prompt, whatever else runs, so a row's numbers never depend on its
    neighbours;
 2. samples one token for every decoding row from its own logits, with its own
-   :class:`~rwkvkit.sampling.SamplingParams`, penalties and ``torch.Generator``: a seeded row gives
-   the same tokens alone or in any batch;
+   :class:`~rwkvkit.sampling.SamplingParams`, penalties and ``torch.Generator`` (and its
+   :class:`TokenConstraint`, if any): a seeded row gives the same tokens alone or in any batch;
 3. feeds those tokens to the model in one batched ``model.step`` call.
 
 Rows end on a stop token, at ``max_tokens``, when a fixed-context model's window is full, or when
@@ -35,6 +35,7 @@ import dataclasses
 import time
 from collections import deque
 from collections.abc import Collection, Iterator, Sequence
+from typing import Protocol
 
 import torch
 from torch import Tensor, nn
@@ -69,6 +70,15 @@ class Prefix:
         return Prefix(self.state.clone(), None if self.logits is None else self.logits.clone(), self.tokens)
 
 
+class TokenConstraint(Protocol):
+    """Limits what one row may sample next (a server's JSON mode); the engine calls ``mask`` with
+    the row's logits before each token and ``advance`` with the token sampled."""
+
+    def mask(self, logits: Tensor) -> Tensor: ...  # (V,) -> (V,), tokens that may not come at -inf
+
+    def advance(self, token: int) -> None: ...
+
+
 @dataclasses.dataclass
 class Request:
     """What one row asks for: what to read, how to sample, when to stop, what to give back."""
@@ -83,6 +93,7 @@ class Request:
     keep_state: bool = False  # the result carries the state after prompt + output, and next logits
     logprobs: int | None = None  # None: no logprobs; k >= 0: each token's and the k most likely
     keep_prompt_states: bool = False  # report a Prefix after every prefilled chunk (for a cache)
+    constraint: TokenConstraint | None = None  # masks this row's logits before each token
 
 
 @dataclasses.dataclass
@@ -433,8 +444,14 @@ class Engine:
         """Sample one token per row; feed the rows that go on (and those that end but keep their
         state) in one model call; rows that end leave the batch."""
         rows = batch.rows
+        logits = batch.logits
+        constrained = [pos for pos, r in enumerate(rows) if r.request.constraint is not None]
+        if constrained:  # logprobs stay those of the model's own logits
+            logits = logits.clone()
+            for pos in constrained:
+                logits[pos] = rows[pos].request.constraint.mask(logits[pos])  # type: ignore[union-attr]
         tokens = next_token_rows(
-            batch.logits,
+            logits,
             [r.request.params for r in rows],
             [r.penalties for r in rows],
             [r.generator for r in rows],
@@ -448,6 +465,8 @@ class Engine:
                 ending[pos] = (STOP_TOKEN, tok)
                 continue
             row.token_ids.append(tok)
+            if row.request.constraint is not None:
+                row.request.constraint.advance(tok)
             if row.penalties is not None:
                 row.penalties.update(tokens[pos : pos + 1])
             row.budget -= 1

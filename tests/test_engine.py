@@ -477,3 +477,45 @@ def test_bad_requests_are_refused_with_a_message() -> None:
         Engine(MockModel(), prefill_chunk=0)
     with pytest.raises(RwkvkitError, match="max_batch"):
         Engine(MockModel(), max_batch=0)
+
+
+# --------------------------------------------------------------------------------------------
+# Token constraints (a server's JSON mode)
+
+
+class EvenOnly:
+    """Allows even ids only; records what the engine asked and told."""
+
+    def __init__(self) -> None:
+        self.masked = 0
+        self.seen: list[int] = []
+
+    def mask(self, logits: Tensor) -> Tensor:
+        self.masked += 1
+        out = logits.clone()
+        out[1::2] = float("-inf")
+        return out
+
+    def advance(self, token: int) -> None:
+        self.seen.append(token)
+
+
+def test_a_constraint_masks_only_its_own_row() -> None:
+    model = MockModel()
+    greedy = SamplingParams(temperature=0)
+    free = Request(prompt=ids(5, 3), params=greedy, max_tokens=10, logprobs=0)
+    rule = EvenOnly()
+    bound = dataclasses.replace(free, params=MIXED[1], seed=5, constraint=rule)
+    together = run(model, [free, bound])
+    assert together[0].token_ids == alone(model, free).token_ids
+    assert any(t % 2 for t in together[0].token_ids)  # the free row does use odd ids
+    assert all(t % 2 == 0 for t in together[1].token_ids) and rule.seen == together[1].token_ids
+    assert rule.masked == len(together[1].token_ids) == 10
+    # logprobs are the model's own, before the constraint
+    engine = Engine(model)
+    engine.add(dataclasses.replace(free, constraint=EvenOnly()))
+    seen = list(free.prompt)
+    for e in (e for e in engine.run() if e.token is not None):
+        expected = torch.log_softmax(prefill(model, seen).logits[0], -1)
+        assert e.token % 2 == 0 and e.logprob == pytest.approx(float(expected[e.token]), abs=1e-5)
+        seen.append(e.token)
