@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
 
 import torch
 
@@ -148,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
     name = args.model_name or (
         BUNDLED_NAME if not args.model and default_model_path() else Path(args.model).stem
     )
-    config = ServeConfig(
+    limits = ServeConfig(
         max_batch=args.max_batch,
         max_queue=args.max_queue,
         max_prompt_tokens=args.max_prompt_tokens,
@@ -157,17 +159,30 @@ def run(args: argparse.Namespace) -> int:
         prefill_chunk=args.prefill_chunk,
         api_key=args.api_key or None,
     )
-    app = create_app(Registry(model, tokenizer, name, template), config)
+    app = create_app(Registry(model, tokenizer, name, template), limits)
     host, bound = sock.getsockname()[:2]
     url = f"http://{host if ':' not in host else f'[{host}]'}:{bound}"
     print(f"rwkvkit serve: {name} at {url} (chat page {url}/, API {url}/v1)", file=sys.stderr, flush=True)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            log_level=args.log_level,
-            access_log=args.log_level in ("info", "debug"),
-            timeout_graceful_shutdown=args.shutdown_timeout,
-        )
+    scheduler = app.state.server.scheduler
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            """SIGTERM is how a service manager stops a server: after a clean shutdown, exit 0
+            (uvicorn would raise the signal again and die by it; Ctrl-C still exits 130)."""
+            super().handle_exit(sig, frame)
+            captured = getattr(self, "_captured_signals", [])
+            captured[:] = [s for s in captured if s != signal.SIGTERM]
+
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            """SIGTERM or Ctrl-C: running requests get --shutdown-timeout seconds, then a 503."""
+            scheduler.drain(args.shutdown_timeout)
+            await super().shutdown(sockets)
+
+    config = uvicorn.Config(
+        app,
+        log_level=args.log_level,
+        access_log=args.log_level in ("info", "debug"),
+        timeout_graceful_shutdown=args.shutdown_timeout + 5,  # a backstop: the scheduler ends them first
     )
-    server.run(sockets=[sock])
+    Server(config).run(sockets=[sock])
     return 0

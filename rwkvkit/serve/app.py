@@ -186,7 +186,8 @@ class Server:
             for j in range(gen.n):
                 seed = None if gen.seed is None else (gen.seed + j) % 2**64
                 ends = [] if eos is None else [eos]
-                constraint = JsonObjectConstraint(self.token_bytes(), ends) if json_mode else None
+                raised = [t for t, b in gen.params.logit_bias.items() if b > 0]
+                constraint = JsonObjectConstraint(self.token_bytes(), ends, raised) if json_mode else None
                 request = Request(
                     params=gen.params,
                     max_tokens=gen.max_tokens,

@@ -3,10 +3,12 @@ prefix of one JSON object may be sampled, and the row ends when the object close
 
 :class:`JsonPrefix` is a byte-level pushdown recognizer of JSON (RFC 8259) fed one byte at a
 time; :class:`JsonObjectConstraint` is the engine's per-row token constraint built on it: before
-each token it masks the logits of the tokens whose bytes the recognizer would refuse. Checking
-every token of a 65,536-token vocabulary at every step would cost more than the model, so the
-candidates are checked from the most likely down until the checked ones hold 99.9% of the
-probability (or 256 were checked) and at least one fits; the others are masked.
+each token it masks the logits of the tokens whose bytes the recognizer would refuse. A small
+vocabulary (a byte model's 256) is checked whole at every step. Checking every token of a
+65,536-token vocabulary would cost more than the model, so there the candidates are checked from
+the most likely down until the checked ones hold 99.9% of the probability (or 256 were checked)
+and at least one fits, and the tokens the request's ``logit_bias`` raises are always checked;
+the others are masked.
 
 Whitespace between values is limited to one character at a time, so a model cannot fill its
 budget with blanks and a chat's blank-line turn end cannot occur inside the object.
@@ -192,10 +194,14 @@ class JsonObjectConstraint:
     """
 
     CHECK = 256  # candidates checked per step at most, once one fits
+    WHOLE = 4096  # a vocabulary up to this size is checked whole
 
-    def __init__(self, token_bytes: Sequence[bytes], end_ids: Collection[int] = ()) -> None:
+    def __init__(
+        self, token_bytes: Sequence[bytes], end_ids: Collection[int] = (), raised: Collection[int] = ()
+    ) -> None:
         self.token_bytes = token_bytes
         self.end_ids = frozenset(end_ids)
+        self.raised = sorted(raised)  # token ids a logit bias pushes up: always checked
         self.json = JsonPrefix()
 
     @property
@@ -219,8 +225,10 @@ class JsonObjectConstraint:
         return out
 
     def _candidates(self, logits: Tensor) -> list[int]:
+        if logits.shape[0] <= self.WHOLE:
+            return [t for t in range(logits.shape[0]) if self.fits(t)]
         probs, order = torch.sort(torch.softmax(logits.float(), -1), descending=True)
-        allowed, mass = [], 0.0
+        allowed, mass = [t for t in self.raised if self.fits(t)], 0.0
         for n, (tok, p) in enumerate(zip(order.tolist(), probs.tolist(), strict=True)):
             if self.fits(tok):
                 allowed.append(tok)

@@ -148,6 +148,7 @@ class Scheduler:
         self._lock = threading.Lock()
         self._rows = 0  # client rows admitted and not yet given back
         self._closing = False
+        self._deadline: float | None = None  # (draining) when the rows still running are ended
         self._thread = threading.Thread(target=self._run, name="rwkvkit-scheduler", daemon=True)
         for variant in registry.variants.values():
             self._engine(variant)
@@ -156,6 +157,13 @@ class Scheduler:
 
     def start(self) -> None:
         self._thread.start()
+
+    def drain(self, seconds: float) -> None:
+        """Stop taking requests (503); rows still running ``seconds`` from now end with a 503 error."""
+        with self._lock:
+            self._closing = True
+            self._deadline = time.monotonic() + seconds
+        self._inbox.put(("wake", []))
 
     def close(self, timeout: float = 10.0) -> None:
         """Cancel whatever still runs, and stop the thread."""
@@ -220,6 +228,8 @@ class Scheduler:
                     command = self._inbox.get_nowait()
             except queue.Empty:
                 pass
+            if self._deadline is not None and time.monotonic() >= self._deadline:
+                self._cancel_everything()
             for key, engine in list(self.engines.items()):
                 if not engine.has_work:
                     continue
@@ -238,7 +248,7 @@ class Scheduler:
         if what == "add":
             for job in jobs:
                 self._admit(job)
-        else:
+        elif what == "cancel":
             for j in jobs:
                 for job in (j, *j.followers):
                     self._drop(job)
@@ -388,12 +398,3 @@ class Scheduler:
             for f in job.followers:
                 self._fail(f, error)
         self._jobs.clear()
-        while True:  # rows still in the inbox never got in
-            try:
-                what, jobs = self._inbox.get_nowait()
-            except queue.Empty:
-                return
-            if what == "add":
-                for j in jobs:
-                    for job in (j, *j.followers):
-                        self._fail(job, error)
