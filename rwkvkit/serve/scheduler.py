@@ -349,13 +349,13 @@ class Scheduler:
         assert job.text is not None
         tail = self._visible(job, job.text.close())
         length = job.text.stop is None and result.stop_reason in (MAX_TOKENS, CONTEXT_FULL)
+        if job.chat and result.state is not None and self.cache.capacity_bytes:
+            self._keep_reply(job, result)
+        self._give_back(job)  # before the client hears of it: /metrics agrees with what it saw
         if job.sink is not None:
             job.sink.put(
                 Finished(job.index, "length" if length else "stop", tail, job.pending, len(result.token_ids))
             )
-        if job.chat and result.state is not None and self.cache.capacity_bytes:
-            self._keep_reply(job, result)
-        self._give_back(job)
 
     def _keep_reply(self, job: Job, result: RowResult) -> None:
         """Cache the state after the reply as the next turn will send it back (``Assistant: <reply>``
