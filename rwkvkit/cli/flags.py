@@ -69,6 +69,16 @@ def add_quantize_flag(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_threads_flag(parser: argparse.ArgumentParser, default: int | None = None) -> None:
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=default,
+        metavar="N",
+        help="torch CPU threads" + ("" if default else " (default: PyTorch's choice)"),
+    )
+
+
 def add_state_flag(parser: argparse.ArgumentParser, help: str) -> None:
     """--state FILE: a state file (rwkvkit.save_state, chat's /save) to start from."""
     parser.add_argument("--state", metavar="FILE", help=help)

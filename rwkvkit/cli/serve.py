@@ -15,7 +15,7 @@ import torch
 
 from ..defaults import default_model_path
 from ..errors import RwkvkitError
-from .flags import add_model_flags, add_quantize_flag, load_model_and_tokenizer
+from .flags import add_model_flags, add_quantize_flag, add_threads_flag, load_model_and_tokenizer
 
 BUNDLED_NAME = "rwkvkit-default"
 
@@ -94,9 +94,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--prefill-chunk", type=at_least(1), default=256, metavar="N", help="prompt tokens per model call"
     )
     g = parser.add_argument_group("process")
-    g.add_argument(
-        "--threads", type=at_least(1), metavar="N", help="torch CPU threads (default: PyTorch's choice)"
-    )
+    add_threads_flag(g)
     g.add_argument(
         "--chat-template",
         metavar="FILE",
@@ -143,6 +141,8 @@ def run(args: argparse.Namespace) -> int:
     from ..serve.schemas import read_template
 
     template = read_template(args.chat_template) if args.chat_template else None
+    if args.threads is not None and args.threads < 1:
+        raise RwkvkitError(f"--threads {args.threads}: give at least 1")
     if args.threads:
         torch.set_num_threads(args.threads)
     sock = listen(args.host, args.port)  # before loading: a busy port fails fast
