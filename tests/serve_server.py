@@ -5,84 +5,27 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
-import re
-import signal
-import subprocess
-import sys
-import threading
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from rwkvkit.serve import launch
+
 REPO = Path(__file__).resolve().parents[1]
-STARTUP_S = 120  # loading torch and the model on a busy 2-core machine
 
 
-class ServerProcess:
-    """A running ``rwkvkit serve --port 0 ...``; its stderr is collected in ``log``."""
+class ServerProcess(launch.ServerProcess):
+    """``rwkvkit serve --port 0 --threads 1 ...`` from this checkout, with ways to call it."""
 
     def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
         self.api_key = args[args.index("--api-key") + 1] if "--api-key" in args else None
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "rwkvkit",
-                "serve",
-                "--port",
-                "0",
-                "--threads",
-                "1",
-                "--log-level",
-                "warning",
-                *args,
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            encoding="utf-8",
+        super().__init__(
+            "--port", "0", "--threads", "1", "--log-level", "warning", *args,
+            env={"PYTHONPATH": str(REPO), **(env or {})},
             cwd=REPO,
-            env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
-        )
-        self.log: list[str] = []
-        self.url = self._wait_for_address()
-        threading.Thread(target=self._drain, daemon=True).start()
-        self._wait_healthy()
-
-    def _wait_for_address(self) -> str:
-        deadline = time.monotonic() + STARTUP_S
-        assert self.proc.stderr is not None
-        while time.monotonic() < deadline:
-            line = self.proc.stderr.readline()
-            if not line:
-                break
-            self.log.append(line)
-            found = re.search(r" at (http://\S+) ", line)
-            if found:
-                return found.group(1)
-        self.proc.kill()
-        raise AssertionError("the server did not start:\n" + "".join(self.log))
-
-    def _drain(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.log.append(line)
-
-    def _wait_healthy(self) -> None:
-        deadline = time.monotonic() + STARTUP_S
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(self.url + "/health", timeout=5) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.1)
-        raise AssertionError("the server never answered /health:\n" + "".join(self.log))
+        )  # fmt: skip
 
     @property
     def base_url(self) -> str:
@@ -139,17 +82,6 @@ class ServerProcess:
             if got == value or time.monotonic() > deadline:
                 return got  # type: ignore[return-value]
             time.sleep(0.05)
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-                raise AssertionError(f"the server did not exit {timeout} s after signal {sig}") from None
-        return self.proc.returncode
 
 
 def serve(*args: str, **kw: Any) -> Any:

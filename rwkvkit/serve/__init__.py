@@ -8,5 +8,6 @@
 - :mod:`.jsonmode`: ``response_format: json_object`` as a per-row token constraint;
 - :mod:`.registry`: the base model and its named variants (``/v1/models``);
 - :mod:`.metrics`: Prometheus text for ``/metrics``;
+- :mod:`.launch`: start ``rwkvkit serve`` in a child process and wait until it answers;
 - ``static/index.html``: the chat page, one file, no build step, nothing fetched from elsewhere.
 """
