@@ -18,6 +18,8 @@ from ..errors import RwkvkitError
 from .flags import add_model_flags, add_quantize_flag, add_threads_flag, load_model_and_tokenizer
 
 BUNDLED_NAME = "rwkvkit-default"
+MAX_TOKENS_HELP = "most tokens one choice may generate (and chat's default max_tokens)"
+SHUTDOWN_HELP = "on SIGTERM, seconds the running requests get to finish; then they end with a 503"
 
 
 def at_least(lo: int | float, kind: type = int) -> Callable[[str], int | float]:
@@ -69,20 +71,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-batch", type=at_least(1), default=8, metavar="N", help="rows decoded in one model call"
     )
     g.add_argument(
-        "--max-queue",
-        type=at_least(0),
-        default=64,
-        metavar="N",
-        help="rows waiting beyond those; more get 429",
+        "--max-queue", type=at_least(0), default=64, metavar="N", help="rows waiting beyond; more: 429"
     )
     g.add_argument("--max-prompt-tokens", type=at_least(1), default=32768, metavar="N", help="longest prompt")
-    g.add_argument(
-        "--max-tokens-limit",
-        type=at_least(1),
-        default=4096,
-        metavar="N",
-        help="most tokens one choice may generate (and chat's default max_tokens)",
-    )
+    g.add_argument("--max-tokens-limit", type=at_least(1), default=4096, metavar="N", help=MAX_TOKENS_HELP)
     g.add_argument(
         "--state-cache-mb",
         type=at_least(0, float),
@@ -102,11 +94,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(default: the RWKV World format, User:/Assistant:)",
     )
     g.add_argument(
-        "--shutdown-timeout",
-        type=at_least(0, float),
-        default=10.0,
-        metavar="S",
-        help="on SIGTERM, seconds the running requests get to finish before they are cancelled",
+        "--shutdown-timeout", type=at_least(0, float), default=10.0, metavar="S", help=SHUTDOWN_HELP
     )
     g.add_argument(
         "--log-level",

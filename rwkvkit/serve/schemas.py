@@ -118,27 +118,20 @@ class Fields:
         return float(value)
 
     def boolean(self, name: str, default: bool) -> bool:
-        value = self.body.get(name)
-        if value is None:
-            return default
-        if not isinstance(value, bool):
-            raise bad(f"{name} must be true or false, got {_kind(value)} {value!r:.50}", name)
-        return value
+        return self._typed(name, default, bool, "true or false")
 
     def string(self, name: str, default: str | None = None) -> str | None:
+        return self._typed(name, default, str, "a string")
+
+    def object(self, name: str) -> dict[str, Any]:
+        return self._typed(name, {}, dict, "an object")
+
+    def _typed(self, name: str, default: Any, kind: type, words: str) -> Any:
         value = self.body.get(name)
         if value is None:
             return default
-        if not isinstance(value, str):
-            raise bad(f"{name} must be a string, got {_kind(value)}", name)
-        return value
-
-    def object(self, name: str) -> dict[str, Any]:
-        value = self.body.get(name)
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            raise bad(f"{name} must be an object, got {_kind(value)}", name)
+        if not isinstance(value, kind):
+            raise bad(f"{name} must be {words}, got {_kind(value)} {value!r:.50}", name)
         return value
 
     @staticmethod
