@@ -11,11 +11,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
-from cli_run import rwkvkit_cli
 from serve_server import ServerProcess, serve
 
 import rwkvkit
 from rwkvkit.chat import ChatTemplate
+from rwkvkit.cli import main
 from rwkvkit.defaults import DEFAULT_MODEL
 from rwkvkit.engine import prefill
 from rwkvkit.serve.chatformat import encode_chat
@@ -78,14 +78,19 @@ def test_models_health_and_the_shapes(server: ServerProcess) -> None:
     )
 
 
-def test_greedy_completion_equals_rwkvkit_generate(server: ServerProcess, model: torch.nn.Module) -> None:
+def test_greedy_completion_equals_rwkvkit_generate(
+    server: ServerProcess, model: torch.nn.Module, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What ``rwkvkit generate --temperature 0`` prints (its main, in this process: the same code as
+    the command, without starting torch a third time)."""
     prompt = "First Citizen:\nWe are"
-    cli = rwkvkit_cli(
-        "generate", "--prompt", prompt, "--max-tokens", "60", "--temperature", "0", "--stop", "\\n\\n"
+    assert (
+        main(["generate", "--prompt", prompt, "--max-tokens", "60", "--temperature", "0", "--stop", "\\n\\n"])
+        == 0
     )
+    printed = capsys.readouterr().out
     out = complete(server, prompt, max_tokens=60, temperature=0, stop="\n\n")
-    assert out.choices[0].text == cli.stdout and cli.stdout
-    # without a stop string, against the library the command runs on (no second process to start)
+    assert out.choices[0].text == printed and printed
     out = complete(server, "ROMEO:", max_tokens=60, temperature=0)
     assert (
         out.choices[0].text == rwkvkit.generate_text(model, TOK, "ROMEO:", max_tokens=60, temperature=0).text
