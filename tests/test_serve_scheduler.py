@@ -120,3 +120,31 @@ def test_a_chat_reply_is_cached_under_the_ids_the_next_turn_sends(setup) -> None
     for name, t in prefix.state.tensors().items():
         assert (t - expected.state.tensors()[name]).abs().max() < 1e-4, name
     assert dataclasses.asdict(registry.template) == dataclasses.asdict(template)
+
+
+def test_cancelling_a_request_frees_every_choice(setup) -> None:
+    _, registry, _, scheduler = setup
+    prompt = "A long tale begins"
+
+    async def go() -> None:
+        sink = Sink(asyncio.get_running_loop())
+        lead = job(registry.base, prompt, 0, max_tokens=100_000)
+        lead.followers = [job(registry.base, prompt, i, max_tokens=100_000) for i in (1, 2)]
+        for j in (lead, *lead.followers):
+            j.sink = sink
+        scheduler.submit([lead])
+        started: set[int] = set()
+        while len(started) < 3:  # every choice is decoding
+            item = await asyncio.wait_for(sink.queue.get(), 30)
+            if isinstance(item, Piece):
+                started.add(item.index)
+        assert scheduler.rows == 3
+        scheduler.cancel([lead])
+        for _ in range(500):
+            if scheduler.rows == 0 and scheduler.decoding == 0:
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"{scheduler.rows} rows still held after the cancel")
+
+    asyncio.run(go())
+    assert not any(e.has_work for e in scheduler.engines.values())

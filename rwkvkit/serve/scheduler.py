@@ -282,9 +282,11 @@ class Scheduler:
             self._release_followers(job)
 
     def _release_followers(self, job: Job) -> None:
-        followers, job.followers = job.followers, []
-        for f in followers:
-            self._admit(f, job.prompt_end, len(f.ids))
+        """The leader's prompt is read: its followers start from that state (once; the list stays,
+        so that cancelling the request reaches them)."""
+        for f in job.followers:
+            if f.rid is None:
+                self._admit(f, job.prompt_end, len(f.ids))
 
     def _drop(self, job: Job) -> None:
         if job.rid is None:  # not admitted yet (a follower): it never will be
@@ -370,6 +372,9 @@ class Scheduler:
             self._admit(internal, job.prompt_end, len(job.ids))
 
     def _fail(self, job: Job, error: ApiError) -> None:
+        if job.released:  # it has ended already
+            return
+        job.dropped = True
         if job.sink is not None:
             job.sink.put(Failed(job.index, error))
         self._give_back(job)
