@@ -19,7 +19,7 @@ from rwkvkit.serve.metrics import Metrics
 from rwkvkit.serve.registry import Registry, Variant
 from rwkvkit.serve.scheduler import Admitted, Finished, Job, Piece, Scheduler, Sink
 from rwkvkit.testing import random_rwkv4
-from rwkvkit.tokenizer import ByteTokenizer
+from rwkvkit.tokenizer import ByteTokenizer, load_tokenizer
 
 TOK = ByteTokenizer()
 GREEDY = SamplingParams(temperature=0)
@@ -99,22 +99,35 @@ def test_n_choices_read_the_prompt_once(setup) -> None:
     assert together[1][1] == len(prompt)  # the followers skipped the whole prompt
 
 
-def test_a_chat_reply_is_cached_under_the_ids_the_next_turn_sends(setup) -> None:
-    model, registry, _, scheduler = setup
+@pytest.fixture(params=["byte", "world"])
+def chat_setup(request: pytest.FixtureRequest):
+    """A random model and a scheduler for each tokenizer: the World tokenizer merges bytes, so a
+    reply's own ids may differ from those of its text sent back."""
+    tok = load_tokenizer(request.param)
+    model = random_rwkv4(RWKV4Config(vocab_size=tok.vocab_size, n_layer=2, n_embd=32, ffn_dim=64), 4)
+    registry = Registry(model, tok, "base")
+    scheduler = Scheduler(registry, Metrics(), max_batch=4, max_queue=8, prefill_chunk=8, cache_bytes=2**26)
+    scheduler.start()
+    yield model, registry, scheduler, tok
+    scheduler.close()
+
+
+def test_a_chat_reply_is_cached_under_the_ids_the_next_turn_sends(chat_setup) -> None:
+    model, registry, scheduler, tok = chat_setup
     template = ChatTemplate()
     messages = [{"role": "user", "content": "Hello there"}]
-    ids = encode_chat(TOK, template, messages)
-    text, _, _ = run(
-        scheduler, [job(registry.base, ids, chat=True, stop=[template.turn_end], max_tokens=20)]
-    )[0]
+    ids = encode_chat(tok, template, messages)
+    request = Request(params=GREEDY, max_tokens=20, stop_token_ids=[0], generator=make_generator(None))
+    lead = Job(0, registry.base, ids, request, [template.turn_end], chat=True)
+    text, _, _ = run(scheduler, [lead])[0]
     follow = [*messages, {"role": "assistant", "content": text}, {"role": "user", "content": "More"}]
-    key = ids + reply_ids(TOK, template, text)
-    assert encode_chat(TOK, template, follow)[: len(key)] == key
+    key = ids + reply_ids(tok, template, text)
+    assert encode_chat(tok, template, follow)[: len(key)] == key
     for _ in range(500):  # the reply's own ids may differ from those sent back: then they are read after it
         if not any(e.has_work for e in scheduler.engines.values()):
             break
         asyncio.run(asyncio.sleep(0.01))
-    n, prefix = scheduler.cache.lookup(encode_chat(TOK, template, follow), "base")  # the thread is idle now
+    n, prefix = scheduler.cache.lookup(encode_chat(tok, template, follow), "base")  # the thread is idle now
     assert n == len(key)
     expected = prefill(model, key)
     for name, t in prefix.state.tensors().items():
