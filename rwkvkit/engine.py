@@ -94,6 +94,7 @@ class Request:
     logprobs: int | None = None  # None: no logprobs; k >= 0: each token's and the k most likely
     keep_prompt_states: bool = False  # report a Prefix after every prefilled chunk (for a cache)
     constraint: TokenConstraint | None = None  # masks this row's logits before each token
+    prompt_logprobs: int | None = None  # k >= 0: score each prompt token too (Event.prompt_logprobs)
 
 
 @dataclasses.dataclass
@@ -127,6 +128,9 @@ class Event:
     logprob: float | None = None  # (logprobs) log-probability of ``token`` under the model's logits
     top_logprobs: list[tuple[int, float]] | None = None  # (logprobs=k) the k most likely ids, best first
     prefix: Prefix | None = None  # (keep_prompt_states) the state after a prefilled chunk of the prompt
+    # (prompt_logprobs=k) for each prompt token of a prefilled chunk: (id, log P under the logits
+    # before it, its k most likely); log P is None for the first token of a fresh state (no logits)
+    prompt_logprobs: list[tuple[int, float | None, list[tuple[int, float]]]] | None = None
     result: RowResult | None = None  # the row is over; ``token``, if any, was its last
 
 
@@ -284,10 +288,10 @@ class Engine:
         start = request.start
         if request.max_tokens < 0:
             raise RwkvkitError(f"max_tokens must be >= 0, got {request.max_tokens}")
-        if request.logprobs is not None and not 0 <= request.logprobs <= (self.vocab_size or 2**31):
-            raise RwkvkitError(
-                f"logprobs must be >= 0 and at most the vocabulary size, got {request.logprobs}"
-            )
+        for name in ("logprobs", "prompt_logprobs"):
+            k = getattr(request, name)
+            if k is not None and not 0 <= k <= (self.vocab_size or 2**31):
+                raise RwkvkitError(f"{name} must be >= 0 and at most the vocabulary size, got {k}")
         if start is not None and start.state.batch_size != 1:
             raise RwkvkitError(f"a start state must have batch size 1, got {start.state.batch_size}")
         if not prompt and (start is None or start.logits is None):
@@ -412,7 +416,10 @@ class Engine:
                 ids = torch.tensor(
                     [row.prompt[row.done : row.done + n]], dtype=torch.long, device=self.device
                 )
-                row.logits, row.state = _forward_last(self.model, ids, row.state)
+                if row.request.prompt_logprobs is None:
+                    row.logits, row.state = _forward_last(self.model, ids, row.state)
+                else:
+                    events.append(Event(row.rid, prompt_logprobs=self._score_prompt(row, ids)))
                 row.done += n
                 row.tokens += n
                 room -= n
@@ -421,6 +428,28 @@ class Engine:
             if row.done == len(row.prompt):
                 self._waiting.popleft()
                 self._start_decoding(row, events)
+
+    def _score_prompt(
+        self, row: _Row, ids: Tensor
+    ) -> list[tuple[int, float | None, list[tuple[int, float]]]]:
+        """Prefill ``ids`` (1, n) with every position's logits, and score each id under the logits
+        before it (the row's last logits for the first one, if it has them)."""
+        logits, row.state = self.model(ids, row.state)
+        logits = logits[0].float()  # (n, V)
+        before = logits[:-1] if row.logits is None else torch.cat([row.logits, logits[:-1]])
+        unscored = ids.shape[1] - before.shape[0]  # 1 from a fresh state, else 0
+        row.logits = logits[-1:]
+        logp = torch.log_softmax(before, dim=-1)
+        toks = ids[0].tolist()
+        chosen = logp.gather(-1, ids[0, unscored:, None])[:, 0].tolist()
+        k = row.request.prompt_logprobs or 0
+        top_p, top_i = torch.topk(logp, k, dim=-1) if k else (logp[:, :0], logp[:, :0].long())
+        out: list[tuple[int, float | None, list[tuple[int, float]]]] = (
+            [(toks[0], None, [])] if unscored else []
+        )
+        for j, lp in enumerate(chosen):
+            out.append((toks[unscored + j], lp, list(zip(top_i[j].tolist(), top_p[j].tolist(), strict=True))))
+        return out
 
     def _start_decoding(self, row: _Row, events: list[Event]) -> None:
         row.t_ready = time.perf_counter()

@@ -211,6 +211,31 @@ def test_echo_puts_the_prompt_first(server: ServerProcess) -> None:
     assert text == out.choices[0].text
 
 
+def test_echo_with_logprobs_scores_the_prompt(server: ServerProcess, model: torch.nn.Module) -> None:
+    """What scoring text through the API uses (lm-eval's completions models): max_tokens 0, echo,
+    logprobs. Every prompt token's logprob is the model's; the first has none."""
+    prompt = "ROMEO: But soft"
+    out = complete(server, prompt, max_tokens=0, echo=True, logprobs=2, n=2)
+    ids = TOK.encode(prompt)
+    full = model(torch.tensor([ids]))[0][0].float().log_softmax(-1)  # (T, V): position i scores id i + 1
+    for c in out.choices:
+        lp = c.logprobs
+        assert c.text == prompt and "".join(lp.tokens) == prompt and lp.text_offset[:3] == [0, 1, 2]
+        assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
+        expected = [float(full[i, t]) for i, t in enumerate(ids[1:])]
+        assert lp.token_logprobs[1:] == pytest.approx(expected, abs=1e-3)
+        assert all(len(top) == 2 for top in lp.top_logprobs[1:])
+    more = complete(server, prompt, max_tokens=5, temperature=0, echo=True, logprobs=1)
+    assert (
+        more.choices[0].text == prompt + complete(server, prompt, max_tokens=5, temperature=0).choices[0].text
+    )
+    assert len(more.choices[0].logprobs.tokens) == len(ids) + 5
+    chunks = list(complete(server, prompt, max_tokens=5, temperature=0, echo=True, logprobs=1, stream=True))
+    assert "".join(c.choices[0].text for c in chunks) == more.choices[0].text
+    streamed = [x for c in chunks if c.choices[0].logprobs for x in c.choices[0].logprobs.token_logprobs]
+    assert streamed == more.choices[0].logprobs.token_logprobs
+
+
 def test_json_mode_gives_a_json_object(server: ServerProcess) -> None:
     """The bundled model writes Shakespeare, not JSON: left alone it fills a long string, but every
     prefix it writes is JSON's; pushed towards quotes and braces, it closes the object and stops."""

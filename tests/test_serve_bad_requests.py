@@ -117,7 +117,6 @@ TABLE = [
         "not supported",
     ),
     ("best_of other than n", C, c(best_of=3), 400, "best_of", "not supported"),
-    ("echo with logprobs", C, c(echo=True, logprobs=1), 400, "echo", "not supported"),
     ("an unknown model", C, c(model="gpt-4"), 404, "model", "does not exist"),
     ("an unknown model, chat", CHAT, ch(model="nope"), 404, "model", "/v1/models"),
 ]

@@ -35,7 +35,7 @@ from .chatformat import encode_chat
 from .jsonmode import JsonObjectConstraint
 from .metrics import Metrics
 from .registry import Registry, Variant
-from .scheduler import Admitted, Failed, Finished, Job, Piece, Scheduler, Sink, TokenLogprob
+from .scheduler import Admitted, Failed, Finished, Job, Piece, PromptScores, Scheduler, Sink, TokenLogprob
 from .schemas import ApiError, Fields, Generation, bad, parse_json, read_chat, read_completion
 
 FINGERPRINT = f"rwkvkit-{__version__}"
@@ -174,6 +174,7 @@ class Server:
         *,
         chat: bool,
         json_mode: bool = False,
+        score_prompt: bool = False,
     ) -> list[Job]:
         """One leader per prompt; its other n - 1 choices start from its prompt state. Choice j of
         a prompt samples with seed + j, so each is what a request with that seed gives alone."""
@@ -195,6 +196,7 @@ class Server:
                     generator=make_generator(seed, device),
                     logprobs=gen.logprobs,
                     constraint=constraint,
+                    prompt_logprobs=gen.logprobs if score_prompt and j == 0 else None,  # the others copy it
                 )
                 group.append(Job(p * gen.n + j, variant, ids, request, stop, chat=chat, json=constraint))
             group[0].followers = group[1:]
@@ -303,13 +305,16 @@ class CompletionShape(Shape):
     object = chunk_object = "text_completion"
     prefix = "cmpl"
 
-    def __init__(self, server: Server, model: str, echoes: list[str]) -> None:
+    def __init__(self, server: Server, model: str, echoes: list[str], scored: bool) -> None:
         super().__init__(server, model)
         self.echoes = echoes  # per choice: the prompt text sent before the completion ("" without echo)
-        self.offsets = [len(e) for e in echoes]
+        self.scored = scored  # the echoed prompt comes with its logprobs, once they are computed
+        self.offsets = [0 if scored else len(e) for e in echoes]
 
     def opening(self, index: int) -> dict[str, Any] | None:
-        return self.delta(index, self.echoes[index], None, None) if self.echoes[index] else None
+        if self.scored or not self.echoes[index]:
+            return None
+        return self.delta(index, self.echoes[index], None, None)
 
     def delta(self, index: int, text: str, logprobs: Any, finish: str | None) -> dict[str, Any]:
         return {**self.head(self.chunk_object), "choices": [self.choice(index, text, logprobs, finish)]}
@@ -326,7 +331,10 @@ class CompletionShape(Shape):
         return {
             "tokens": tokens,
             "token_logprobs": [e.logprob for e in entries],
-            "top_logprobs": [{self.server.token_text(t): lp for t, lp in e.top} for e in entries],
+            "top_logprobs": [
+                None if e.logprob is None else {self.server.token_text(t): lp for t, lp in e.top}
+                for e in entries
+            ],
             "text_offset": offsets,
         }
 
@@ -396,6 +404,9 @@ class Reply:
     ) -> None:
         self.server, self.shape, self.sink, self.gen = server, shape, sink, gen
         self.leaders = {j.index: j for j in leaders}
+        self.group = {
+            j.index: [j.index] + [f.index for f in j.followers] for j in leaders
+        }  # a prompt's choices
         self.choices = {i: Choice() for i in range(n)}
         self.cached: dict[int, int] = {}
         self.early: list[Any] = []  # items that came while waiting for the leaders to get in
@@ -421,20 +432,24 @@ class Reply:
             item = await self.sink.queue.get()
             if isinstance(item, Failed):
                 raise item.error
-            if not isinstance(item, Admitted):
+            if isinstance(item, PromptScores):  # a prompt's scores are every one of its choices'
+                for index in self.group[item.index]:
+                    yield dataclasses.replace(item, index=index)
+            elif not isinstance(item, Admitted):
                 yield item
 
-    def _take(self, item: Piece | Finished) -> tuple[str, Any, str | None]:
+    def _take(self, item: Piece | Finished | PromptScores) -> tuple[str, Any, str | None]:
         """Record an item; (its text, its logprobs in the route's shape, finish reason or None)."""
         choice = self.choices[item.index]
         lp = self.shape.logprobs(item.index, item.logprobs) if self.with_logprobs else None
-        choice.texts.append(item.text)
+        text = self.shape.echoes[item.index] if isinstance(item, PromptScores) else item.text  # type: ignore[attr-defined]
+        choice.texts.append(text)
         if lp is not None:
             choice.logprobs.append(lp)
         if isinstance(item, Finished):
             choice.finish, choice.tokens = item.reason, item.completion_tokens
-            return item.text, lp, item.reason
-        return item.text, lp, None
+            return text, lp, item.reason
+        return text, lp, None
 
     def usage(self) -> dict[str, Any]:
         prompt = sum(len(j.ids) for j in self.leaders.values())
@@ -449,8 +464,8 @@ class Reply:
     async def whole(self) -> dict[str, Any]:
         async for item in self.items():
             self._take(item)
-        echoes = getattr(self.shape, "echoes", None)
-        choices = []
+        echoes = None if getattr(self.shape, "scored", False) else getattr(self.shape, "echoes", None)
+        choices = []  # (a scored echo came as the first item's text)
         for i, c in sorted(self.choices.items()):
             text = (echoes[i] if echoes else "") + "".join(c.texts)
             lp = self.shape.join_logprobs(c.logprobs) if self.with_logprobs else None
@@ -521,14 +536,12 @@ async def completions(request: HttpRequest) -> Response:
     server = server_of(request)
     body = read_completion(await read_fields(request), **limits(server))
     variant = server.registry.get(body.gen.model)
-    if body.echo and body.gen.logprobs is not None:
-        raise bad(
-            "echo with logprobs (the prompt's logprobs) is not supported; ask for one or the other", "echo"
-        )
     prompts = [server.prompt_ids(p, variant, "prompt") for p in body.prompts]
     echoes = [server.tokenizer.decode(ids) if body.echo else "" for ids in prompts for _ in range(body.gen.n)]
-    leaders = server.jobs(variant, prompts, body.gen, chat=False)
-    return await server.respond(request, leaders, CompletionShape(server, variant.name, echoes), body.gen)
+    scored = body.echo and body.gen.logprobs is not None  # the prompt's logprobs too (for scoring text)
+    leaders = server.jobs(variant, prompts, body.gen, chat=False, score_prompt=scored)
+    shape = CompletionShape(server, variant.name, echoes, scored)
+    return await server.respond(request, leaders, shape, body.gen)
 
 
 async def chat_completions(request: HttpRequest) -> Response:

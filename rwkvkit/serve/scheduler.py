@@ -50,8 +50,16 @@ log = logging.getLogger("rwkvkit.serve")
 @dataclasses.dataclass
 class TokenLogprob:
     token: int
-    logprob: float
+    logprob: float | None  # None: a prompt's first token, which nothing came before
     top: list[tuple[int, float]]  # the most likely ids and their logprobs, best first
+
+
+@dataclasses.dataclass
+class PromptScores:
+    """(echo with logprobs) the logprobs of some of the prompt's tokens, in order."""
+
+    index: int
+    logprobs: list[TokenLogprob]
 
 
 @dataclasses.dataclass
@@ -260,7 +268,8 @@ class Scheduler:
         if job.dropped:
             return
         engine = self._engine(job.variant)
-        if start is None and self.cache.capacity_bytes and job.sink is not None:
+        scoring = job.request.prompt_logprobs is not None  # every prompt token must be read
+        if start is None and self.cache.capacity_bytes and job.sink is not None and not scoring:
             read, start = self.cache.lookup(job.ids, job.variant.name)
         if start is None:
             start, read = job.variant.start, 0
@@ -301,6 +310,8 @@ class Scheduler:
         job = self._jobs.get((key, event.row))
         if job is None:
             return
+        if event.prompt_logprobs is not None and job.sink is not None:
+            job.sink.put(PromptScores(job.index, [TokenLogprob(*t) for t in event.prompt_logprobs]))
         if event.prefix is not None:
             self._prompt_state(job, event.prefix)
         if event.token is not None:
