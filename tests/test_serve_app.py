@@ -217,7 +217,8 @@ def test_echo_with_logprobs_scores_the_prompt(server: ServerProcess, model: torc
     prompt = "ROMEO: But soft"
     out = complete(server, prompt, max_tokens=0, echo=True, logprobs=2, n=2)
     ids = TOK.encode(prompt)
-    full = model(torch.tensor([ids]))[0][0].float().log_softmax(-1)  # (T, V): position i scores id i + 1
+    with torch.no_grad():  # (T, V): position i scores id i + 1
+        full = model(torch.tensor([ids]))[0][0].float().log_softmax(-1)
     for c in out.choices:
         lp = c.logprobs
         assert c.text == prompt and "".join(lp.tokens) == prompt and lp.text_offset[:3] == [0, 1, 2]
