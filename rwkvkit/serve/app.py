@@ -404,9 +404,8 @@ class Reply:
     ) -> None:
         self.server, self.shape, self.sink, self.gen = server, shape, sink, gen
         self.leaders = {j.index: j for j in leaders}
-        self.group = {
-            j.index: [j.index] + [f.index for f in j.followers] for j in leaders
-        }  # a prompt's choices
+        # a prompt's choices: its leader's and its followers' indices
+        self.group = {j.index: [j.index] + [f.index for f in j.followers] for j in leaders}
         self.choices = {i: Choice() for i in range(n)}
         self.cached: dict[int, int] = {}
         self.early: list[Any] = []  # items that came while waiting for the leaders to get in
@@ -425,11 +424,10 @@ class Reply:
                 self.early.append(item)
 
     async def items(self) -> AsyncIterator[Any]:
-        for item in self.early:
-            yield item
-        self.early = []
-        while any(c.finish is None for c in self.choices.values()):
-            item = await self.sink.queue.get()
+        """The items until every choice has finished (the early ones first); an error is raised."""
+        early, self.early = self.early, []
+        while early or any(c.finish is None for c in self.choices.values()):
+            item = early.pop(0) if early else await self.sink.queue.get()
             if isinstance(item, Failed):
                 raise item.error
             if isinstance(item, PromptScores):  # a prompt's scores are every one of its choices'
