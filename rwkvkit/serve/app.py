@@ -91,7 +91,7 @@ class Server:
                 "rwkvkit_queue_depth",
                 "gauge",
                 "rows admitted and not yet decoding",
-                lambda: sched.rows - sched.decoding,
+                lambda: max(0, sched.rows - sched.decoding),  # (a cache-filling row is not a client's)
             ),
             ("rwkvkit_active_rows", "gauge", "rows decoding", lambda: sched.decoding),
             (
