@@ -19,12 +19,12 @@ REPO = Path(__file__).resolve().parents[1]
 class ServerProcess(launch.ServerProcess):
     """``rwkvkit serve --port 0 --threads 1 ...`` from this checkout, with ways to call it."""
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, *args: str, env: dict[str, str] | None = None, cwd: Path = REPO) -> None:
         self.api_key = args[args.index("--api-key") + 1] if "--api-key" in args else None
         super().__init__(
             "--port", "0", "--threads", "1", "--log-level", "warning", *args,
             env={"PYTHONPATH": str(REPO), **(env or {})},
-            cwd=REPO,
+            cwd=cwd,
         )  # fmt: skip
 
     @property
