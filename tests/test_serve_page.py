@@ -73,6 +73,10 @@ def test_the_chat_page_streams_a_reply(server: ServerProcess, tmp_path: Path) ->
         wait(lambda: driver.find_element(By.ID, "model-name").text == "rwkvkit-default")
         driver.find_element(By.ID, "max-tokens").clear()
         driver.find_element(By.ID, "max-tokens").send_keys("300")
+        # greedy: the page samples at 0.8 by default, and a sampled reply may end on its own
+        # before the stop button is pressed
+        driver.find_element(By.ID, "temperature").clear()
+        driver.find_element(By.ID, "temperature").send_keys("0")
         box = driver.find_element(By.ID, "input")
         box.send_keys("Good morrow, sweet prince. What news?")
         driver.find_element(By.ID, "send").click()
@@ -116,7 +120,10 @@ def test_the_chat_page_streams_a_reply(server: ServerProcess, tmp_path: Path) ->
         driver.find_element(By.ID, "send").click()
         wait(lambda: len(reply_text()) > 5)
         driver.find_element(By.ID, "stop").click()
-        wait(lambda: "stopped" in driver.find_element(By.ID, "stats").text)
+        try:
+            wait(lambda: "stopped" in driver.find_element(By.ID, "stats").text, timeout=30)
+        except AssertionError:
+            raise AssertionError(f"not stopped: {driver.find_element(By.ID, 'stats').text!r}") from None
         assert server.wait_metric("rwkvkit_active_rows", 0, timeout=5) == 0
 
         # new chat: the conversation is gone from the page and from what the next turn sends
