@@ -92,6 +92,7 @@ def throughput_round(api: openai.OpenAI, clients: int, args: argparse.Namespace)
 
 def throughput(api: openai.OpenAI, args: argparse.Namespace) -> dict[int, list[float]]:
     runs: dict[int, list[float]] = {c: [] for c in args.clients}
+    throughput_round(api, max(args.clients), args)  # warm-up: first calls, every batch size
     for r in range(args.rounds):
         order = args.clients[r % len(args.clients) :] + args.clients[: r % len(args.clients)]
         for c in order:
@@ -141,6 +142,10 @@ def chat_turns(cached: openai.OpenAI, cold: openai.OpenAI, args: argparse.Namesp
         "cache": [[] for _ in range(args.turns)],
         "no cache": [[] for _ in range(args.turns)],
     }
+    for api in (cached, cold):  # warm-up: each server's first chat call
+        api.chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "warm-up"}], max_tokens=2
+        )
     for c in range(args.conversations):
         talks = {"cache": Conversation(cached, 1000 * c), "no cache": Conversation(cold, 1000 * c)}
         for k in range(args.turns):
@@ -213,6 +218,7 @@ def plot(res: dict, path: Path) -> None:
             label=name,
         )
     b.set(xlabel="chat turn", ylabel="time to first token (s)", title="Chat turns: time to first token")
+    b.xaxis.get_major_locator().set_params(integer=True)
     b.legend()
     fig.suptitle(
         f"rwkvkit serve, RWKV-4 169M shape, {res['args']['dtype']}, {res['args']['threads']} thread(s)"
