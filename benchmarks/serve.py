@@ -12,8 +12,8 @@
    read again. The two servers' conversations advance turn by turn in alternation; medians over
    ``--conversations``.
 
-Writes ``--json`` (benchmarks/results/serve.json; ``benchmarks/report.py`` turns it into a
-section of BENCHMARKS.md) and ``--plot`` (benchmarks/plots/serve.png). ``--screenshot PATH`` also
+Writes ``--json`` (benchmarks/results/serve.json; ``benchmarks/report.py`` turns it, and
+``serve_bf16.json`` from a ``--dtype bf16 --skip-turns`` run beside it, into a section of BENCHMARKS.md) and ``--plot`` (benchmarks/plots/serve.png). ``--screenshot PATH`` also
 takes a picture of the chat page (the bundled model, headless Chromium) after two turns.
 
     python benchmarks/serve.py [--threads 1] [--rounds 3] [--conversations 2]
@@ -196,30 +196,36 @@ def plot(res: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
-    clients = [int(c) for c in res["throughput"]]
-    tps = [statistics.median(v) for v in res["throughput"].values()]
-    a.plot(clients, tps, "o-", label="rwkvkit serve")
-    a.plot(clients, [tps[0] * c for c in clients], ":", color="gray", label="linear in clients")
-    a.set(
-        xscale="log",
-        xlabel="concurrent clients",
-        ylabel="generated tokens/s (all clients)",
-        title="Throughput",
-    )
-    a.set_xticks(clients, [str(c) for c in clients])
-    a.legend()
-    for name, style in (("cache", "o-"), ("no cache", "s--")):
-        turns = res["turns"][name]
-        b.plot(
-            range(1, len(turns) + 1),
-            [statistics.median(t[0] for t in turn) for turn in turns],
-            style,
-            label=name,
+    parts = [k for k in ("throughput", "turns") if k in res]
+    fig, axes = plt.subplots(1, len(parts), figsize=(5.5 * len(parts), 4.2), squeeze=False)
+    panels = dict(zip(parts, axes[0], strict=True))
+    if "throughput" in panels:
+        a = panels["throughput"]
+        clients = [int(c) for c in res["throughput"]]
+        tps = [statistics.median(v) for v in res["throughput"].values()]
+        a.plot(clients, tps, "o-", label="rwkvkit serve")
+        a.plot(clients, [tps[0] * c for c in clients], ":", color="gray", label="linear in clients")
+        a.set(
+            xscale="log",
+            xlabel="concurrent clients",
+            ylabel="generated tokens/s (all clients)",
+            title="Throughput",
         )
-    b.set(xlabel="chat turn", ylabel="time to first token (s)", title="Chat turns: time to first token")
-    b.xaxis.get_major_locator().set_params(integer=True)
-    b.legend()
+        a.set_xticks(clients, [str(c) for c in clients])
+        a.legend()
+    if "turns" in panels:
+        b = panels["turns"]
+        for name, style in (("cache", "o-"), ("no cache", "s--")):
+            turns = res["turns"][name]
+            b.plot(
+                range(1, len(turns) + 1),
+                [statistics.median(t[0] for t in turn) for turn in turns],
+                style,
+                label=name,
+            )
+        b.set(xlabel="chat turn", ylabel="time to first token (s)", title="Chat turns: time to first token")
+        b.xaxis.get_major_locator().set_params(integer=True)
+        b.legend()
     fig.suptitle(
         f"rwkvkit serve, RWKV-4 169M shape, {res['args']['dtype']}, {res['args']['threads']} thread(s)"
     )
@@ -264,7 +270,7 @@ def main() -> int:
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(res, indent=1) + "\n")
     print(f"wrote {args.json}")
-    if "throughput" in res and "turns" in res:
+    if "throughput" in res or "turns" in res:
         plot(res, Path(args.plot))
     if args.screenshot:
         screenshot(Path(args.screenshot))
