@@ -18,6 +18,7 @@ from ..checkpoint import load_model, tokenizer_for_model
 from ..defaults import default_model_path
 from ..dtypes import DTYPES
 from ..errors import RwkvkitError
+from ..inference import QUANTIZE_MODES
 from ..tokenizer import Tokenizer
 
 
@@ -61,6 +62,24 @@ def add_dtype_flag(
 ) -> None:
     """--dtype; ``choices`` beyond the torch dtypes where the verb writes files (convert: GGUF's q8_0)."""
     parser.add_argument("--dtype", default="fp32", choices=choices, help=help)
+
+
+def add_quantize_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--quantize",
+        choices=QUANTIZE_MODES,
+        help="store the matrices as weight-only int8 (default: none, the --dtype weights)",
+    )
+
+
+def add_threads_flag(parser: argparse.ArgumentParser, default: int | None = None) -> None:
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=default,
+        metavar="N",
+        help="torch CPU threads" + ("" if default else " (default: PyTorch's choice)"),
+    )
 
 
 def add_state_flag(parser: argparse.ArgumentParser, help: str) -> None:
@@ -151,6 +170,12 @@ def default_model() -> Path:
 
 
 def load_model_and_tokenizer(args: argparse.Namespace) -> tuple[nn.Module, Tokenizer]:
-    """The model of --model (or the bundled one) on --device in --dtype, and its tokenizer."""
-    model = load_model(args.model or default_model(), device=args.device, dtype=DTYPES[args.dtype])
+    """The model of --model (or the bundled one) on --device in --dtype (and --quantize, for the
+    verbs that have it), and its tokenizer."""
+    model = load_model(
+        args.model or default_model(),
+        device=args.device,
+        dtype=DTYPES[args.dtype],
+        quantize=getattr(args, "quantize", None),
+    )
     return model, tokenizer_for_model(model, args.tokenizer)
