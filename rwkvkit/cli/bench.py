@@ -14,7 +14,7 @@ from ..bench.peers import PEERS
 from ..bench.run import run_bench
 from ..bench.table import format_table
 from ..fileio import atomic_write_bytes
-from .flags import add_json_flag
+from .flags import add_json_flag, add_threads_flag
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"comma-separated; ours: {','.join(OURS)} (plain-<x>: without the fast layers); "
         f"peers: {','.join(PEERS)}",
     )
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="CPU threads")
+    add_threads_flag(parser, torch.get_num_threads())
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds; the median is reported")
     parser.add_argument("--decode-tokens", type=int, default=16, help="tokens decoded per round")
     parser.add_argument("--prefill", type=int, default=512, help="prompt length (0: skip prefill)")

@@ -18,6 +18,7 @@ from ..checkpoint import load_model, tokenizer_for_model
 from ..defaults import default_model_path
 from ..dtypes import DTYPES
 from ..errors import RwkvkitError
+from ..inference import QUANTIZE_MODES
 from ..tokenizer import Tokenizer
 
 
@@ -31,8 +32,8 @@ def add_model_flags(parser: argparse.ArgumentParser, *, several: bool = False) -
         "--model",
         metavar="PATH",
         action="append" if several else "store",
-        help="checkpoint: BlinkDL .pth or .safetensors, Hugging Face folder, rwkv.cpp .bin or training run "
-        "folder"
+        help="checkpoint: BlinkDL .pth or .safetensors, Hugging Face folder, rwkv.cpp .bin, llama.cpp .gguf, "
+        "training run folder, or on the Hugging Face Hub hf://OWNER/REPO[@REVISION]/FILE or OWNER/REPO"
         + ("; give several times to compare models side by side" if several else "")
         + " (default: the bundled model, if this install has one)",
     )
@@ -46,7 +47,7 @@ def add_tokenizer_flag(parser: argparse.ArgumentParser, default: str | None = No
         "--tokenizer",
         metavar="NAME",
         default=default,
-        help='"world", "20b", "byte" or a vocabulary file'
+        help='"world", "20b", "byte", a vocabulary file or a .gguf file (its tokenizer)'
         + ("" if default else " (default: the model's own)"),
     )
 
@@ -56,8 +57,29 @@ def add_device_flag(parser: argparse.ArgumentParser, default: str = "cpu") -> No
     parser.add_argument("--device", default=default, help=f"torch device, e.g. cpu, cuda or cuda:1{auto}")
 
 
-def add_dtype_flag(parser: argparse.ArgumentParser, help: str) -> None:
-    parser.add_argument("--dtype", default="fp32", choices=tuple(DTYPES), help=help)
+def add_dtype_flag(
+    parser: argparse.ArgumentParser, help: str, choices: tuple[str, ...] = tuple(DTYPES)
+) -> None:
+    """--dtype; ``choices`` beyond the torch dtypes where the verb writes files (convert: GGUF's q8_0)."""
+    parser.add_argument("--dtype", default="fp32", choices=choices, help=help)
+
+
+def add_quantize_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--quantize",
+        choices=QUANTIZE_MODES,
+        help="store the matrices as weight-only int8 (default: none, the --dtype weights)",
+    )
+
+
+def add_threads_flag(parser: argparse.ArgumentParser, default: int | None = None) -> None:
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=default,
+        metavar="N",
+        help="torch CPU threads" + ("" if default else " (default: PyTorch's choice)"),
+    )
 
 
 def add_state_flag(parser: argparse.ArgumentParser, help: str) -> None:
@@ -148,6 +170,12 @@ def default_model() -> Path:
 
 
 def load_model_and_tokenizer(args: argparse.Namespace) -> tuple[nn.Module, Tokenizer]:
-    """The model of --model (or the bundled one) on --device in --dtype, and its tokenizer."""
-    model = load_model(args.model or default_model(), device=args.device, dtype=DTYPES[args.dtype])
+    """The model of --model (or the bundled one) on --device in --dtype (and --quantize, for the
+    verbs that have it), and its tokenizer."""
+    model = load_model(
+        args.model or default_model(),
+        device=args.device,
+        dtype=DTYPES[args.dtype],
+        quantize=getattr(args, "quantize", None),
+    )
     return model, tokenizer_for_model(model, args.tokenizer)
