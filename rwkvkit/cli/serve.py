@@ -16,7 +16,14 @@ import torch
 
 from ..defaults import default_model_path
 from ..errors import RwkvkitError
-from .flags import add_model_flags, add_quantize_flag, add_threads_flag, load_model_and_tokenizer
+from .flags import (
+    add_model_flags,
+    add_quantize_flag,
+    add_state_flag,
+    add_threads_flag,
+    load_model_and_tokenizer,
+    named_path,
+)
 
 BUNDLED_NAME = "rwkvkit-default"
 MAX_TOKENS_HELP = "most tokens one choice may generate (and chat's default max_tokens)"
@@ -46,14 +53,6 @@ def port(text: str) -> int:
     return int(value)
 
 
-def named_path(text: str) -> tuple[str, str]:
-    """NAME=PATH, as --adapter and --state take it."""
-    name, sep, path = text.partition("=")
-    if not sep or not name.strip() or not path:
-        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=PATH (e.g. pirate=runs/pirate)")
-    return name.strip(), path
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_flags(parser)
     add_quantize_flag(parser)
@@ -66,16 +65,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="NAME=PATH",
-        help="serve the base with this LoRA adapter (a PEFT folder or a LoRA run) as model NAME; repeatable",
+        help="serve the base with this LoRA adapter (a PEFT folder or a LoRA run) as model NAME; repeatable "
+        "(default: none)",
     )
-    g.add_argument(
-        "--state",
-        type=named_path,
-        action="append",
-        default=[],
-        metavar="NAME=PATH",
-        help="serve the base starting from this state (a state file, an official time_state .pth or a "
-        "state-tuning run) as model NAME; repeatable",
+    add_state_flag(
+        g,
+        "serve the base starting from this state (a state file, an official time_state .pth or a "
+        "state-tuning run) as model NAME; repeatable (default: none)",
+        named=True,
     )
     g = parser.add_argument_group("network")
     g.add_argument(
