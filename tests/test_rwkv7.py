@@ -125,7 +125,8 @@ def test_load_model_from_pth_and_safetensors(tmp_path: Path) -> None:
             model = rwkvkit.load_model(path)
             assert model.config == SHAPES[0].__class__.from_state_dict(sd)
             got, _ = model(tokens)
-            assert torch.equal(got, want), path
+            # load_model's fast layers sum in another order (rwkvkit/ops/linear.py): fp32 rounding
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=0, msg=str(path))
 
 
 def run_official_rwkv7(jobs: list[dict], tmp_path: Path) -> None:
