@@ -16,7 +16,8 @@
 // Threads: the row loops run on a small pool of our own (see Pool) sized by at::get_num_threads(),
 // in which the calling thread never waits for a helper that has not started: when another process
 // takes a core, OpenMP's barriers make every parallel region wait for the descheduled thread
-// (decode fell from 118 to 2 tokens/s); here the caller simply does the remaining rows itself.
+// (decode fell from 118 to 2 tokens/s); here the caller simply does the remaining rows itself, and
+// after waiting long for a helper that was descheduled mid-chunk it works alone for a while.
 //
 // Built with -O3 -march=native by rwkvkit/ops/native.py, only on CPUs with AVX-512 F/BW/VL, VNNI
 // and BF16; elsewhere the PyTorch paths run.
@@ -30,6 +31,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cmath>
 #include <condition_variable>
 #include <cstdint>
@@ -54,6 +56,10 @@ using ChunkFn = void (*)(const void* ctx, int64_t chunk);
 constexpr int kIndexBits = 24;
 constexpr uint64_t kIndexMask = (uint64_t(1) << kIndexBits) - 1;
 constexpr int kSpinRounds = 2000;  // ~100 us of pause instructions before a helper sleeps
+// Waiting this long for a helper's last chunk means it was descheduled: the next kSoloJobs jobs
+// (a few tokens' worth) then run on the calling thread alone before helpers are tried again.
+constexpr std::chrono::microseconds kDescheduled{200};
+constexpr int kSoloJobs = 256;
 
 inline uint64_t pack(uint64_t epoch, uint64_t n, uint64_t index) {
   return (epoch << (2 * kIndexBits)) | (n << kIndexBits) | index;
@@ -66,7 +72,8 @@ class Pool {
  public:
   // Run fn(ctx, i) for i in [0, n) on up to `threads` threads (the caller is one of them).
   void run(int threads, int64_t n, ChunkFn fn, const void* ctx) {
-    if (threads <= 1 || n <= 1 || n > int64_t(kIndexMask) / 2) {
+    if (threads <= 1 || n <= 1 || n > int64_t(kIndexMask) / 2 || solo_left_.load(std::memory_order_relaxed) > 0) {
+      if (threads > 1 && n > 1) solo_left_.fetch_sub(1, std::memory_order_relaxed);
       for (int64_t i = 0; i < n; i++) fn(ctx, i);
       return;
     }
@@ -83,7 +90,13 @@ class Pool {
       wake_.notify_all();
     }
     work();
-    while (done_.load(std::memory_order_acquire) < n) _mm_pause();
+    if (done_.load(std::memory_order_acquire) < n) {
+      // A helper still holds a chunk. Chunks take microseconds; a long wait means the helper was
+      // descheduled (another process wants the core): then the next jobs run on this thread alone.
+      const auto start = std::chrono::steady_clock::now();
+      while (done_.load(std::memory_order_acquire) < n) _mm_pause();
+      if (std::chrono::steady_clock::now() - start > kDescheduled) solo_left_.store(kSoloJobs, std::memory_order_relaxed);
+    }
   }
 
   // After fork() only the calling thread exists in the child: forget the helpers.
@@ -138,6 +151,7 @@ class Pool {
   std::atomic<int64_t> done_{0};
   std::atomic<int> wanted_{0};
   std::atomic<int> sleepers_{0};
+  std::atomic<int> solo_left_{0};
   ChunkFn fn_ = nullptr;
   const void* ctx_ = nullptr;
   int helpers_ = 0;
@@ -160,8 +174,8 @@ Pool& pool() {
 template <typename F>
 void parallel_rows(int64_t rows, int64_t min_rows, int64_t work_per_row, const F& body) {
   const int threads = at::get_num_threads();
-  // Below ~64k multiply-adds a region costs more than it saves.
-  const bool parallel = threads > 1 && rows * work_per_row >= (1 << 16);
+  // Below ~256k multiply-adds (a 512 x 512 product) a parallel region costs more than it saves.
+  const bool parallel = threads > 1 && rows * work_per_row >= (1 << 18);
   int64_t chunk = rows;
   if (parallel) {
     chunk = std::max<int64_t>(min_rows, (rows + 8 * threads - 1) / (8 * threads));
@@ -607,6 +621,62 @@ at::Tensor linear_q4(const at::Tensor& x_in, const at::Tensor& packed, const at:
 // WKV state updates for one token, one pass over each head's N x N state. `out` may be `state`
 // itself (an in-place update) or another tensor of its shape.
 
+// e^x for 16 floats: Cephes' expf (range reduction by ln 2, degree-6 polynomial), within 2 ulp;
+// 0 below e^-104 (the WKV-4 state's empty maximum, -1e38, must give exactly 0).
+inline __m512 exp512(__m512 x) {
+  x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(88.72f)), _mm512_set1_ps(-150.0f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 y = _mm512_set1_ps(1.9875691500e-4f);
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.3981999507e-3f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(8.3334519073e-3f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(4.1665795894e-2f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.6666665459e-1f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(5.0000001201e-1f));
+  y = _mm512_add_ps(_mm512_fmadd_ps(y, _mm512_mul_ps(r, r), r), _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(y, n);
+}
+
+// RWKV-4 (ops/wkv4.py's wkv4_step): the decayed average of past values with a bonus for the
+// current token, its sums kept as (num, den, max) with S = num e^max. Elementwise over (B, C).
+std::vector<at::Tensor> wkv4_step(const at::Tensor& w, const at::Tensor& u, const at::Tensor& k, const at::Tensor& v,
+                                  const at::Tensor& num, const at::Tensor& den, const at::Tensor& mx) {
+  const int64_t C = w.numel(), BC = k.numel();
+  for (const auto& t : {w, u, k, v, num, den, mx})
+    TORCH_CHECK(t.scalar_type() == at::kFloat && t.is_contiguous() && t.device().is_cpu(),
+                "wkv4_step: contiguous float32 CPU tensors only");
+  TORCH_CHECK(u.numel() == C && C % 16 == 0 && BC % C == 0 && v.numel() == BC && num.numel() == BC &&
+                  den.numel() == BC && mx.numel() == BC,
+              "wkv4_step: w, u (C,) with C a multiple of 16; k, v, num, den, max (B, C)");
+  at::Tensor out = at::empty_like(k), num2 = at::empty_like(num), den2 = at::empty_like(den), mx2 = at::empty_like(mx);
+  const float *wp = w.data_ptr<float>(), *up = u.data_ptr<float>(), *kp = k.data_ptr<float>(),
+              *vp = v.data_ptr<float>(), *np = num.data_ptr<float>(), *dp = den.data_ptr<float>(),
+              *mp = mx.data_ptr<float>();
+  float *op = out.data_ptr<float>(), *n2 = num2.data_ptr<float>(), *d2 = den2.data_ptr<float>(),
+        *m2 = mx2.data_ptr<float>();
+  for (int64_t i = 0; i < BC; i += 16) {
+    const int64_t c = i % C;
+    const __m512 kk = _mm512_loadu_ps(kp + i), vv = _mm512_loadu_ps(vp + i), nn = _mm512_loadu_ps(np + i),
+                 dd = _mm512_loadu_ps(dp + i), mm = _mm512_loadu_ps(mp + i);
+    // output: the stored sums plus the current token with its bonus u
+    const __m512 bonus = _mm512_add_ps(_mm512_loadu_ps(up + c), kk);
+    __m512 m = _mm512_max_ps(mm, bonus);
+    __m512 es = exp512(_mm512_sub_ps(mm, m)), ec = exp512(_mm512_sub_ps(bonus, m));
+    _mm512_storeu_ps(op + i, _mm512_div_ps(_mm512_fmadd_ps(es, nn, _mm512_mul_ps(ec, vv)), _mm512_fmadd_ps(es, dd, ec)));
+    // state: decay the stored sums by one step, add the current token (no bonus)
+    const __m512 decayed = _mm512_add_ps(mm, _mm512_loadu_ps(wp + c));
+    m = _mm512_max_ps(decayed, kk);
+    es = exp512(_mm512_sub_ps(decayed, m));
+    ec = exp512(_mm512_sub_ps(kk, m));
+    _mm512_storeu_ps(n2 + i, _mm512_fmadd_ps(es, nn, _mm512_mul_ps(ec, vv)));
+    _mm512_storeu_ps(d2 + i, _mm512_fmadd_ps(es, dd, ec));
+    _mm512_storeu_ps(m2 + i, m);
+  }
+  return {out, num2, den2, mx2};
+}
+
 void check_wkv(const at::Tensor& state, const at::Tensor& out, std::initializer_list<at::Tensor> vecs, int64_t B,
                int64_t H, int64_t N, const char* op) {
   TORCH_CHECK(state.scalar_type() == at::kFloat && state.is_contiguous() && state.dim() == 4 &&
@@ -635,7 +705,7 @@ at::Tensor wkv7_step(const at::Tensor& r, const at::Tensor& log_w, const at::Ten
     std::vector<float> w(N);
     for (int64_t bh = lo; bh < hi; bh++) {
       const int64_t o = bh * N;
-      for (int64_t j = 0; j < N; j++) w[j] = std::exp(lwp[o + j]);
+      for (int64_t j = 0; j < N; j += 16) _mm512_storeu_ps(w.data() + j, exp512(_mm512_loadu_ps(lwp + o + j)));
       for (int64_t i = 0; i < N; i++) {
         const float* row = sp + (bh * N + i) * N;
         float* dst = op + (bh * N + i) * N;
@@ -677,17 +747,18 @@ at::Tensor wkv5_step(const at::Tensor& r, const at::Tensor& log_w, const at::Ten
   float* op = out.data_ptr<float>();
   float* yp = y.data_ptr<float>();
   parallel_rows(B * H, 1, N * N, [&](int64_t lo, int64_t hi) {
-    std::vector<float> acc(N);
+    std::vector<float> acc(N), decay(N);
     for (int64_t bh = lo; bh < hi; bh++) {
       const int64_t o = bh * N, h = bh % H, wo = (bh / H) * w_batch_stride + h * N;
       std::fill(acc.begin(), acc.end(), 0.0f);
+      for (int64_t j = 0; j < N; j += 16) _mm512_storeu_ps(decay.data() + j, exp512(_mm512_loadu_ps(lwp + wo + j)));
       for (int64_t i = 0; i < N; i++) {
         const float* row = sp + (bh * N + i) * N;
         float* dst = op + (bh * N + i) * N;
         const float ki = kp[o + i], ri = rp[o + i];
         const __m512 rv = _mm512_set1_ps(ri), kv = _mm512_set1_ps(ki);
         const __m512 ruk = _mm512_set1_ps(ri * up[h * N + i] * ki);
-        const __m512 wi = _mm512_set1_ps(std::exp(lwp[wo + i]));
+        const __m512 wi = _mm512_set1_ps(decay[i]);
         for (int64_t j = 0; j < N; j += 16) {
           const __m512 s = _mm512_loadu_ps(row + j);
           const __m512 vj = _mm512_loadu_ps(vp + o + j);
@@ -713,6 +784,7 @@ TORCH_LIBRARY(rwkvkit, m) {
   m.def("linear_q8(Tensor x, Tensor packed, Tensor scale, int n_out) -> Tensor");
   m.def("linear_q4(Tensor x, Tensor packed, Tensor scale_min, int n_out) -> Tensor");
   m.def("wkv7_step(Tensor r, Tensor log_w, Tensor k, Tensor v, Tensor a, Tensor b, Tensor state, Tensor(a!) out) -> Tensor");
+  m.def("wkv4_step(Tensor w, Tensor u, Tensor k, Tensor v, Tensor num, Tensor den, Tensor max) -> Tensor[]");
   m.def("wkv5_step(Tensor r, Tensor log_w, Tensor k, Tensor v, Tensor u, Tensor state, Tensor(a!) out) -> Tensor");
 }
 
@@ -723,5 +795,6 @@ TORCH_LIBRARY_IMPL(rwkvkit, CPU, m) {
   m.impl("linear_q8", &linear_q8);
   m.impl("linear_q4", &linear_q4);
   m.impl("wkv7_step", &wkv7_step);
+  m.impl("wkv4_step", &wkv4_step);
   m.impl("wkv5_step", &wkv5_step);
 }

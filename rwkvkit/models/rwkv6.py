@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..ops.exp import exp
 from ..ops.linear import linear
 from ..ops.wkv5 import wkv5
 from ..state import RecurrentState
@@ -147,7 +148,7 @@ class TimeMix(StepConstants):
         offsets = torch.bmm(h.view(M, 5, -1).transpose(0, 1), c.maa_w2).float()  # (5, M, C)
         mix = (c.maa + offsets).to(x.dtype)
         xw, xk, xv, xr, xg = torch.addcmul(x, delta, mix)  # x + delta * (time_maa_? + m_?)
-        log_w = -torch.exp(c.decay + lowrank(xw.float(), c.decay_w1, c.decay_w2, torch.tanh))
+        log_w = -exp(c.decay + lowrank(xw.float(), c.decay_w1, c.decay_w2, torch.tanh))
         r, k, v = self.receptance(xr).float(), self.key(xk).float(), self.value(xv).float()
         return r, log_w, k, v, F.silu(self.gate(xg))
 

@@ -124,6 +124,10 @@ def _register_fakes() -> None:
     def _wkv7(r: torch.Tensor, *rest: torch.Tensor) -> torch.Tensor:
         return torch.empty_like(r)
 
+    @torch.library.register_fake(lib + "wkv4_step")
+    def _wkv4(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, *rest: torch.Tensor) -> list[torch.Tensor]:
+        return [torch.empty_like(k) for _ in range(4)]
+
     @torch.library.register_fake(lib + "wkv5_step")
     def _wkv5(r: torch.Tensor, *rest: torch.Tensor) -> torch.Tensor:
         return torch.empty_like(r)
@@ -154,7 +158,7 @@ def _register_wkv_backends(ops: Any) -> None:
     """The one-token WKV-5/6 and WKV-7 updates join their ops' registries as the CPU float32 step
     (the chunked sequence forms stay PyTorch's). No autograd: with gradients wanted, the PyTorch
     step runs."""
-    from . import wkv5, wkv7
+    from . import wkv4, wkv5, wkv7
 
     def portable(*ts: torch.Tensor) -> bool:  # the kernels' loops take head sizes in steps of 16
         return ts[-1].shape[-1] % 16 != 0 or (torch.is_grad_enabled() and any(t.requires_grad for t in ts))
@@ -173,7 +177,14 @@ def _register_wkv_backends(ops: Any) -> None:
         out = torch.empty_like(state)
         return ops.wkv5_step(*vecs, state, out), out
 
+    def wkv4_step(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: Any) -> Any:
+        if k.shape[-1] % 16 or (torch.is_grad_enabled() and any(t.requires_grad for t in (w, u, k, v, *state))):
+            return wkv4.wkv4_step(w, u, k, v, state)
+        out, *new = ops.wkv4_step(*(t.contiguous() for t in (w, u, k, v, *state)))
+        return out, tuple(new)
+
     _state.backends = {
+        wkv4.BACKENDS: dataclasses.replace(wkv4.BACKENDS.default, name="native", step=wkv4_step),
         wkv7.BACKENDS: dataclasses.replace(wkv7.BACKENDS.default, name="native", step=wkv7_step),
         wkv5.BACKENDS: dataclasses.replace(wkv5.BACKENDS.default, name="native", step=wkv5_step),
     }
