@@ -12,6 +12,8 @@ tests/test_inference.py compares the result with the plain modules.
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import nn
 
@@ -74,3 +76,34 @@ def _release_file_mappings(model: nn.Module) -> None:
             for t in [*module.parameters(recurse=False), *module.buffers(recurse=False)]:
                 if id(t) not in fresh and t.device.type == "cpu":
                     t.data = t.data.clone()
+
+
+# Below this many bytes of weights a decode step is a few hundred microseconds of small products,
+# and a second thread's start and join cost more than it saves (the bundled 3.5M model ran at 0.9x
+# with two threads; benchmarks/threads.py).
+SMALL_MODEL_BYTES = 32 << 20
+
+
+def default_threads(model: nn.Module) -> int:
+    """The thread count decoding ``model`` runs best at here: 1 for small models, else one per
+    physical core this process may use (benchmarks/threads.py measures the choice against every
+    count). ``torch.set_num_threads`` (or ``--threads``) overrides it."""
+    weights = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+    if weights < SMALL_MODEL_BYTES:
+        return 1
+    return max(1, physical_cores())
+
+
+def physical_cores() -> int:
+    """Cores (not hyper-threads) among the CPUs this process may run on."""
+    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+    cores = set()
+    for cpu in cpus:
+        try:
+            with open(f"/sys/devices/system/cpu/cpu{cpu}/topology/core_id") as f, open(
+                f"/sys/devices/system/cpu/cpu{cpu}/topology/physical_package_id"
+            ) as g:
+                cores.add((g.read().strip(), f.read().strip()))
+        except OSError:
+            cores.add(("?", str(cpu)))
+    return len(cores) or 1

@@ -11,7 +11,7 @@ from ..errors import EvalDataError
 from ..eval.table import column_names, format_table
 from ..eval.tasks import TASKS, evaluate
 from ..fileio import atomic_write_bytes
-from .flags import add_json_flag, add_model_flags, add_progress_flag, default_model
+from .flags import add_json_flag, add_model_flags, add_progress_flag, apply_speed_flags, default_model
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
     paths = args.model or [str(default_model())]
     results = []
     for path, name in zip(paths, column_names(paths), strict=True):
-        model = load_model(path, device=args.device, dtype=DTYPES[args.dtype])
+        model = load_model(path, device=args.device, dtype=DTYPES[args.dtype], quantize=args.quantize)
+        apply_speed_flags(model, args)
         result = evaluate(
             model,
             tokenizer_for_model(model, args.tokenizer),

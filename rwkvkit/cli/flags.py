@@ -1,6 +1,6 @@
 """The flags several verbs share, each declared once here, and what the verbs make of them:
-the model (and the bundled default), the tokenizer, device and dtype, sampling, ``--json``,
-``--no-progress``.
+the model (and the bundled default), the tokenizer, device and dtype, how it runs (quantization,
+threads, compilation), sampling, ``--json``, ``--no-progress``.
 
 Help texts say nothing about defaults: the command's help formatter appends every default, so
 the help cannot disagree with the code. A flag whose default is None says in words what None means.
@@ -12,9 +12,12 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from ..checkpoint import load_model, tokenizer_for_model
+from ..compiled import compile_step
+from ..inference import QUANTIZE_MODES, default_threads
 from ..defaults import default_model_path
 from ..dtypes import DTYPES
 from ..errors import RwkvkitError
@@ -39,6 +42,47 @@ def add_model_flags(parser: argparse.ArgumentParser, *, several: bool = False) -
     add_tokenizer_flag(parser)
     add_device_flag(parser)
     add_dtype_flag(parser, "weights dtype")
+    add_speed_flags(parser)
+
+
+def add_speed_flags(parser: argparse.ArgumentParser) -> None:
+    """--quantize, --threads, --compile: how a loaded model runs (rwkvkit/inference.py)."""
+    parser.add_argument(
+        "--quantize",
+        choices=QUANTIZE_MODES,
+        help="store the matrices as int8 (per-row scales) or int4 (groups of 64) (default: none, in --dtype)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=positive_int,
+        metavar="N",
+        help="CPU threads (default: chosen from the model's size and this machine's cores)",
+    )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="compile the one-token step with torch.compile (needs a C++ compiler; the first run on a "
+        "machine compiles for a minute or more, later runs reuse the cache)",
+    )
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def apply_speed_flags(model: nn.Module, args: argparse.Namespace) -> nn.Module:
+    """--threads (or the default for this model and machine) and --compile, on a loaded model."""
+    torch.set_num_threads(args.threads or default_threads(model))
+    if args.compile:
+        compile_step(model)
+    return model
 
 
 def add_tokenizer_flag(parser: argparse.ArgumentParser, default: str | None = None) -> None:
@@ -149,5 +193,7 @@ def default_model() -> Path:
 
 def load_model_and_tokenizer(args: argparse.Namespace) -> tuple[nn.Module, Tokenizer]:
     """The model of --model (or the bundled one) on --device in --dtype, and its tokenizer."""
-    model = load_model(args.model or default_model(), device=args.device, dtype=DTYPES[args.dtype])
-    return model, tokenizer_for_model(model, args.tokenizer)
+    model = load_model(
+        args.model or default_model(), device=args.device, dtype=DTYPES[args.dtype], quantize=args.quantize
+    )
+    return apply_speed_flags(model, args), tokenizer_for_model(model, args.tokenizer)
