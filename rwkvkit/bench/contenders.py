@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from ..checkpoint import build_model, load_model, read_checkpoint
+from ..compiled import compile_step
 from ..dtypes import DTYPES
 from ..errors import RwkvkitError
 from ..fileio import atomic_write
@@ -61,15 +62,19 @@ def random_checkpoint(shape: str, folder: Path, seed: int = 0) -> Path:
     return path
 
 
-def rwkvkit_contender(path: Path, variant: str, *, plain: bool = False) -> Contender:
-    """Ours through the public API: ``load_model(path, dtype=..., quantize=...)``. Quantized
-    variants keep their other weights (embedding, norms, mixing vectors) in float32."""
+def rwkvkit_contender(path: Path, variant: str, *, plain: bool = False, compiled: bool = False) -> Contender:
+    """Ours through the public API: ``load_model(path, dtype=..., quantize=...)``, and with
+    ``compiled`` its step compiled (``compile_step``; the first, compiling call happens in the
+    warm-up round). Quantized variants keep their other weights (embedding, norms, mixing
+    vectors) in float32."""
     quantize = variant if variant in ("int8", "int4") else None
     dtype = torch.float32 if quantize else DTYPES[variant]
     if plain:  # the reference modules, no fast layers: what the speed-ups are measured against
         model = build_model(read_checkpoint(path), dtype=dtype)
     else:
         model = load_model(path, dtype=dtype, quantize=quantize)
+    if compiled:
+        compile_step(model)
 
     def make_step(batch: int) -> Callable[[], None]:
         box: list[Any] = [None, torch.zeros(batch, 1, dtype=torch.long)]
@@ -85,7 +90,7 @@ def rwkvkit_contender(path: Path, variant: str, *, plain: bool = False) -> Conte
         with torch.inference_mode():  # like the official package: the state and the last logits
             model(torch.tensor([tokens]), last_only=True)
 
-    name = f"rwkvkit {variant}" + (" (plain modules)" if plain else "")
+    name = f"rwkvkit {variant}" + (" (plain modules)" if plain else "") + (" compiled" if compiled else "")
     return Contender(name, make_step, prefill, batches=(1, 8))
 
 
@@ -98,6 +103,8 @@ def build_contenders(
         try:
             if name in OURS:
                 made.append(rwkvkit_contender(path, name))
+            elif name.endswith("-compiled") and name[: -len("-compiled")] in OURS:
+                made.append(rwkvkit_contender(path, name[: -len("-compiled")], compiled=True))
             elif name.startswith("plain-") and name[6:] in OURS:
                 made.append(rwkvkit_contender(path, name[6:], plain=True))
             elif name == "rwkv-fp32":

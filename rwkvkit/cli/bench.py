@@ -23,7 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--contenders",
         default="fp32,bf16,int8",
-        help=f"comma-separated; ours: {','.join(OURS)} (plain-<x>: without the fast layers); "
+        help=f"comma-separated; ours: {','.join(OURS)} (plain-<x>: without the fast layers; <x>-compiled: "
+        "the step compiled with torch.compile); "
         f"peers: {','.join(PEERS)}",
     )
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="CPU threads")
