@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .device import resolve_device
 from .errors import CheckpointError, RwkvkitError, TokenizerError, UnsupportedVersionError
 from .formats import fla, hf
 from .formats.run import is_run_folder, latest_checkpoint
@@ -257,6 +258,7 @@ def load_model(
         raise RwkvkitError(f"unknown quantize={quantize!r}; choose one of {QUANTIZE_MODES} or None")
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise RwkvkitError(f"dtype must be a floating torch.dtype such as torch.float32, got {dtype!r}")
+    device = resolve_device(device)  # before reading a large file for a device that is not there
     model = build_model(read_checkpoint(path), device=device, dtype=dtype)
     return optimize_for_inference(model, quantize=quantize)
 

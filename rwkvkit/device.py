@@ -1,0 +1,32 @@
+"""The device a user names (``--device``, ``load_model(device=)``), checked before anything is put on it.
+
+PyTorch answers a device it cannot use with an assertion deep inside its CUDA initialisation
+("Torch not compiled with CUDA enabled"), or a list of every device type it knows; this says in
+one line what is wrong and what to pass instead.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .errors import RwkvkitError
+
+
+def resolve_device(spec: str | torch.device) -> torch.device:
+    """``"cpu"``, ``"cuda"``, ``"cuda:1"`` or a torch.device -> the torch.device, if this machine has it."""
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, TypeError):
+        raise RwkvkitError(f"unknown device {spec!r}; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RwkvkitError(
+                f"device {str(device)!r} is not available: this PyTorch sees no CUDA GPU "
+                "(torch.cuda.is_available() is False); use --device cpu"
+            )
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise RwkvkitError(f"device {str(device)!r} does not exist: this machine has {count} CUDA GPU(s)")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise RwkvkitError("device 'mps' is not available on this machine; use --device cpu")
+    return device
