@@ -19,7 +19,7 @@ LAYERS: list[set[str]] = [
     {"ops", "sampling", "tokenizer"},
     {"models"},
     {"formats", "quantize", "testing"},
-    {"inference", "statefile", "cuda_graphs"},
+    {"inference", "statefile", "cuda_graphs", "compiled"},
     {"checkpoint", "engine"},
     {"generate", "convert"},
     {"chat"},
