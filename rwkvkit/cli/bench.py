@@ -14,7 +14,7 @@ from ..bench.peers import LLAMA_CPP_DIR, PEERS
 from ..bench.run import run_bench
 from ..bench.table import format_table
 from ..fileio import atomic_write_bytes
-from .flags import add_json_flag
+from .flags import add_json_flag, positive_int
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,9 +27,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "the step compiled with torch.compile); "
         f"peers: {','.join(PEERS)}",
     )
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="CPU threads")
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds; the median is reported")
-    parser.add_argument("--decode-tokens", type=int, default=16, help="tokens decoded per round")
+    parser.add_argument(
+        "--threads", type=positive_int, default=torch.get_num_threads(), metavar="N", help="CPU threads"
+    )
+    parser.add_argument(
+        "--rounds", type=positive_int, default=5, help="interleaved rounds; the median is reported"
+    )
+    parser.add_argument("--decode-tokens", type=positive_int, default=16, help="tokens decoded per round")
     parser.add_argument("--prefill", type=int, default=512, help="prompt length (0: skip prefill)")
     parser.add_argument("--no-batch", action="store_true", help="skip batched decode (B=8)")
     parser.add_argument(
