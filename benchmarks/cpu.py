@@ -47,7 +47,7 @@ OFFICIAL = "rwkv-fp32,rwkv-bf16"
 PLAN = {
     "v7-0.1b": f"{OURS},{LLAMA},{OFFICIAL}",
     "169m": f"{OURS},rwkvcpp-fp32,rwkvcpp-fp16,{OFFICIAL}",
-    "v6-0.1b": f"{OURS},{OFFICIAL}",
+    "v6-0.1b": f"{OURS},{LLAMA},{OFFICIAL}",
     "v5-0.1b": f"{OURS},{OFFICIAL}",
     "v7-0.4b": f"{OURS},{LLAMA}",
 }
@@ -57,8 +57,8 @@ def load_average() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-def speed(args: argparse.Namespace, workdir: Path) -> dict:
-    out = {}
+def speed(args: argparse.Namespace, workdir: Path, save=lambda part: None) -> dict:
+    out: dict = {}
     for shape in args.shapes:
         path = random_checkpoint(shape, workdir)
         for threads in args.threads:
@@ -77,6 +77,7 @@ def speed(args: argparse.Namespace, workdir: Path) -> dict:
             result["load_average_before"] = load
             result["load_average_after"] = load_average()
             out[key] = result
+            save(out)
             print(f"\n## {key} (load {load})\n{format_table(result)}", flush=True)
     return out
 
@@ -124,6 +125,40 @@ def thread_sweep(args: argparse.Namespace, workdir: Path) -> dict:
         }
         print(f"threads {name}: {out[name]}", flush=True)
         del model
+    return out
+
+
+def agreement(args: argparse.Namespace, workdir: Path) -> dict:
+    """RWKV-7 0.1B shape, fp32: the logits of a 32-token prompt (every position) from llama.cpp
+    (f32 GGUF) and from rwkvkit, each against the official package's; max absolute difference."""
+    import llama_cpp  # type: ignore[import-not-found]
+    import numpy as np
+
+    from rwkvkit.bench.peers import _official_rwkv_class, gguf_file
+
+    path = random_checkpoint("v7-0.1b", workdir)
+    tokens = torch.randint(0, 65536, (32,), generator=torch.Generator().manual_seed(5)).tolist()
+    official = _official_rwkv_class("7")(str(path.with_suffix("")), "cpu fp32")
+    with torch.inference_mode():
+        state, rows = None, []
+        for t in tokens:
+            out, state = official.forward([t], state)
+            rows.append(out.float())
+        ref = torch.stack(rows)
+        ours, _ = load_model(path)(torch.tensor([tokens]))
+    llm = llama_cpp.Llama(str(gguf_file(path, workdir, "f32")), n_ctx=64, logits_all=True, verbose=False)
+    try:
+        llm.eval(tokens)
+        theirs = torch.from_numpy(np.array(llm.scores[: len(tokens)], dtype=np.float32))
+    finally:
+        llm.close()
+    out = {
+        "prompt_tokens": len(tokens),
+        "logit_magnitude": ref.abs().max().item(),
+        "rwkvkit_fp32_vs_official_fp32": (ours[0] - ref).abs().max().item(),
+        "llama_cpp_f32_vs_official_fp32": (theirs - ref).abs().max().item(),
+    }
+    print(f"agreement: {out}", flush=True)
     return out
 
 
@@ -197,7 +232,7 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--decode-tokens", type=int, default=16)
     p.add_argument("--prefill", type=int, default=128)
-    p.add_argument("--parts", nargs="+", default=["speed", "threads", "contention", "generate"])
+    p.add_argument("--parts", nargs="+", default=["speed", "threads", "contention", "generate", "agreement"])
     p.add_argument("--workdir", default=str(WORKDIR))
     p.add_argument("--json", default=None)
     args = p.parse_args()
@@ -205,12 +240,23 @@ def main() -> int:
         print("note: the native kernels are unavailable here; rwkvkit runs its portable kernels", flush=True)
     workdir = Path(args.workdir)
     result: dict = {"machine": machine_info(max(args.threads)), "load_average_at_start": load_average()}
-    parts = {"speed": speed, "threads": thread_sweep, "contention": contention}
-    for part in args.parts:
-        result[part] = generate_wall(args) if part == "generate" else parts[part](args, workdir)
-        if args.json:  # written after every part: a stopped run keeps what it measured
+    parts = {"speed": speed, "threads": thread_sweep, "contention": contention, "agreement": agreement}
+
+    def save(
+        part: str, value: dict
+    ) -> None:  # after every part (and speed run): a stopped run keeps its results
+        result[part] = value
+        if args.json:
             Path(args.json).parent.mkdir(parents=True, exist_ok=True)
             Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+
+    for part in args.parts:
+        if part == "generate":
+            save(part, generate_wall(args))
+        elif part == "speed":
+            save(part, speed(args, workdir, lambda runs: save("speed", runs)))
+        else:
+            save(part, parts[part](args, workdir))
     return 0
 
 

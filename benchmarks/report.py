@@ -334,11 +334,17 @@ def cpu_goal_rows(cpu: dict | None, quality: dict | None) -> list[str]:
     def ratio(table: dict, a: str, b: str) -> float | None:
         return table[a]["median"] / table[b]["median"] if a in table and b in table else None
 
+    def each_run(shape: str):
+        """(threads, decode table, prefill table) at 1 and 2 threads; empty tables where not run."""
+        runs = _runs(cpu, shape)
+        for t in (1, 2):
+            r = runs.get(t, {})
+            yield t, r.get("decode_tok_s", {}), r.get("prefill_tok_s", {})
+
     cpu = cpu or {}
     pairs_llama = (("fp32", "f32"), ("bf16", "f16"), ("int8", "q8_0"), ("int4", "q4_0"))
     for shape in ("v7-0.1b", "v7-0.4b"):
-        for t, r in sorted(_runs(cpu, shape).items()):
-            d, p = r["decode_tok_s"], r.get("prefill_tok_s", {})
+        for t, d, p in each_run(shape):
             for ours, peer in pairs_llama:
                 add(f"{shape} decode {ours} vs llama.cpp {peer}, {t}T", 1.0,
                     ratio(d, f"rwkvkit {ours}, B=1", f"llama.cpp {peer}, B=1"))  # fmt: skip
@@ -363,8 +369,7 @@ def cpu_goal_rows(cpu: dict | None, quality: dict | None) -> list[str]:
             ratio(d, "rwkvkit int8, B=1", "rwkv.cpp fp16, B=1"),
         )
     for shape in ("169m", "v5-0.1b", "v6-0.1b", "v7-0.1b"):
-        for t, r in sorted(_runs(cpu, shape).items()):
-            d, p = r["decode_tok_s"], r.get("prefill_tok_s", {})
+        for t, d, p in each_run(shape):
             for v in ("fp32", "bf16"):
                 add(f"{shape} decode {v} vs official {v}, {t}T", 1.3,
                     ratio(d, f"rwkvkit {v}, B=1", f"rwkv cpu {v}, B=1"))  # fmt: skip
@@ -373,14 +378,21 @@ def cpu_goal_rows(cpu: dict | None, quality: dict | None) -> list[str]:
                     1.3,
                     ratio(p, f"rwkvkit {v}", f"rwkv cpu {v}"),
                 )
-    for key, r in cpu.get("speed", {}).items():
-        shape, t = key.split("@")
-        d = r["decode_tok_s"]
-        for v in ("fp32", "bf16", "int8", "int4"):
-            add(
-                f"{shape} B=8 aggregate vs B=1, {v}, {t}T",
-                5.0,
-                ratio(d, f"rwkvkit {v}, B=8", f"rwkvkit {v}, B=1"),
+    for shape in SHAPE_NAMES:  # one row per run: each precision's B=8 / B=1
+        for t, d, _ in each_run(shape):
+            got = {
+                v: ratio(d, f"rwkvkit {v}, B=8", f"rwkvkit {v}, B=1")
+                for v in ("fp32", "bf16", "int8", "int4")
+            }
+            got = {v: x for v, x in got.items() if x is not None}
+            goal = f"{shape} B=8 aggregate vs B=1 (fp32, bf16, int8, int4), {t}T"
+            if not got:
+                out.append(f"| {goal} | >= 5.00x | not measured | - |")
+                continue
+            met = sum(x >= 5.0 for x in got.values())
+            listed = ", ".join(f"{x:.1f}x" for x in got.values())
+            out.append(
+                f"| {goal} | >= 5.00x | {listed} | {'yes' if met == len(got) else f'{met} of {len(got)}'} |"
             )
     gen = cpu.get("generate") or {}
     add("`rwkvkit generate --max-tokens 100`, bundled model, wall incl. start-up", 1.0, gen.get("median_s"),
