@@ -439,6 +439,12 @@ def threads_section(cpu: dict) -> list[str]:
             out.append(f"| {name} | {r['threads']} | {r['quiet_tok_s']:.1f} | {r['busy_tok_s']:.1f} | "
                        f"{r['kept']:.2f} | {r['load_average'][0]:.1f} |")  # fmt: skip
         out.append("")
+    agree = cpu.get("agreement") or {}
+    if agree:
+        out += [f"Logits of the same random RWKV-7 0.1B-shape weights, fp32, a {agree['prompt_tokens']}-token prompt "
+                "(every position), against the official package's: rwkvkit max |difference| "
+                f"{agree['rwkvkit_fp32_vs_official_fp32']:.1e}, llama.cpp f32 "
+                f"{agree['llama_cpp_f32_vs_official_fp32']:.1e} (largest logit {agree['logit_magnitude']:.1f}).", ""]  # fmt: skip
     gen = cpu.get("generate") or {}
     if gen:
         out += [f"`rwkvkit {' '.join(gen['command'][2:])}` (bundled model, a fresh process each time): "

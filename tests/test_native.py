@@ -35,7 +35,9 @@ from rwkvkit.ops import native, wkv4, wkv5, wkv7
 from rwkvkit.ops.linear import dequantize_int4, pack_int4, pack_int8, quantize_int4, quantize_int8
 
 ops = native.load(wait=True)
-pytestmark = pytest.mark.skipif(ops is None, reason=f"native kernels unavailable: {native.unsupported_reason()}")
+pytestmark = pytest.mark.skipif(
+    ops is None, reason=f"native kernels unavailable: {native.unsupported_reason()}"
+)
 
 
 def scale_of(t: torch.Tensor) -> float:
@@ -109,7 +111,7 @@ def test_int4_product_is_its_definition(shape: tuple[int, int, int]) -> None:
     q, scale, minimum = quantize_int4(w)
     packed, scale_min = pack_int4(q, scale, minimum)
     got = ops.linear_q4(x, packed, scale_min, N)
-    deq = (q.double().reshape(N, K // 64, 64) * scale.double()[..., None] + minimum.double()[..., None])
+    deq = q.double().reshape(N, K // 64, 64) * scale.double()[..., None] + minimum.double()[..., None]
     exact = int_product(x, deq)
     torch.testing.assert_close(got.double(), exact, atol=1e-5 * scale_of(exact), rtol=0)
     float_product = x.double() @ deq.reshape(N, K).t()
@@ -127,7 +129,13 @@ def test_threads_do_not_change_results() -> None:
         results = []
         for threads in (1, 2):
             torch.set_num_threads(threads)
-            results.append((ops.linear_f32(x, w), ops.linear_bf16(x.bfloat16(), w.bfloat16()), ops.linear_q8(x, packed, ps, 3072)))
+            results.append(
+                (
+                    ops.linear_f32(x, w),
+                    ops.linear_bf16(x.bfloat16(), w.bfloat16()),
+                    ops.linear_q8(x, packed, ps, 3072),
+                )
+            )
     finally:
         torch.set_num_threads(saved)
     for a, b in zip(*results, strict=True):
@@ -185,7 +193,7 @@ MODELS = {
 
 def decode(model: torch.nn.Module, tokens: torch.Tensor, portable: bool) -> torch.Tensor:
     """Prefill 4 tokens, then step through the rest; all logits."""
-    with torch.no_grad(), (native.disabled() if portable else _nothing()):
+    with torch.no_grad(), native.disabled() if portable else _nothing():
         logits, state = model(tokens[:, :4])
         out = [logits]
         for t in range(4, tokens.shape[1]):
@@ -202,13 +210,13 @@ class _nothing:
         return None
 
 
-@pytest.mark.parametrize("variant", ["fp32", "bf16", "int8", "int4"])
+@pytest.mark.parametrize("variant", ["fp32", "bf16", "fp16", "int8", "int4"])
 @pytest.mark.parametrize("version", list(MODELS))
 def test_native_model_matches_portable(version: str, variant: str) -> None:
     config, make = MODELS[version]
     ref = make(config, seed=5)
-    if variant == "bf16":
-        ref = ref.to(torch.bfloat16)
+    if variant in ("bf16", "fp16"):
+        ref = ref.to(torch.bfloat16 if variant == "bf16" else torch.float16)
     quantize = variant if variant.startswith("int") else None
     fast = optimize_for_inference(copy.deepcopy(ref), quantize=quantize)
     with native.disabled():
@@ -218,7 +226,7 @@ def test_native_model_matches_portable(version: str, variant: str) -> None:
     spread = scale_of(want)
     if variant == "fp32":
         torch.testing.assert_close(got, want, atol=1e-5 * spread, rtol=0)
-    elif variant == "bf16":
+    elif variant in ("bf16", "fp16"):
         exact = decode(make(config, seed=5), tokens, portable=True)
         portable_err = (want - exact).abs().max().item()
         assert (got - exact).abs().max().item() <= 1.5 * portable_err + 1e-3
