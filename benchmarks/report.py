@@ -449,7 +449,8 @@ def threads_section(cpu: dict) -> list[str]:
     if gen:
         out += [f"`rwkvkit {' '.join(gen['command'][2:])}` (bundled model, a fresh process each time): "
                 f"{gen['median_s']:.2f} s wall median ({gen['min_s']:.2f} - {gen['max_s']:.2f}), load "
-                f"{gen['load_average'][0]:.1f}.", ""]  # fmt: skip
+                f"{gen['load_average'][0]:.1f}; a bare `python -c 'import torch'` took "
+                f"{gen.get('import_torch_median_s', float('nan')):.2f} s in the same rounds.", ""]  # fmt: skip
     return out
 
 
