@@ -454,6 +454,21 @@ def threads_section(cpu: dict) -> list[str]:
     return out
 
 
+def profile_section(res: dict) -> list[str]:
+    """benchmarks/profile_step.py: the decode step's time in the native kernels and outside them."""
+    out = ["### Where a decode step's time goes (torch.profiler, 1 thread, self time)", "",
+           machine_line(res["machine"]), "",
+           "| model | ms/step (profiled) | in the native kernels | largest other ops |", "|---|---:|---:|---|"]  # fmt: skip
+    for name, r in res["profiles"].items():
+        others = ", ".join(
+            f"{t['op']} {t['share']:.0%}" for t in r["top"] if not t["op"].startswith("rwkvkit::")
+        )
+        out.append(f"| {name} | {r['ms_per_step_profiled']:.1f} | {r['native_share']:.0%} | {others} |")
+    out += ["", "The native kernels' share is time spent streaming weights (memory-bound products) and "
+            "in the WKV update; the rest is the step's per-token overhead."]  # fmt: skip
+    return out
+
+
 def quality_section(res: dict) -> list[str]:
     bpb = res["shakespeare_bits_per_byte"]
     out = ["### What bf16, int8 and int4 cost in accuracy", "", machine_line(res["machine"]), "",
@@ -515,6 +530,8 @@ def main() -> int:
                   f"![decode](benchmarks/plots/{plot_cpu(cpu)})", ""]  # fmt: skip
     if cpu:
         lines += threads_section(cpu)
+    if prof := load("profile_step.json"):
+        lines += [*profile_section(prof), ""]
     if quality:
         lines += ["## Quantization", "", *quality_section(quality), ""]
     if speeds or context:
