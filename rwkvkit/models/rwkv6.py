@@ -26,7 +26,7 @@ from ..ops.exp import exp
 from ..ops.linear import linear
 from ..ops.wkv5 import wkv5
 from ..state import RecurrentState
-from .common import StepConstants, lowrank, token_shift
+from .common import StepConstants, head_norm, lowrank, token_shift
 from .rwkv5 import RWKV5, RWKV5State
 
 
@@ -154,7 +154,7 @@ class TimeMix(StepConstants):
 
     def _mix_output(self, y: Tensor, g: Tensor) -> Tensor:
         """GroupNorm over heads (in float32), the gate, the output projection. y: (M, A) float32."""
-        y = F.group_norm(y, self.n_head, self.ln_x.weight.float(), self.ln_x.bias.float(), self.ln_x_eps)
+        y = head_norm(y, self.n_head, self.ln_x.weight.float(), self.ln_x.bias.float(), self.ln_x_eps)
         return self.output(y.to(g.dtype) * g)
 
     def forward(self, x: Tensor, state: RWKV5State) -> tuple[Tensor, RWKV5State]:

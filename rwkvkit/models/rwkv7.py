@@ -30,6 +30,7 @@ from .common import (
     as_token_batch,
     as_token_column,
     check_state_shapes,
+    head_norm,
     lowrank,
     token_shift,
     zeros,
@@ -189,7 +190,9 @@ class TimeMix(StepConstants):
     def derive_constants(self) -> TimeMixConstants:
         mix = torch.cat([self.x_r, self.x_w, self.x_k, self.x_v, self.x_a, self.x_g]).view(6, 1, -1)
         used = self.layer_id > 0  # layer 0's value-residual gate, if stored, is never used
-        v0, v1, v2 = (self.v0.view(-1), self.v1.float().t(), self.v2.float().t()) if used else (None, None, None)
+        v0, v1, v2 = (
+            (self.v0.view(-1), self.v1.float().t(), self.v2.float().t()) if used else (None, None, None)
+        )
         return TimeMixConstants(
             mix, self.w0.view(-1), self.a0.view(-1), v0, self.k_k.view(-1), self.k_a.view(-1), self.r_k.view(-1),
             self.w1.float().t(), self.w2.float().t(), self.a1.float().t(), self.a2.float().t(), v1, v2,
@@ -226,7 +229,7 @@ class TimeMix(StepConstants):
         """GroupNorm over heads (float32), the current token's bonus, the gate, the output projection.
         y: (M, C) float32 WKV output; r, k, v, g: (M, C)."""
         M, C = r.shape
-        y = F.group_norm(y, self.n_head, self.ln_x.weight.float(), self.ln_x.bias.float(), self.ln_x_eps)
+        y = head_norm(y, self.n_head, self.ln_x.weight.float(), self.ln_x.bias.float(), self.ln_x_eps)
         # The current token's own contribution, weighted per channel by r_k.
         bonus = (r * k * c.r_k).view(M, self.n_head, -1).sum(dim=-1, keepdim=True) * v.view(
             M, self.n_head, -1
