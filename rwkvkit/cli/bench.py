@@ -14,7 +14,7 @@ from ..bench.peers import LLAMA_CPP_DIR, PEERS
 from ..bench.run import run_bench
 from ..bench.table import format_table
 from ..fileio import atomic_write_bytes
-from .flags import add_json_flag, positive_int
+from .flags import add_json_flag, add_threads_flag, positive_int
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,9 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "the step compiled with torch.compile); "
         f"peers: {','.join(PEERS)}",
     )
-    parser.add_argument(
-        "--threads", type=positive_int, default=torch.get_num_threads(), metavar="N", help="CPU threads"
-    )
+    add_threads_flag(parser, torch.get_num_threads(), "CPU threads")
     parser.add_argument(
         "--rounds", type=positive_int, default=5, help="interleaved rounds; the median is reported"
     )

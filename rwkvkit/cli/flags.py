@@ -52,11 +52,8 @@ def add_speed_flags(parser: argparse.ArgumentParser) -> None:
         choices=QUANTIZE_MODES,
         help="store the matrices as int8 (per-row scales) or int4 (groups of 64) (default: none, in --dtype)",
     )
-    parser.add_argument(
-        "--threads",
-        type=positive_int,
-        metavar="N",
-        help="CPU threads (default: chosen from the model's size and this machine's cores)",
+    add_threads_flag(
+        parser, None, "CPU threads (default: chosen from the model's size and this machine's cores)"
     )
     parser.add_argument(
         "--compile",
@@ -64,6 +61,11 @@ def add_speed_flags(parser: argparse.ArgumentParser) -> None:
         help="compile the one-token step with torch.compile (needs a C++ compiler; the first run on a "
         "machine compiles for a minute or more, later runs reuse the cache)",
     )
+
+
+def add_threads_flag(parser: argparse.ArgumentParser, default: int | None, help: str) -> None:
+    """--threads N (N >= 1): declared here for every verb that takes it."""
+    parser.add_argument("--threads", type=positive_int, default=default, metavar="N", help=help)
 
 
 def positive_int(text: str) -> int:
