@@ -35,7 +35,9 @@ def compile_step(model: nn.Module) -> bool:
     goes back to the uncompiled one, with a note."""
     device = next(model.parameters()).device
     if device.type == "cpu" and compiler() is None:
-        say_once("no C++ compiler found (install g++ or set CXX): --compile is ignored, the step runs uncompiled")
+        say_once(
+            "no C++ compiler found (install g++ or set CXX): --compile is ignored, the step runs uncompiled"
+        )
         return False
     # inductor reads its cache location from the environment only; a user's choice is kept
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir()))

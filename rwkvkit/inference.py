@@ -100,9 +100,10 @@ def physical_cores() -> int:
     cores = set()
     for cpu in cpus:
         try:
-            with open(f"/sys/devices/system/cpu/cpu{cpu}/topology/core_id") as f, open(
-                f"/sys/devices/system/cpu/cpu{cpu}/topology/physical_package_id"
-            ) as g:
+            with (
+                open(f"/sys/devices/system/cpu/cpu{cpu}/topology/core_id") as f,
+                open(f"/sys/devices/system/cpu/cpu{cpu}/topology/physical_package_id") as g,
+            ):
                 cores.add((g.read().strip(), f.read().strip()))
         except OSError:
             cores.add(("?", str(cpu)))

@@ -161,7 +161,9 @@ def rwkvcpp_contender(path: Path, workdir: Path, data_type: str, threads: int) -
     return Contender(f"rwkv.cpp {short}", make_step, None)
 
 
-def gguf_file(path: Path, workdir: Path, outtype: str, converter_dir: Path | None = None, threads: int = 1) -> Path:
+def gguf_file(
+    path: Path, workdir: Path, outtype: str, converter_dir: Path | None = None, threads: int = 1
+) -> Path:
     """A GGUF file of the checkpoint at ``path`` (RWKV-6 or RWKV-7) made by llama.cpp's own tools,
     cached in ``workdir``: the weights are written as the Hugging Face folder llama.cpp's converter
     reads (flash-linear-attention's RWKV7ForCausalLM for RWKV-7, Rwkv6ForCausalLM for RWKV-6, with
@@ -193,7 +195,9 @@ def gguf_file(path: Path, workdir: Path, outtype: str, converter_dir: Path | Non
         text=True,
     )
     if proc.returncode != 0:
-        raise RwkvkitError(f"llama.cpp's converter failed on {folder}: {proc.stderr.strip().splitlines()[-1:]}")
+        raise RwkvkitError(
+            f"llama.cpp's converter failed on {folder}: {proc.stderr.strip().splitlines()[-1:]}"
+        )
     tmp.replace(out)
     return out
 
@@ -236,7 +240,9 @@ def _hf_folder_for_llama_cpp(path: Path, workdir: Path) -> Path:
 
 
 # llama.cpp's block matrices (RWKV-6/7 GGUF names): what its CPU_REPACK buffer type may take.
-_REPACKED = rb"^blk\.\d+\.(time_mix_(key|value|receptance|output|gate)|channel_mix_(key|value|receptance))\.weight$"
+_REPACKED = (
+    rb"^blk\.\d+\.(time_mix_(key|value|receptance|output|gate)|channel_mix_(key|value|receptance))\.weight$"
+)
 
 
 class _BufferOverride(ctypes.Structure):
@@ -289,7 +295,9 @@ def _cpu_repack_buffer_type(llama_cpp: Any) -> int | None:
     ggml.ggml_backend_reg_get_proc_address.argtypes = [vp, ctypes.c_char_p]
     base.ggml_backend_buft_name.restype, base.ggml_backend_buft_name.argtypes = ctypes.c_char_p, [vp]
     device = ggml.ggml_backend_dev_by_type(0)  # GGML_BACKEND_DEVICE_TYPE_CPU
-    fn = ggml.ggml_backend_reg_get_proc_address(ggml.ggml_backend_dev_backend_reg(device), b"ggml_backend_dev_get_extra_bufts")
+    fn = ggml.ggml_backend_reg_get_proc_address(
+        ggml.ggml_backend_dev_backend_reg(device), b"ggml_backend_dev_get_extra_bufts"
+    )
     if not fn:
         return None
     types = ctypes.CFUNCTYPE(ctypes.POINTER(vp), vp)(fn)(device)

@@ -10,8 +10,8 @@ import torch
 
 from ..checkpoint import read_checkpoint
 from .contenders import build_contenders
-from .table import check_reference
 from .machine import machine_info
+from .table import check_reference
 from .timing import decode_task, interleaved, prefill_task, summarize
 
 

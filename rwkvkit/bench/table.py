@@ -22,7 +22,9 @@ def format_table(result: dict[str, Any], reference: str | None = None) -> str:
     """Markdown tables: median tokens/s (min-max over rounds), and each row's ratio to ``reference``."""
     names = [*result["decode_tok_s"], *result.get("prefill_tok_s", {})]
     if reference is not None and not any(k in (reference, f"{reference}, B=1") for k in names):
-        raise RwkvkitError(f"--reference {reference!r} names no row; the rows are: {', '.join(map(repr, names))}")
+        raise RwkvkitError(
+            f"--reference {reference!r} names no row; the rows are: {', '.join(map(repr, names))}"
+        )
     lines = [machine_line(result["machine"])]
     for title, key in (
         ("decode", "decode_tok_s"),

@@ -63,7 +63,11 @@ def _native_float_kernel(dtype: torch.dtype) -> Any:
     ops = native.ops()
     if ops is None:
         return None
-    return {torch.float32: ops.linear_f32, torch.bfloat16: ops.linear_bf16, torch.float16: ops.linear_f16}.get(dtype)
+    return {
+        torch.float32: ops.linear_f32,
+        torch.bfloat16: ops.linear_bf16,
+        torch.float16: ops.linear_f16,
+    }.get(dtype)
 
 
 def linear(x: Tensor, weight: Tensor) -> Tensor:
@@ -349,7 +353,10 @@ class Int4Linear(nn.Module):
                 "qweight", torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.to(torch.int32), 1)
             )
             zero = minimum + 8 * scale  # (N, G) -> its (G, N, 2) bf16 scales_and_zeros
-            self.register_buffer("scale_zero", torch.stack([scale, zero], dim=-1).transpose(0, 1).contiguous().to(torch.bfloat16))
+            self.register_buffer(
+                "scale_zero",
+                torch.stack([scale, zero], dim=-1).transpose(0, 1).contiguous().to(torch.bfloat16),
+            )
             # That layout cannot be read back: the values stay beside it, two per byte, for prefill
             # and autograd (the fallback then holds the int4 weights twice, still 1/4 of bf16).
             self.register_buffer("nibbles", q[:, 0::2] | (q[:, 1::2] << 4))

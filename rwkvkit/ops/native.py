@@ -178,7 +178,9 @@ def _register_wkv_backends(ops: Any) -> None:
         return ops.wkv5_step(*vecs, state, out), out
 
     def wkv4_step(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: Any) -> Any:
-        if k.shape[-1] % 16 or (torch.is_grad_enabled() and any(t.requires_grad for t in (w, u, k, v, *state))):
+        if k.shape[-1] % 16 or (
+            torch.is_grad_enabled() and any(t.requires_grad for t in (w, u, k, v, *state))
+        ):
             return wkv4.wkv4_step(w, u, k, v, state)
         out, *new = ops.wkv4_step(*(t.contiguous() for t in (w, u, k, v, *state)))
         return out, tuple(new)
@@ -223,7 +225,9 @@ def load(*, wait: bool = True) -> Any:
                 f"cached in {cache_root()}); this run uses the portable PyTorch kernels"
             )
             return None
-        say_once(f"building the native CPU kernels (once per machine, about a minute; cached in {cache_root()})")
+        say_once(
+            f"building the native CPU kernels (once per machine, about a minute; cached in {cache_root()})"
+        )
         try:
             _build(folder, name)
         except Exception as e:  # a compiler error must not stop inference: the portable path runs
@@ -240,13 +244,13 @@ def _start_background_build() -> None:
     log = cache_root() / "build.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
-        _state.building = subprocess.Popen(  # noqa: S603 (our own module, our own interpreter)
+        _state.building = subprocess.Popen(
             [sys.executable, "-m", "rwkvkit.ops.native", "--build"],
             stdout=out,
             stderr=out,
             stdin=subprocess.DEVNULL,
             start_new_session=True,  # survives this process; niced below so it yields to the run
-            preexec_fn=lambda: os.nice(10),  # noqa: PLW1509
+            preexec_fn=lambda: os.nice(10),
         )
 
 
