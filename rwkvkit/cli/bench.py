@@ -27,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "the step compiled with torch.compile); "
         f"peers: {','.join(PEERS)}",
     )
-    add_threads_flag(parser, torch.get_num_threads(), "CPU threads")
+    add_threads_flag(parser, torch.get_num_threads())
     parser.add_argument(
         "--rounds", type=positive_int, default=5, help="interleaved rounds; the median is reported"
     )

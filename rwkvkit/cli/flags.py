@@ -47,25 +47,14 @@ def add_model_flags(parser: argparse.ArgumentParser, *, several: bool = False) -
 
 def add_speed_flags(parser: argparse.ArgumentParser) -> None:
     """--quantize, --threads, --compile: how a loaded model runs (rwkvkit/inference.py)."""
-    parser.add_argument(
-        "--quantize",
-        choices=QUANTIZE_MODES,
-        help="store the matrices as int8 (per-row scales) or int4 (groups of 64) (default: none, in --dtype)",
-    )
-    add_threads_flag(
-        parser, None, "CPU threads (default: chosen from the model's size and this machine's cores)"
-    )
+    add_quantize_flag(parser)
+    add_threads_flag(parser)
     parser.add_argument(
         "--compile",
         action="store_true",
         help="compile the one-token step with torch.compile (needs a C++ compiler; the first run on a "
         "machine compiles for a minute or more, later runs reuse the cache)",
     )
-
-
-def add_threads_flag(parser: argparse.ArgumentParser, default: int | None, help: str) -> None:
-    """--threads N (N >= 1): declared here for every verb that takes it."""
-    parser.add_argument("--threads", type=positive_int, default=default, metavar="N", help=help)
 
 
 def positive_int(text: str) -> int:
@@ -114,6 +103,29 @@ def add_device_flag(parser: argparse.ArgumentParser, default: str = "cpu") -> No
 
 def add_dtype_flag(parser: argparse.ArgumentParser, help: str) -> None:
     parser.add_argument("--dtype", default="fp32", choices=tuple(DTYPES), help=help)
+
+
+def add_quantize_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--quantize",
+        choices=QUANTIZE_MODES,
+        help="store the matrices as weight-only int8 (per-row scales) or int4 (groups of 64 inputs) "
+        "(default: none, the --dtype weights)",
+    )
+
+
+def add_threads_flag(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup, default: int | None = None
+) -> None:
+    """--threads N (N >= 1): declared here for every verb that takes it."""
+    parser.add_argument(
+        "--threads",
+        type=positive_int,
+        default=default,
+        metavar="N",
+        help="torch CPU threads"
+        + ("" if default else " (default: chosen from the model's size and this machine's cores)"),
+    )
 
 
 def add_state_flag(parser: argparse.ArgumentParser, help: str) -> None:
@@ -204,6 +216,7 @@ def default_model() -> Path:
 
 
 def load_model_and_tokenizer(args: argparse.Namespace) -> tuple[nn.Module, Tokenizer]:
-    """The model of --model (or the bundled one) on --device in --dtype, and its tokenizer."""
+    """The model of --model (or the bundled one) on --device in --dtype (--quantize, --threads,
+    --compile: see load_with_flags), and its tokenizer."""
     model = load_with_flags(args.model or default_model(), args)
     return model, tokenizer_for_model(model, args.tokenizer)
