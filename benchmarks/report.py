@@ -590,6 +590,9 @@ def main() -> int:
     if cpu or quality:
         lines += ["## Issue 12's goals (CPU decode), as measured in the runs below", "",
                   *cpu_goal_rows(cpu, quality), ""]  # fmt: skip
+        notes = ROOT / "benchmarks" / "cpu_notes.md"
+        if notes.exists():
+            lines += [notes.read_text().rstrip(), ""]
     if cpu and cpu.get("speed"):
         lines += ["## CPU speed against the peers", "", *cpu_speed_section(cpu),
                   f"![decode](benchmarks/plots/{plot_cpu(cpu)})", ""]  # fmt: skip
