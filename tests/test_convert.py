@@ -108,3 +108,18 @@ def test_hf_output_config(tmp_path: Path, small_pth: Path, small_config: RWKV4Co
     assert (
         cfg["intermediate_size"] == small_config.ffn_dim and cfg["num_hidden_layers"] == small_config.n_layer
     )
+
+
+@pytest.mark.parametrize(
+    ("to", "dst", "match"),
+    [("onnx", ".", "is a folder; --to onnx writes one file"), ("pth", ".", "is a folder"),
+     ("hf", "small.pth", "is a file; --to hf writes a folder"), ("hf", "small.pth/sub", "cannot write"),
+     ("safetensors", "/proc/no/such/place.safetensors", "cannot write")],
+)  # fmt: skip
+def test_a_destination_that_cannot_be_written_is_named(
+    small_pth: Path, to: str, dst: str, match: str
+) -> None:
+    target = dst if dst.startswith("/") else str(small_pth.parent / dst)
+    with pytest.raises(RwkvkitError, match=match):
+        convert(small_pth, target, to)
+    assert small_pth.is_file()

@@ -1,20 +1,27 @@
-"""``rwkvkit convert``: a checkpoint to a BlinkDL .pth, .safetensors, a Hugging Face folder or rwkv.cpp."""
+"""``rwkvkit convert``: a checkpoint to a BlinkDL .pth, .safetensors, a Hugging Face folder, rwkv.cpp,
+a llama.cpp GGUF file or an ONNX graph of the one-token step."""
 
 from __future__ import annotations
 
 import argparse
 
-from ..convert import TARGETS, convert
+from ..convert import OUTPUT_DTYPES, TARGETS, convert
 from .flags import add_dtype_flag
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "src", help="checkpoint to read: .pth, .safetensors, rwkv.cpp .bin, HF folder or run folder"
+        "src",
+        help="checkpoint to read: .pth, .safetensors, rwkv.cpp .bin, .gguf, HF folder, run folder, "
+        "hf://OWNER/REPO[@REVISION]/FILE or a Hub repo id",
     )
     parser.add_argument("dst", help="where to write (a folder for --to hf)")
     parser.add_argument("--to", required=True, choices=TARGETS, help="output format")
-    add_dtype_flag(parser, "weight dtype of the output")
+    add_dtype_flag(
+        parser,
+        "weight dtype of the output (q8_0: GGUF only, for 2-D matrices, as llama.cpp quantizes)",
+        choices=OUTPUT_DTYPES,
+    )
 
 
 def run(args: argparse.Namespace) -> int:

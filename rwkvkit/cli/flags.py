@@ -34,8 +34,8 @@ def add_model_flags(parser: argparse.ArgumentParser, *, several: bool = False) -
         "--model",
         metavar="PATH",
         action="append" if several else "store",
-        help="checkpoint: BlinkDL .pth or .safetensors, Hugging Face folder, rwkv.cpp .bin or training run "
-        "folder"
+        help="checkpoint: BlinkDL .pth or .safetensors, Hugging Face folder, rwkv.cpp .bin, llama.cpp .gguf, "
+        "training run folder, or on the Hugging Face Hub hf://OWNER/REPO[@REVISION]/FILE or OWNER/REPO"
         + ("; give several times to compare models side by side" if several else "")
         + " (default: the bundled model, if this install has one)",
     )
@@ -91,7 +91,7 @@ def add_tokenizer_flag(parser: argparse.ArgumentParser, default: str | None = No
         "--tokenizer",
         metavar="NAME",
         default=default,
-        help='"world", "20b", "byte" or a vocabulary file'
+        help='"world", "20b", "byte", a vocabulary file or a .gguf file (its tokenizer)'
         + ("" if default else " (default: the model's own)"),
     )
 
@@ -101,8 +101,11 @@ def add_device_flag(parser: argparse.ArgumentParser, default: str = "cpu") -> No
     parser.add_argument("--device", default=default, help=f"torch device, e.g. cpu, cuda or cuda:1{auto}")
 
 
-def add_dtype_flag(parser: argparse.ArgumentParser, help: str) -> None:
-    parser.add_argument("--dtype", default="fp32", choices=tuple(DTYPES), help=help)
+def add_dtype_flag(
+    parser: argparse.ArgumentParser, help: str, choices: tuple[str, ...] = tuple(DTYPES)
+) -> None:
+    """--dtype; ``choices`` beyond the torch dtypes where the verb writes files (convert: GGUF's q8_0)."""
+    parser.add_argument("--dtype", default="fp32", choices=choices, help=help)
 
 
 def add_quantize_flag(parser: argparse.ArgumentParser) -> None:

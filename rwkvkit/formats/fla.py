@@ -16,6 +16,7 @@ from typing import Any
 from torch import Tensor
 
 from ..errors import CheckpointError
+from .hf import config_number
 
 _TOP = {
     "emb.weight": "model.embeddings.weight",
@@ -112,15 +113,50 @@ def blinkdl_to_fla(sd: dict[str, Tensor]) -> dict[str, Tensor]:
             v = v.t()
         elif re.fullmatch(r"[wav]0|k_k|k_a", leaf) or k.endswith("ffn.x_k"):
             v = v.reshape(-1)  # fla keeps these vectors flat
+        elif re.fullmatch(r"x_[rwkvag]", leaf):
+            v = v.reshape(1, 1, -1)  # and these (1, 1, C), as nn.Parameter(torch.zeros(1, 1, C))
         out[blinkdl_to_fla_name(k)] = v.contiguous()
     return out
+
+
+def fla_config(config: Any) -> dict[str, Any]:
+    """config.json of fla's ``RWKV7ForCausalLM`` for an RWKV-7 config (the fields llama.cpp's converter
+    reads too: hidden_size, intermediate_size, num_hidden_layers, head_dim, norm_eps, the four
+    ``*_low_rank_dim`` and vocab_size)."""
+    return {
+        "architectures": ["RWKV7ForCausalLM"],
+        "model_type": "rwkv7",
+        "attn_mode": "chunk",
+        "vocab_size": config.vocab_size,
+        "hidden_size": config.n_embd,
+        "hidden_ratio": config.ffn_dim / config.n_embd,
+        "intermediate_size": config.ffn_dim,
+        "num_hidden_layers": config.n_layer,
+        "head_dim": config.head_size,
+        "num_heads": config.n_head,
+        "decay_low_rank_dim": config.decay_lora,
+        "a_low_rank_dim": config.iclr_lora,
+        "v_low_rank_dim": config.value_lora,
+        "gate_low_rank_dim": config.gate_lora,
+        "hidden_act": "sqrelu",
+        "norm_first": True,
+        "norm_bias": True,
+        "norm_eps": config.layer_norm_eps,
+        "attn": None,
+        "use_cache": True,
+        "bos_token_id": 0,
+        "eos_token_id": 0,
+        "tie_word_embeddings": False,
+        "fuse_norm": False,
+        "fuse_cross_entropy": True,
+    }
 
 
 def config_overrides_from_fla(cfg: dict[str, Any]) -> dict[str, Any]:
     """fla's norm_eps is its LayerNorms' eps; its GroupNorm ln_x uses head_dim * norm_eps (64e-5 at 64)."""
     out: dict[str, Any] = {}
-    if "norm_eps" in cfg:
-        out["layer_norm_eps"] = float(cfg["norm_eps"])
-        head_dim = int(cfg.get("head_dim") or 64)
-        out["ln_x_eps"] = head_dim * float(cfg["norm_eps"])
+    eps = config_number(cfg, "norm_eps", 1.0)
+    if eps is not None:
+        out["layer_norm_eps"] = eps
+        out["ln_x_eps"] = (config_number(cfg, "head_dim", 1 << 16) or 64) * eps
     return out
