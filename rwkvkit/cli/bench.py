@@ -10,11 +10,11 @@ import torch
 
 from ..bench import WORKDIR
 from ..bench.contenders import OURS, SHAPES, random_checkpoint
-from ..bench.peers import PEERS
+from ..bench.peers import LLAMA_CPP_DIR, PEERS
 from ..bench.run import run_bench
 from ..bench.table import format_table
 from ..fileio import atomic_write_bytes
-from .flags import add_json_flag, add_threads_flag
+from .flags import add_json_flag, add_threads_flag, positive_int
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,16 +23,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--contenders",
         default="fp32,bf16,int8",
-        help=f"comma-separated; ours: {','.join(OURS)} (plain-<x>: without the fast layers); "
+        help=f"comma-separated; ours: {','.join(OURS)} (plain-<x>: without the fast layers; <x>-compiled: "
+        "the step compiled with torch.compile); "
         f"peers: {','.join(PEERS)}",
     )
     add_threads_flag(parser, torch.get_num_threads())
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds; the median is reported")
-    parser.add_argument("--decode-tokens", type=int, default=16, help="tokens decoded per round")
+    parser.add_argument(
+        "--rounds", type=positive_int, default=5, help="interleaved rounds; the median is reported"
+    )
+    parser.add_argument("--decode-tokens", type=positive_int, default=16, help="tokens decoded per round")
     parser.add_argument("--prefill", type=int, default=512, help="prompt length (0: skip prefill)")
     parser.add_argument("--no-batch", action="store_true", help="skip batched decode (B=8)")
-    parser.add_argument("--reference", help="row whose speed the ratios divide by (default: none, no ratios)")
+    parser.add_argument(
+        "--reference",
+        help='row whose speed the ratios divide by, e.g. "llama.cpp q8_0" (default: none, no ratios)',
+    )
     parser.add_argument("--workdir", default=str(WORKDIR), help="where random checkpoints and conversions go")
+    parser.add_argument(
+        "--llama-cpp",
+        metavar="DIR",
+        default=str(LLAMA_CPP_DIR),
+        help="llama.cpp's converter (convert_hf_to_gguf.py and its folders; benchmarks/setup.sh puts it here)",
+    )
     add_json_flag(parser)
 
 
@@ -49,6 +61,8 @@ def run(args: argparse.Namespace) -> int:
         prefill_len=args.prefill,
         batch8=not args.no_batch,
         workdir=workdir,
+        reference=args.reference,
+        llama_cpp=Path(args.llama_cpp),
     )
     print(format_table(result, args.reference))
     if args.json:

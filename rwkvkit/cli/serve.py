@@ -16,14 +16,7 @@ import torch
 
 from ..defaults import default_model_path
 from ..errors import RwkvkitError
-from .flags import (
-    add_model_flags,
-    add_quantize_flag,
-    add_state_flag,
-    add_threads_flag,
-    load_model_and_tokenizer,
-    named_path,
-)
+from .flags import add_model_flags, add_state_flag, load_model_and_tokenizer, named_path
 
 BUNDLED_NAME = "rwkvkit-default"
 MAX_TOKENS_HELP = "most tokens one choice may generate (and chat's default max_tokens)"
@@ -54,8 +47,7 @@ def port(text: str) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_model_flags(parser)
-    add_quantize_flag(parser)
+    add_model_flags(parser)  # with --quantize, --threads and --compile
     g = parser.add_argument_group(
         "tuned variants: each its own model name in /v1/models, on the base's weights"
     )
@@ -112,7 +104,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--prefill-chunk", type=at_least(1), default=256, metavar="N", help="prompt tokens per model call"
     )
     g = parser.add_argument_group("process")
-    add_threads_flag(g)
     g.add_argument(
         "--chat-template",
         metavar="FILE",
