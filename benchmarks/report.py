@@ -364,6 +364,28 @@ def gpu_section(res: dict | None) -> list[str]:
     return out
 
 
+def finetune_section(res: dict) -> list[str]:
+    """benchmarks/finetune.py's table: peak RSS and tokens/s of each fine-tuning method."""
+    tokens = res["batch"] * res["ctx"]
+    out = [f"### The 169M RWKV-4 shape, batch {res['batch']} x ctx {res['ctx']} = {tokens} tokens per step, "
+           "float32, random weights", "", machine_line(res["machine"]), "",
+           "| method | trained parameters | threads | peak RSS (MB) | tokens/s (median of rounds) |",
+           "|---|---:|---:|---:|---:|"]  # fmt: skip
+    for row in res["results"].values():
+        speed = f"{row['tokens_per_s']:,.0f}" if row["tokens_per_s"] else "-"
+        out.append(
+            f"| {row['method']} | {row['n_trainable']:,} | {row['threads']} | {row['peak_rss_mb']:,.0f} | {speed} |"
+        )
+    out += ["", "`python benchmarks/finetune.py` (each cell a fresh process; `load + forward` is the floor: the "
+            "base loaded and one forward without gradients)."]  # fmt: skip
+    if "load" in res:
+        before, after = res["load"]
+        out += ["", f"1-minute load average {before:.1f} before and {after:.1f} after: other jobs shared the 2 cores, "
+                "so the 2-thread rows (which wait on each other's share) measure the contention more than the "
+                "methods; memory is unaffected."]  # fmt: skip
+    return out
+
+
 SHAPE_NAMES = {
     "v7-0.1b": "RWKV-7 0.1B shape (L12 C768 V65536)",
     "v7-0.4b": "RWKV-7 0.4B shape (L24 C1024 V65536)",
@@ -643,6 +665,8 @@ def main() -> int:
     if context:
         lines += ["## Context length", "", *context_section(context), "",
                   f"![context](benchmarks/plots/{plot_context(context)})", ""]  # fmt: skip
+    if finetune := load("finetune.json"):
+        lines += ["## Fine-tuning", "", *finetune_section(finetune), ""]
     lines += ["## On a GPU", "", *gpu_section(load("gpu.json")), ""]
     serve = {name: r for name in ("serve", "serve_bf16") if (r := load(f"{name}.json"))}
     if serve:

@@ -12,7 +12,7 @@ import json
 import pickle
 import struct
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +24,18 @@ from .errors import CheckpointError, RwkvkitError, TokenizerError, UnsupportedVe
 from .formats import fla, hf, hub
 from .formats.gguf import MAGIC as GGUF_MAGIC
 from .formats.gguf import read_gguf
-from .formats.run import is_run_folder, latest_checkpoint
+from .formats.run import (
+    ADAPTER_DIR,
+    STATE_FILE,
+    is_run_folder,
+    latest_checkpoint,
+    read_run_file,
+    run_method,
+    tuned_base,
+)
 from .formats.rwkvcpp import MAGIC as RWKVCPP_MAGIC
 from .formats.rwkvcpp import read_rwkvcpp
+from .formats.time_state import split_time_state, to_state
 from .inference import QUANTIZE_MODES, optimize_for_inference
 from .models import detect_version, model_classes
 from .tokenizer import Tokenizer, load_tokenizer, tokenizer_name_for_vocab_size
@@ -46,6 +55,10 @@ class RawCheckpoint:
     state_dict: dict[str, Tensor]
     version: str
     config_overrides: dict[str, Any] = field(default_factory=dict)
+    # A tuned initial state that comes with the weights: official ``blocks.N.att.time_state``
+    # tensors found in the file, and/or a state file to load (a state-tuning run's).
+    time_state: dict[str, Tensor] = field(default_factory=dict)
+    state_file: Path | None = None
 
 
 def sniff_format(path: Path) -> str:
@@ -144,6 +157,35 @@ def _read_hf_folder(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
     return sd, overrides
 
 
+def read_tensors(path: str | Path) -> dict[str, Tensor]:
+    """The tensors of a .pth or .safetensors file (told apart by content), read without running code."""
+    path = Path(path)
+    fmt = sniff_format(path)
+    if fmt == "safetensors":
+        return _safetensors_load(path)[0]
+    if fmt in ("pth", "pth-legacy"):
+        return _torch_load(path, legacy=fmt == "pth-legacy")
+    raise CheckpointError(path, "expected a .pth or .safetensors file of tensors")
+
+
+def read_run_checkpoint(path: Path) -> RawCheckpoint:
+    """A run folder as a checkpoint: its newest weights, or for a LoRA run its base with the adapter
+    merged, for a state-tuning run its base with the tuned state to load."""
+    info = read_run_file(path)
+    method = run_method(info)
+    if method == "lora":
+        return merged_checkpoint(read_checkpoint(tuned_base(path, info)), path / ADAPTER_DIR)
+    if method == "state":
+        if not (path / STATE_FILE).is_file():
+            raise CheckpointError(
+                path, f"this state-tuning run has saved no {STATE_FILE} yet (see --save-every)"
+            )
+        raw = read_checkpoint(tuned_base(path, info))
+        raw.state_file = path / STATE_FILE
+        return raw
+    return read_checkpoint(latest_checkpoint(path))
+
+
 def read_checkpoint(path: str | Path) -> RawCheckpoint:
     """Read any supported checkpoint into canonical (BlinkDL-named) form; a Hugging Face Hub reference
     (``hf://OWNER/REPO/FILE``, ``OWNER/REPO``: :mod:`rwkvkit.formats.hub`) is fetched into the Hub cache."""
@@ -171,12 +213,13 @@ def read_checkpoint(path: str | Path) -> RawCheckpoint:
     elif fmt == "gguf":
         sd, version, overrides = read_gguf(path)
         return RawCheckpoint(path, fmt, sd, version, overrides)
-    else:  # a training run folder: its newest checkpoint
-        return read_checkpoint(latest_checkpoint(path))
+    else:  # a training run folder
+        return read_run_checkpoint(path)
     if hf.is_hf_state_dict(sd):
         sd = hf.hf_to_blinkdl(sd, path)
     elif fla.is_fla_state_dict(sd):
         sd = fla.fla_to_blinkdl(sd, path)
+    sd, time_state = split_time_state(sd)  # a model file with a tuned state merged in (RWKV-PEFT)
     try:
         version = detect_version(sd.keys())
     except UnsupportedVersionError as e:
@@ -187,7 +230,7 @@ def read_checkpoint(path: str | Path) -> RawCheckpoint:
         # rwkv.cpp normalises RWKV-5's ln_x with eps 1e-5 (BlinkDL: 64e-5); its files' logits only
         # come out right with its own value (shared/fixtures/rwkv-cpp-tiny/README.md).
         overrides["ln_x_eps"] = RWKVCPP_V5_LN_X_EPS
-    return RawCheckpoint(path, fmt, sd, version, overrides)
+    return RawCheckpoint(path, fmt, sd, version, overrides, time_state)
 
 
 def _all_finite(t: Tensor, block: int = 1 << 20) -> bool:
@@ -250,7 +293,23 @@ def build_model(
     model.load_state_dict(tensors, assign=True)
     model.source = raw  # type: ignore[assignment]  # where the weights came from, for state files and convert
     raw.state_dict = {}  # the model owns the tensors now
-    return model.to(device).eval()
+    model = model.to(device).eval()
+    if raw.time_state:
+        model.default_state = to_state(raw.time_state, model, raw.path)  # type: ignore[assignment]
+    if raw.state_file is not None:
+        from .statefile import load_initial_state  # statefile reads its files with this module
+
+        model.default_state = load_initial_state(raw.state_file, model)  # type: ignore[assignment]
+    return model
+
+
+def merged_checkpoint(raw: RawCheckpoint, adapter: str | Path) -> RawCheckpoint:
+    """The checkpoint with a LoRA adapter (a folder or a LoRA run) merged into its weights, in
+    float32: what ``load_model(BASE, adapter=...)`` builds from and ``rwkvkit convert RUN`` writes."""
+    from .lora import apply_adapter  # imports peft, which only adapters need
+
+    model = apply_adapter(build_model(raw), adapter, merge=True)
+    return replace(raw, state_dict={k: v.detach() for k, v in model.state_dict().items()})
 
 
 def load_model(
@@ -259,6 +318,8 @@ def load_model(
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
     quantize: str | None = None,
+    adapter: str | Path | None = None,
+    state: str | Path | None = None,
 ) -> nn.Module:
     """Load any supported RWKV checkpoint, ready to call as ``logits, state = model(tokens, state)``.
 
@@ -270,13 +331,25 @@ def load_model(
     channel scales); the rest keeps ``dtype``. The model comes back with the fast inference layers
     of :mod:`rwkvkit.inference` in place (same numbers as the plain modules, within the tolerances
     tests/test_inference.py states).
+
+    Fine-tuned work: ``adapter`` is a LoRA adapter folder (PEFT's layout) or a LoRA run, merged
+    into the weights in float32 before they take ``dtype``; ``state`` is a state file (rwkvkit's,
+    or an official ``time_state`` .pth) or a state-tuning run, whose state becomes the model's
+    initial state (``model.initial_state(batch)``, what every call without a state starts from).
+    Both are refused when they were made for another model. A fine-tuning run folder as ``path``
+    loads its base with its adapter or state.
     """
     if quantize is not None and quantize not in QUANTIZE_MODES:
         raise RwkvkitError(f"unknown quantize={quantize!r}; choose one of {QUANTIZE_MODES} or None")
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise RwkvkitError(f"dtype must be a floating torch.dtype such as torch.float32, got {dtype!r}")
     device = resolve_device(device)  # before reading a large file for a device that is not there
-    model = build_model(read_checkpoint(path), device=device, dtype=dtype)
+    raw = read_checkpoint(path)
+    if adapter is not None:
+        raw = merged_checkpoint(raw, adapter)
+    if state is not None:
+        raw.state_file = Path(state)  # a state file or a state-tuning run
+    model = build_model(raw, device=device, dtype=dtype)
     return optimize_for_inference(model, quantize=quantize)
 
 

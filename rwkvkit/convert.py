@@ -1,9 +1,14 @@
 """Converting checkpoints: any readable checkpoint to a BlinkDL .pth, .safetensors, a Hugging Face
 folder, an rwkv.cpp file, a llama.cpp GGUF file or an ONNX graph of the one-token step
-(``rwkvkit convert``, :mod:`rwkvkit.cli.convert`)."""
+(``rwkvkit convert``, :mod:`rwkvkit.cli.convert`).
+
+A LoRA run converts to its merged weights; a state-tuning run (RWKV-5/6/7) to its base's weights
+with the tuned state as official ``blocks.N.att.time_state`` tensors, which the official ``rwkv``
+package reads as its initial state (RWKV-PEFT's merged form)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -19,7 +24,7 @@ from .checkpoint import RawCheckpoint, build_model, read_checkpoint, tokenizer_n
 from .dtypes import DTYPES, dtype_from_name
 from .errors import RwkvkitError
 from .fileio import atomic_path, atomic_write
-from .formats import fla, hf
+from .formats import fla, hf, time_state
 from .formats.gguf import WRITE_DTYPES as GGUF_DTYPES
 from .formats.gguf import write_gguf
 from .formats.rwkvcpp import rwkvcpp_version, write_rwkvcpp
@@ -145,6 +150,29 @@ def _check_rwkvcpp_can_hold(config: object, source_format: str) -> None:
         )
 
 
+def _tuned_state(raw: RawCheckpoint, to: str) -> dict[str, Tensor]:
+    """A tuned initial state that comes with the checkpoint (a state-tuning run's, or official
+    ``time_state`` keys in the file), in the official layout (float32), to write beside the weights.
+    Only .pth and .safetensors files can hold it, and only for RWKV-5/6/7."""
+    if not raw.time_state and raw.state_file is None:
+        return {}
+    where = raw.state_file or raw.path
+    if to not in ("pth", "safetensors"):
+        raise RwkvkitError(
+            f"{where}: a tuned initial state has no place in a {to} file; convert to pth or safetensors "
+            "(which hold it as official blocks.N.att.time_state tensors), or pass the state file with --state"
+        )
+    if raw.version not in time_state.VERSIONS:
+        raise RwkvkitError(
+            f"{where}: RWKV-{raw.version} has no official layout for a tuned state; the weights alone are "
+            f"the base's ({raw.path}), so use that with --state {where}"
+        )
+    if raw.state_file is None:
+        return {k: v.float() for k, v in raw.time_state.items()}
+    model = build_model(dataclasses.replace(raw, state_dict=dict(raw.state_dict)))  # reads the state file
+    return time_state.from_state(model.default_state, raw.version)  # type: ignore[arg-type]
+
+
 def _tokenizer_of(raw: RawCheckpoint, vocab_size: int) -> Tokenizer | None:
     try:
         return load_tokenizer(tokenizer_name_for_source(raw, vocab_size))
@@ -193,6 +221,7 @@ def convert(src: str | Path, dst: str | Path, to: str, dtype: str = "fp32") -> P
 
 
 def _write(raw: RawCheckpoint, dst: Path, to: str, dtype: str) -> None:
+    tuned_state = _tuned_state(raw, to)  # refused before anything is written
     if to == "gguf":
         _save_gguf(raw, dst, dtype)
         return
@@ -215,7 +244,7 @@ def _write(raw: RawCheckpoint, dst: Path, to: str, dtype: str) -> None:
         model = build_model(raw)  # every tensor in its canonical shape, as the folders' code wants it
         save_hf(_cast(model.state_dict(), torch_dtype), dst, model.config, dtype, tokenizer)
         return
-    sd = _cast(raw.state_dict, torch_dtype)
+    sd = {**_cast(raw.state_dict, torch_dtype), **tuned_state}
     if to == "pth" and getattr(config, "ln_x_eps", 64e-5) != 64e-5:
         warnings.warn(
             f"{raw.path} runs RWKV-{config.version}'s ln_x with eps {config.ln_x_eps} (rwkv.cpp's value), "

@@ -85,6 +85,13 @@ class RecurrentState:
     def to(self: S, device: torch.device | str) -> S:
         return self._map(lambda t: t.to(device))
 
+    def expand(self: S, batch: int) -> S:
+        """A batch-1 state repeated for ``batch`` rows, as new tensors (gradients reach the original:
+        a learned initial state is trained through this)."""
+        if self.batch_size != 1:
+            raise StateError(f"only a state of one row can be expanded, this one has {self.batch_size}")
+        return self._map(lambda t: t.expand(t.shape[0], batch, *t.shape[2:]).clone())
+
     def select(self: S, index: Tensor | list[int]) -> S:
         """The states of some batch rows, e.g. to fan one prompt's state out to many samples."""
         idx = torch.as_tensor(index, dtype=torch.long)

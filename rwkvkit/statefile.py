@@ -13,6 +13,10 @@ The file holds the state's tensors under ``state.<field>``, optionally the logit
 consumed token (``logits``: what the next token is drawn from, so a saved prompt can be
 continued without feeding anything) and metadata: format tag, RWKV version, state class,
 model config, identity, number of tokens consumed, optional tokenizer name. Writes are atomic.
+
+:func:`load_state` also reads the official layout of a tuned state (RWKV-PEFT's
+``blocks.N.att.time_state`` tensors, in a .pth or .safetensors of their own;
+:mod:`rwkvkit.formats.time_state`), which records no model identity: only its shapes are checked.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ from torch import Tensor, nn
 
 from .errors import StateError
 from .fileio import atomic_write
+from .formats import time_state
+from .formats.run import STATE_FILE, is_run_folder
 from .state import RecurrentState
 
 FORMAT = "rwkvkit-state"
@@ -83,7 +89,7 @@ class SavedState:
     state: RecurrentState
     logits: Tensor | None  # (B, V) float32 after the last consumed token, if saved
     tokens_consumed: int
-    identity: ModelIdentity
+    identity: ModelIdentity | None  # None for an official time_state file, which records none
     tokenizer: str | None = None
     extra: dict[str, str] = dataclasses.field(default_factory=dict)
 
@@ -135,6 +141,10 @@ def load_state(path: str | Path, model: nn.Module) -> SavedState:
     path = Path(path)
     if not path.is_file():
         raise StateError(f"{path}: no such state file")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head == b"PK\x03\x04" or head[:1] == b"\x80":  # a torch.save file: an official state
+        return _load_official(path, model)
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
@@ -143,6 +153,8 @@ def load_state(path: str | Path, model: nn.Module) -> SavedState:
         raise StateError(
             f"{path}: not a readable safetensors state file; it is truncated or corrupt ({e})"
         ) from None
+    if meta.get("format") != FORMAT and tensors and all(time_state.is_time_state_key(k) for k in tensors):
+        return _load_official(path, model, tensors)
     if meta.get("format") != FORMAT:
         raise StateError(
             f"{path}: this safetensors file is not an rwkvkit state file (no format={FORMAT!r} in its "
@@ -189,3 +201,29 @@ def load_state(path: str | Path, model: nn.Module) -> SavedState:
         tokenizer=meta.get("tokenizer"),
         extra={k.removeprefix("extra."): v for k, v in meta.items() if k.startswith("extra.")},
     )
+
+
+def _load_official(path: Path, model: nn.Module, tensors: dict[str, Tensor] | None = None) -> SavedState:
+    """An official tuned state (``blocks.N.att.time_state`` tensors), as a batch-1 state for ``model``."""
+    if tensors is None:
+        tensors = time_state.read_file(path)
+    if not tensors or not all(time_state.is_time_state_key(k) for k in tensors):
+        raise StateError(
+            f"{path}: neither an rwkvkit state file nor an official state file (blocks.N.att.time_state "
+            "tensors); a model checkpoint goes to --model, a state file to --state"
+        )
+    state = time_state.to_state(tensors, model, path)
+    return SavedState(
+        state=state, logits=None, tokens_consumed=0, identity=None, extra={"kind": "time_state"}
+    )
+
+
+def load_initial_state(path: str | Path, model: nn.Module) -> RecurrentState:
+    """A state file's state (or a state-tuning run's) as ``model``'s initial state: one row, made
+    by this model (or official)."""
+    if is_run_folder(Path(path)):
+        path = Path(path) / STATE_FILE
+    saved = load_state(path, model)
+    if saved.state.batch_size != 1:
+        raise StateError(f"{path}: holds {saved.state.batch_size} states; an initial state is one")
+    return saved.state

@@ -7,8 +7,9 @@ other version off in the test process, so the RWKV-7 comparison runs this script
 
 JOBS.json is a list of {"model": "x.pth", "chunks": [[ids], ...], "out": "y.pt"}: for each model the
 token lists are fed in turn, carrying the state, and each call's ``full_output`` logits (T, V) are
-saved as a list of float32 tensors in the job's "out" file. One process serves many models because
-the package's import (TorchScript compilation) is the slow part.
+saved as a list of float32 tensors in the job's "out" file. A job may name a "state" file (a
+torch.save'd list of the package's state tensors) to start from instead of zeros. One process
+serves many models because the package's import (TorchScript compilation) is the slow part.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def main() -> None:
         if not job["model"].endswith(".pth"):
             raise SystemExit("the official RWKV-7 loader appends .pth itself: give paths ending in .pth")
         model = RWKV(job["model"][: -len(".pth")], "cpu fp32")
-        state = None
+        state = torch.load(job["state"], weights_only=True) if "state" in job else None
         outs = []
         for chunk in job["chunks"]:
             logits, state = model.forward(chunk, state, full_output=True)

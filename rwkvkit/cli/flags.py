@@ -131,9 +131,23 @@ def add_threads_flag(
     )
 
 
-def add_state_flag(parser: argparse.ArgumentParser, help: str) -> None:
-    """--state FILE: a state file (rwkvkit.save_state, chat's /save) to start from."""
-    parser.add_argument("--state", metavar="FILE", help=help)
+def named_path(text: str) -> tuple[str, str]:
+    """NAME=PATH (serve's --state and --adapter: a model name and what it is made of)."""
+    name, sep, path = text.partition("=")
+    if not sep or not name.strip() or not path:
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=PATH (e.g. pirate=runs/pirate)")
+    return name.strip(), path
+
+
+def add_state_flag(parser: argparse.ArgumentParser, help: str, *, named: bool = False) -> None:
+    """--state FILE: a state file (rwkvkit.save_state, chat's /save, a tuned state) to start from;
+    ``named``: --state NAME=FILE, repeatable, each a model name that starts from its state."""
+    form: dict[str, Any] = (
+        {"type": named_path, "action": "append", "default": [], "metavar": "NAME=PATH"}
+        if named
+        else {"metavar": "FILE"}
+    )
+    parser.add_argument("--state", help=help, **form)
 
 
 def add_json_flag(parser: argparse.ArgumentParser) -> None:

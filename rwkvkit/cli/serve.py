@@ -10,12 +10,13 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import torch
 
 from ..defaults import default_model_path
 from ..errors import RwkvkitError
-from .flags import add_model_flags, load_model_and_tokenizer
+from .flags import add_model_flags, add_state_flag, load_model_and_tokenizer, named_path
 
 BUNDLED_NAME = "rwkvkit-default"
 MAX_TOKENS_HELP = "most tokens one choice may generate (and chat's default max_tokens)"
@@ -47,6 +48,24 @@ def port(text: str) -> int:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_flags(parser)  # with --quantize, --threads and --compile
+    g = parser.add_argument_group(
+        "tuned variants: each its own model name in /v1/models, on the base's weights"
+    )
+    g.add_argument(
+        "--adapter",
+        type=named_path,
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="serve the base with this LoRA adapter (a PEFT folder or a LoRA run) as model NAME; repeatable "
+        "(default: none)",
+    )
+    add_state_flag(
+        g,
+        "serve the base starting from this state (a state file, an official time_state .pth or a "
+        "state-tuning run) as model NAME; repeatable (default: none)",
+        named=True,
+    )
     g = parser.add_argument_group("network")
     g.add_argument(
         "--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 opens it to the network"
@@ -118,6 +137,25 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+def add_tuned_variants(registry: Any, adapters: list[tuple[str, str]], states: list[tuple[str, str]]) -> None:
+    """Each --state NAME=PATH and --adapter NAME=PATH as its own model on the base's weights: a
+    state variant starts every request from its state, an adapter variant is a view of the base
+    with the adapter's LoRA layers on top (rwkvkit.lora.adapter_view)."""
+    from ..engine import Prefix
+    from ..serve.registry import Variant
+    from ..statefile import load_initial_state
+
+    base = registry.base.model
+    for name, path in states:
+        start = Prefix(load_initial_state(path, base), None, 0)
+        registry.add(Variant(name, base, kind="state", start=start))
+    if adapters:
+        from ..lora import adapter_view  # imports peft, which only adapters need
+
+        for name, path in adapters:
+            registry.add(Variant(name, adapter_view(base, path), kind="adapter"))
+
+
 def run(args: argparse.Namespace) -> int:
     """Serve the model until SIGTERM or Ctrl-C."""
     import uvicorn
@@ -145,7 +183,9 @@ def run(args: argparse.Namespace) -> int:
         prefill_chunk=args.prefill_chunk,
         api_key=args.api_key or None,
     )
-    app = create_app(Registry(model, tokenizer, name, template), limits)
+    registry = Registry(model, tokenizer, name, template)
+    add_tuned_variants(registry, args.adapter, args.state)
+    app = create_app(registry, limits)
     host, bound = sock.getsockname()[:2]
     url = f"http://{host if ':' not in host else f'[{host}]'}:{bound}"
     print(f"rwkvkit serve: {name} at {url} (chat page {url}/, API {url}/v1)", file=sys.stderr, flush=True)

@@ -10,12 +10,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+import typing
+from collections.abc import Collection
 from typing import Any
 
 from ..train.arch import ARCHITECTURES
-from ..train.config import TrainConfig
+from ..train.config import METHODS, TrainConfig
 from ..train.loop import train
 from .flags import add_device_flag, add_progress_flag
+
+# fields whose flag takes one of a few words; those without a default must be given
+CHOICES = {"arch": tuple(ARCHITECTURES), "method": METHODS}
 
 HELP = {
     "data": "folder made by `rwkvkit prepare`",
@@ -48,7 +53,8 @@ HELP = {
     "eval_windows": "validation windows per evaluation",
     "log_every": "a metrics.jsonl row every N steps",
     "sample_len": "tokens in each text sample",
-    "sample_prompt": "the text each sample continues (default: a newline)",
+    "sample_prompt": "the text each sample continues (default: a newline; for chat or prompt/completion "
+    "data, the first validation example's prompt)",
     "stop_after": "stop after N steps in this invocation, to resume later with --resume (0: run to --steps)",
     "resume": "continue the run in --out from its last complete checkpoint",
     "threads": "torch CPU threads (0: PyTorch's default)",
@@ -67,23 +73,47 @@ class _DeprecatedAlias(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    for f in dataclasses.fields(TrainConfig):
+def flag_type(hint: Any) -> Any:
+    """The argparse type of a config field's annotation (``float | None`` takes floats)."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if args else hint
+
+
+def add_config_flags(
+    p: argparse.ArgumentParser, cls: type, helps: dict[str, str], skip: Collection[str] = ()
+) -> None:
+    """One flag per field of a config dataclass (TrainConfig, FinetuneConfig), except ``skip``:
+    ``--n-layer`` for ``n_layer``, typed and defaulted by the field."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
         flag = "--" + f.name.replace("_", "-")
         if f.name in ("data", "out"):
-            p.add_argument(flag, required=True, help=HELP[f.name])
+            p.add_argument(flag, required=True, help=helps[f.name])
         elif f.name == "progress":
             add_progress_flag(p)
         elif f.name == "device":
             add_device_flag(p, default=f.default)
         elif f.name == "resume":
-            p.add_argument(flag, action="store_true", help=HELP[f.name])
+            p.add_argument(flag, action="store_true", help=helps[f.name])
         elif f.name == "betas":
-            p.add_argument(flag, type=float, nargs=2, default=f.default, metavar="B", help=HELP[f.name])
-        elif f.name == "arch":
-            p.add_argument(flag, default=f.default, choices=tuple(ARCHITECTURES), help=HELP[f.name])
+            p.add_argument(flag, type=float, nargs=2, default=f.default, metavar="B", help=helps[f.name])
+        elif f.name == "method":
+            p.add_argument(flag, required=True, choices=CHOICES[f.name], help=helps[f.name])
+        elif f.name in CHOICES:
+            p.add_argument(flag, default=f.default, choices=CHOICES[f.name], help=helps[f.name])
         else:
-            p.add_argument(flag, type=type(f.default), default=f.default, help=HELP[f.name])
+            p.add_argument(flag, type=flag_type(hints[f.name]), default=f.default, help=helps[f.name])
+
+
+def config_from_args(cls: type, args: argparse.Namespace) -> Any:
+    """The config the parsed flags describe (fields without a flag keep their defaults)."""
+    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)})
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_config_flags(p, TrainConfig, HELP)
     # Before the BPTT segment was named --bptt-len, the WKV chunk was --wkv-chunk.
     p.add_argument(
         "--wkv-chunk",
@@ -97,7 +127,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+    cfg = config_from_args(TrainConfig, args)
     summary = train(cfg)
     print(f"{cfg.out}: step {summary['step']}, loss {summary['loss']:.4f}")
     return 0

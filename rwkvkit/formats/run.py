@@ -9,6 +9,13 @@ A run folder (``rwkvkit train --out OUT``) holds:
   step, RNG states), tensors and plain values only, read with ``weights_only=True``;
 - ``metrics.jsonl``, ``loss.png``, ``samples.txt``.
 
+A fine-tuning run (``rwkvkit finetune``) records its ``method`` and its ``base`` model in the run
+file. A full fine-tune's checkpoints are whole weights, as above. A LoRA or state-tuning run's
+checkpoints hold only what it trains (the adapter, the state); beside them it keeps the newest as
+``adapter/`` (PEFT's layout, :mod:`rwkvkit.lora`) or ``state.safetensors`` (an rwkvkit state file)
+and ``state.pth`` (the official ``blocks.N.att.time_state`` layout, RWKV-5/6/7), and loading the
+run means loading its base with them.
+
 A checkpoint counts only once both its files exist (the trainer writes the training state first,
 the weights last; see :mod:`rwkvkit.train.run`). This module only reads: the checkpoint loader
 uses it to find a run's newest weights, and the trainer to find where to resume.
@@ -21,6 +28,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from ..defaults import default_model_path
 from ..errors import CheckpointError
 
 RUN_FILE = "rwkvkit-run.json"
@@ -28,6 +36,11 @@ RUN_FILE = "rwkvkit-run.json"
 # "wkv_chunk"; version 2 calls them "bptt_len" and "chunk_len" (TrainConfig.from_saved maps them).
 RUN_FORMAT = "rwkvkit-run-2"
 CKPT_DIR = "checkpoints"
+ADAPTER_DIR = "adapter"
+STATE_FILE = "state.safetensors"
+OFFICIAL_STATE_FILE = "state.pth"
+# run methods whose checkpoints are not whole models: the run is its base plus what they trained
+TUNED_METHODS = ("lora", "state")
 _WEIGHTS = re.compile(r"^step-(\d{7,})\.safetensors$")
 
 
@@ -73,3 +86,21 @@ def read_run_file(run_dir: str | Path) -> dict[str, Any]:
         raise CheckpointError(run_dir, f"not a training run: no {RUN_FILE}") from None
     except json.JSONDecodeError as e:
         raise CheckpointError(path, f"not valid JSON ({e})") from None
+
+
+def run_method(info: dict[str, Any]) -> str:
+    """How a run trained: "scratch" (``rwkvkit train``), or the fine-tuning method."""
+    return str(info.get("method", "scratch"))
+
+
+def tuned_base(run_dir: str | Path, info: dict[str, Any]) -> Path:
+    """The base model a fine-tuning run started from (the bundled model, wherever it is installed)."""
+    base = info.get("base") or {}
+    path = default_model_path() if base.get("bundled") else Path(base.get("path", ""))
+    if path is None or not path.exists():
+        raise CheckpointError(
+            run_dir,
+            f"this run was tuned from {base.get('path')}, which is not there any more; load the base "
+            "and the tuned part separately: rwkvkit.load_model(BASE, adapter=RUN) or (..., state=RUN)",
+        )
+    return path

@@ -223,6 +223,9 @@ class RWKV4(nn.Module):
     time_mix: ClassVar[type[nn.Module]] = TimeMix
     channel_mix: ClassVar[type[nn.Module]] = ChannelMix
     state_cls: ClassVar[type[RecurrentState]] = RWKV4State
+    # A learned initial state (``rwkvkit finetune --method state``; ``load_model(..., state=)``) that
+    # replaces the zeros: batch 1, not a registered tensor, so it never enters the state dict.
+    default_state: RecurrentState | None = None
 
     def __init__(self, config: Any) -> None:
         super().__init__()
@@ -239,6 +242,8 @@ class RWKV4(nn.Module):
         self.head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
 
     def initial_state(self, batch: int = 1) -> RecurrentState:
+        if self.default_state is not None:
+            return self.default_state.expand(batch)
         return self.state_cls.zeros(self.config, batch, self.emb.weight.device)
 
     def _checked(self, state: RecurrentState | None, batch: int) -> RecurrentState:

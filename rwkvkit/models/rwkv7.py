@@ -335,6 +335,8 @@ class RWKV7(nn.Module):
     """The whole model: ``logits, state = model(tokens, state)`` for any number of tokens, and
     ``logits, state = model.step(tokens, state)`` for one token per sequence."""
 
+    default_state: RWKV7State | None = None  # a learned initial state, as in RWKV4
+
     def __init__(self, config: RWKV7Config) -> None:
         super().__init__()
         self.config = config
@@ -347,6 +349,8 @@ class RWKV7(nn.Module):
         self.head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
 
     def initial_state(self, batch: int = 1) -> RWKV7State:
+        if self.default_state is not None:
+            return self.default_state.expand(batch)
         return RWKV7State.zeros(self.config, batch, self.emb.weight.device)
 
     def _checked(self, state: RWKV7State | None, batch: int) -> RWKV7State:

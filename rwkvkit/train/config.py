@@ -1,9 +1,12 @@
-"""What a training run is asked to do: one dataclass, whose fields are ``rwkvkit train``'s flags."""
+"""What a training run is asked to do: one dataclass, whose fields are ``rwkvkit train``'s flags,
+and its fine-tuning sibling, whose fields are ``rwkvkit finetune``'s."""
 
 from __future__ import annotations
 
 import dataclasses
 from typing import Any
+
+from ..lora import DEFAULT_TARGETS, LoraSettings
 
 # rwkvkit-run-1 files named two fields otherwise: its "chunk_len" was the BPTT segment and its
 # "wkv_chunk" the WKV chunk. Mapped together, so one old name never lands on the other's field.
@@ -71,6 +74,10 @@ class TrainConfig:
         """Tokens per truncated-BPTT segment (the whole window when bptt_len is 0)."""
         return self.bptt_len or self.ctx_len
 
+    def saved(self) -> dict[str, Any]:
+        """What the run file records (``rwkvkit-run.json``'s "train")."""
+        return dataclasses.asdict(self)
+
     @classmethod
     def from_saved(cls, run_info: dict[str, Any]) -> TrainConfig:
         """The config a run folder's ``rwkvkit-run.json`` recorded, older key names mapped."""
@@ -78,3 +85,50 @@ class TrainConfig:
         if run_info.get("format") == "rwkvkit-run-1":
             saved = {_RUN1_NAMES.get(k, k): v for k, v in saved.items()}
         return cls(**saved)
+
+
+# TrainConfig's fields that describe a model to build: a fine-tune takes its model from the base.
+ARCH_FIELDS = ("arch", "n_layer", "n_embd", "ffn_mult", "n_head", "head_size", "chunk_len")
+METHODS = ("lora", "state", "full")
+# (lr, lr_final) per method when --lr is not given. State tuning's are RWKV-PEFT's: a state entry
+# may move by ~1 per step (Adam), as its values are of the order of the keys times the values.
+METHOD_LR = {"lora": (2e-4, 2e-5), "state": (1.0, 1e-2), "full": (1e-5, 1e-6)}
+
+
+@dataclasses.dataclass
+class FinetuneConfig(TrainConfig):
+    """``rwkvkit finetune``: the training loop's settings (TrainConfig's, less the architecture,
+    which the base model fixes), the base model, the method and LoRA's settings."""
+
+    method: str = "lora"  # lora, state or full
+    model: str = ""  # the base: any checkpoint load_model reads ("" = the bundled model)
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    lora_targets: str = ",".join(DEFAULT_TARGETS)  # comma-separated module names
+    # Fine-tuning's own defaults for the loop's settings
+    lr: float | None = None  # type: ignore[assignment]  # None: METHOD_LR's
+    lr_final: float | None = None  # type: ignore[assignment]  # None: lr times METHOD_LR's ratio
+    warmup: int = 10
+    steps: int = 200
+    weight_decay: float = 0.0
+    save_every: int = 50
+    eval_every: int = 50
+
+    def __post_init__(self) -> None:
+        if self.method in METHOD_LR:
+            lr, lr_final = METHOD_LR[self.method]
+            if self.lr is None:
+                self.lr = lr
+            if self.lr_final is None:  # the method's ratio of final to peak rate
+                self.lr_final = self.lr * lr_final / lr
+        super().__post_init__()
+        if self.method == "lora":
+            self.lora_settings()  # refuse bad LoRA settings before anything is loaded
+
+    def lora_settings(self) -> LoraSettings:
+        targets = tuple(t.strip() for t in self.lora_targets.split(","))
+        return LoraSettings(self.lora_rank, self.lora_alpha, self.lora_dropout, targets)
+
+    def saved(self) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ARCH_FIELDS}

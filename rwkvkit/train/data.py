@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from torch import Tensor
 from ..errors import RwkvkitError
 from ..fileio import atomic_path, atomic_write_bytes, iter_jsonl
 from ..tokenizer import load_tokenizer
+from .examples import DocumentSampler, Example, encode_example, read_example
 
 MANIFEST = "manifest.json"
 
@@ -89,16 +90,20 @@ def write_binidx(path: str | Path, docs: list[list[int]], dtype: Any = np.uint16
     base.with_suffix(".idx").write_bytes(header + body)
 
 
-def iter_documents(path: Path) -> Iterator[str]:
-    """The texts in a file: one per JSONL line (its "text" field), or the whole file."""
+def iter_records(path: Path, template: Any) -> Iterator[tuple[int, str, Example | None]]:
+    """(line, text, example) for each record of a file: one per JSONL line, or the whole file as
+    line 1. ``example`` is the chat or prompt/completion example (:mod:`.examples`); None for text."""
     if path.suffix == ".jsonl":
         for n, obj in iter_jsonl(path, DataError):
-            if not isinstance(obj.get("text"), str):
-                raise DataError(f'{path}:{n}: each JSONL line needs a string "text" field')
-            yield obj["text"]
+            try:
+                example = read_example(obj, f"{path}:{n}", template)
+            except RwkvkitError as e:
+                raise DataError(str(e)) from None
+            text = obj["text"] if example is None else "".join(t for t, _ in example.pieces)
+            yield n, text, example
     else:
         try:
-            yield path.read_text(encoding="utf-8")
+            yield 1, path.read_text(encoding="utf-8"), None
         except UnicodeDecodeError as e:
             raise DataError(f"{path}: not UTF-8 text ({e}); pass text, .jsonl or binidx files") from None
 
@@ -132,8 +137,12 @@ def prepare(
 ) -> dict[str, Any]:
     """Tokenize the inputs into ``out/{train,val}.bin`` + ``manifest.json``; return the manifest.
 
-    Documents are joined in order (separated by the tokenizer's end-of-text id where it has one);
-    the last ``val_fraction`` of the tokens is the validation split.
+    Plain text (text files, ``{"text"}`` JSONL, binidx) is one stream: documents joined in order
+    (separated by the tokenizer's end-of-text id where it has one), the last ``val_fraction`` of
+    the tokens the validation split. Chat and prompt/completion JSONL (:mod:`.examples`) are
+    examples: each also gets a loss mask (``{train,val}.mask``, one byte per token) and its start,
+    file and line in ``{train,val}.docs``; the last ``val_fraction`` of the examples is the
+    validation split. The two kinds are not mixed in one folder.
     """
     from tqdm import tqdm
 
@@ -145,48 +154,105 @@ def prepare(
     files = expand_inputs(inputs)
     total_bytes = sum(f.stat().st_size for f in files if f.suffix != ".idx")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    eos = getattr(tok, "eos_id", None)
-    pieces: list[np.ndarray] = []
-    n_bytes = 0
-    bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="tokenizing", disable=not progress)
-    for f in files:
-        if f.suffix in (".idx", ".bin"):
-            ids = read_binidx(f)
-            if ids.size and int(ids.max()) >= vocab:
-                raise DataError(f"{f}: token id {int(ids.max())} is outside the {tok.name} vocabulary")
-            pieces.append(np.asarray(ids, dtype=dtype))
-            continue
-        for text in iter_documents(f):
-            ids = tok.encode(text)
-            if eos is not None:
-                ids.append(eos)
-            pieces.append(np.asarray(ids, dtype=dtype))
-            size = len(text.encode("utf-8"))
-            n_bytes += size
-            bar.update(size)
-    bar.close()
+    with tqdm(total=total_bytes, unit="B", unit_scale=True, desc="tokenizing", disable=not progress) as bar:
+        pieces, masks, docs, n_bytes = _tokenize(files, tok, dtype, bar)  # the bar ends before any error
     tokens = np.concatenate(pieces) if pieces else np.zeros(0, dtype=dtype)
-    n_val = max(1, int(len(tokens) * val_fraction))
-    if len(tokens) - n_val < 2:
-        raise DataError(f"only {len(tokens)} tokens in the inputs: too little to train on")
-    split = len(tokens) - n_val
-    for name, arr in (("train", tokens[:split]), ("val", tokens[split:])):
-        with atomic_path(out / f"{name}.bin") as tmp:
-            arr.tofile(tmp)
+    if docs:
+        n_val_docs = max(1, round(len(docs) * val_fraction))
+        if len(docs) - n_val_docs < 1:
+            raise DataError(f"only {len(docs)} example in the inputs: too few to train and validate on")
+        split = int(sum(d[2] for d in docs[: len(docs) - n_val_docs]))
+    else:
+        n_val = max(1, int(len(tokens) * val_fraction))
+        if len(tokens) - n_val < 2:
+            raise DataError(f"only {len(tokens)} tokens in the inputs: too little to train on")
+        split = len(tokens) - n_val
+    out.mkdir(parents=True, exist_ok=True)
+    _write_split_files(out, tokens, split, masks, docs)
     manifest = {
         "format": "rwkvkit-tokens-1",
         "tokenizer": tok.name,
         "vocab_size": vocab,
         "dtype": np.dtype(dtype).name,
         "train_tokens": int(split),
-        "val_tokens": int(n_val),
+        "val_tokens": int(len(tokens) - split),
         # bytes per token over the whole corpus: turns nats per token into bits per byte
         "bytes_per_token": (n_bytes / len(tokens)) if n_bytes else None,
         "sources": [str(f) for f in files],
     }
+    if docs:
+        manifest.update(examples=True, train_examples=len(docs) - n_val_docs, val_examples=n_val_docs)
     atomic_write_bytes(out / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
     return manifest
+
+
+def _tokenize(
+    files: list[Path], tok: Any, dtype: Any, bar: Any
+) -> tuple[list[np.ndarray], list[np.ndarray], list[tuple[int, int, int]], int]:
+    """Every file's tokens (one array per record); for examples also their masks and (file index,
+    line, tokens) each; and the bytes of text read."""
+    from ..chat import ChatTemplate
+
+    vocab, eos, template = int(tok.vocab_size), getattr(tok, "eos_id", None), ChatTemplate()
+    pieces: list[np.ndarray] = []
+    masks: list[np.ndarray] = []
+    docs: list[tuple[int, int, int]] = []
+    n_bytes = 0
+
+    def kind_check(is_example: bool, where: str) -> None:
+        if pieces and bool(docs) != is_example:
+            raise DataError(
+                f"{where}: mixes plain text with chat or prompt/completion examples; prepare each kind "
+                "into its own folder"
+            )
+
+    for fi, f in enumerate(files):
+        if f.suffix in (".idx", ".bin"):
+            kind_check(False, str(f))
+            ids = read_binidx(f)
+            if ids.size and int(ids.max()) >= vocab:
+                raise DataError(f"{f}: token id {int(ids.max())} is outside the {tok.name} vocabulary")
+            pieces.append(np.asarray(ids, dtype=dtype))
+            continue
+        for line, text, example in iter_records(f, template):
+            where = f"{f}:{line}"
+            kind_check(example is not None, where)
+            if example is None:
+                ids = tok.encode(text)
+                if eos is not None:
+                    ids.append(eos)
+            else:
+                ids, mask = encode_example(tok, example)
+                if len(ids) < 2:
+                    raise DataError(f"{where}: this example is {len(ids)} token long: nothing to predict")
+                masks.append(np.asarray(mask, dtype=np.uint8))
+                docs.append((fi, line, len(ids)))
+            pieces.append(np.asarray(ids, dtype=dtype))
+            size = len(text.encode("utf-8"))
+            n_bytes += size
+            bar.update(size)
+    return pieces, masks, docs, n_bytes
+
+
+def _write_split_files(
+    out: Path, tokens: np.ndarray, split: int, masks: list[np.ndarray], docs: list[tuple[int, int, int]]
+) -> None:
+    """{train,val}.bin, and for examples {train,val}.mask and {train,val}.docs (start, file, line)."""
+    arrays = {"bin": tokens}
+    if docs:
+        arrays["mask"] = np.concatenate(masks)
+        lengths = np.array([d[2] for d in docs], dtype=np.int64)
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+        arrays["docs"] = np.stack([starts, [d[0] for d in docs], [d[1] for d in docs]], 1).astype(np.int64)
+    for ext, arr in arrays.items():
+        if ext == "docs":
+            cut = int(np.searchsorted(arr[:, 0], split))
+            parts = (arr[:cut], arr[cut:] - np.array([split, 0, 0]))
+        else:
+            parts = (arr[:split], arr[split:])
+        for name, part in zip(("train", "val"), parts, strict=True):
+            with atomic_path(out / f"{name}.{ext}") as tmp:
+                np.ascontiguousarray(part).tofile(tmp)
 
 
 # ---------------------------------------------------------------- reading prepared data
@@ -194,12 +260,19 @@ def prepare(
 
 @dataclass
 class TokenData:
-    """A prepared data folder, opened."""
+    """A prepared data folder, opened. For examples (chat, prompt/completion) also the loss masks
+    and where each example starts (:mod:`.examples`)."""
 
     path: Path
     manifest: dict[str, Any]
     train: np.ndarray
     val: np.ndarray
+    masks: dict[str, np.ndarray] = field(default_factory=dict)  # split -> (tokens,) uint8
+    docs: dict[str, np.ndarray] = field(default_factory=dict)  # split -> (examples, 3) int64
+
+    @property
+    def examples(self) -> bool:
+        return bool(self.manifest.get("examples"))
 
     @classmethod
     def open(cls, path: str | Path) -> TokenData:
@@ -213,14 +286,38 @@ class TokenData:
         except json.JSONDecodeError as e:
             raise DataError(f"{path / MANIFEST}: not valid JSON ({e})") from None
         dtype = np.dtype(manifest["dtype"])
-        arrays = {}
+        arrays, masks, docs = {}, {}, {}
         for name in ("train", "val"):
-            f = path / f"{name}.bin"
             n = manifest[f"{name}_tokens"]
-            if not f.is_file() or f.stat().st_size != n * dtype.itemsize:
-                raise DataError(f"{f}: missing or not the {n} tokens the manifest promises; re-run prepare")
-            arrays[name] = np.memmap(f, dtype=dtype, mode="r", shape=(n,))
-        return cls(path, manifest, arrays["train"], arrays["val"])
+            arrays[name] = _open_array(path / f"{name}.bin", dtype, (n,))
+            if manifest.get("examples"):
+                masks[name] = _open_array(path / f"{name}.mask", np.dtype(np.uint8), (n,))
+                docs[name] = _open_array(
+                    path / f"{name}.docs", np.dtype(np.int64), (manifest[f"{name}_examples"], 3)
+                )
+        return cls(path, manifest, arrays["train"], arrays["val"], masks, docs)
+
+    def example_prompt(self, split: str, i: int) -> list[int]:
+        """The tokens of example ``i`` before its first counted one (a chat's first question)."""
+        start = int(self.docs[split][i, 0])
+        counted = np.flatnonzero(self.masks[split][start:])
+        tokens = self.train if split == "train" else self.val
+        return [int(t) for t in tokens[start : start + (int(counted[0]) if counted.size else 1)]]
+
+    def sampler(self, split: str, ctx_len: int, seed: int) -> TokenSampler | DocumentSampler:
+        """What reads a split's batches: windows of the stream, or whole examples with their masks."""
+        tokens = self.train if split == "train" else self.val
+        if not self.examples:
+            return TokenSampler(tokens, ctx_len, seed)
+        return DocumentSampler(
+            tokens, self.masks[split], self.docs[split], ctx_len, seed, self.manifest["sources"]
+        )
+
+
+def _open_array(f: Path, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
+    if not f.is_file() or f.stat().st_size != int(np.prod(shape)) * dtype.itemsize:
+        raise DataError(f"{f}: missing or not the {shape[0]} entries the manifest promises; re-run prepare")
+    return np.memmap(f, dtype=dtype, mode="r", shape=shape)
 
 
 class TokenSampler:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -22,18 +23,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from ..checkpoint import read_checkpoint
 from ..errors import RwkvkitError
-from ..formats.run import RUN_FORMAT, complete_steps, read_run_file, weights_path
+from ..formats.run import RUN_FORMAT, complete_steps, read_run_file, run_method, weights_path
 from ..tokenizer import load_tokenizer
 from . import run as runfiles
-from .arch import build
 from .config import KEEP_ON_RESUME, TrainConfig
-from .data import TokenData, TokenSampler
+from .data import TokenData
 from .device import autocast_for, pick_device, setup_distributed
-from .init import param_groups
 from .sample import sample_text
 from .schedule import learning_rate
+from .trainee import Trainee, scratch
 from .validate import validation_loss
 
 
@@ -70,15 +69,33 @@ def set_rng_state(s: dict[str, Any]) -> None:
 
 def resumed_config(cfg: TrainConfig, out: Path) -> tuple[TrainConfig, int | None]:
     """The run's saved config, with this invocation's length and reporting (KEEP_ON_RESUME), and
-    the step of its newest complete checkpoint (None: none yet, start from scratch)."""
-    saved = TrainConfig.from_saved(read_run_file(out))
+    the step of its newest complete checkpoint (None: none yet, start from scratch). A run is
+    resumed only by the same method it was made with."""
+    info = read_run_file(out)
+    method, asked = run_method(info), getattr(cfg, "method", "scratch")
+    if method != asked:
+        made = "`rwkvkit train`" if method == "scratch" else f"`rwkvkit finetune --method {method}`"
+        tried = "`rwkvkit train`" if asked == "scratch" else f"--method {asked}"
+        raise RwkvkitError(
+            f"{out} was made by {made}; it cannot be resumed with {tried}. Resume it as it was made, "
+            "or start a new run in another --out folder"
+        )
+    saved = type(cfg).from_saved(info)
     cfg = dataclasses.replace(saved, **{k: getattr(cfg, k) for k in KEEP_ON_RESUME})
     steps = complete_steps(out)
     return cfg, (steps[-1] if steps else None)
 
 
-def train(cfg: TrainConfig) -> dict[str, Any]:
-    """Run (or resume) training; returns a summary (final step, last losses)."""
+def masked_loss(logits: Tensor, targets: Tensor, mask: Tensor, count: float) -> Tensor:
+    """Cross-entropy summed over the positions ``mask`` counts, divided by ``count`` (the counted
+    positions of the whole micro-batch, so a window's segments add up to its mean)."""
+    ce = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="none")
+    return (ce * mask.flatten()).sum() / count
+
+
+def train(cfg: TrainConfig, make: Callable[[TrainConfig, TokenData], Trainee] = scratch) -> dict[str, Any]:
+    """Run (or resume) training; returns a summary (final step, last losses). ``make`` builds what
+    is trained (a fresh model; ``rwkvkit finetune`` passes its own)."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = pick_device(cfg)
@@ -87,7 +104,6 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         torch.cuda.set_device(device)
     out = Path(cfg.out)
     data = TokenData.open(cfg.data)
-    vocab = int(data.manifest["vocab_size"])
 
     resume_from = None
     if cfg.resume:
@@ -96,28 +112,34 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     seg = cfg.segment
     if cfg.ctx_len % seg:
         raise RwkvkitError(f"--ctx-len {cfg.ctx_len} must be a multiple of --bptt-len {seg}")
+    sampler = data.sampler("train", cfg.ctx_len, cfg.seed)
     torch.manual_seed(cfg.seed)
-    model, model_cfg = build(cfg, vocab)
+    trainee = make(cfg, data)
+    model, model_cfg = trainee.model, trainee.model_config
     if resume_from is not None:
-        sd = read_checkpoint(weights_path(out, resume_from)).state_dict
-        model.load_state_dict({k: v.reshape(model.state_dict()[k].shape) for k, v in sd.items()})
-    model.to(device).train()
+        trainee.load(weights_path(out, resume_from))
+    trainee.module.to(device).train()
     n_params = sum(p.numel() for p in model.parameters())
-    groups = param_groups(model, cfg.weight_decay)
+    groups = trainee.param_groups(cfg.weight_decay)
+    trained = [p for g in groups for p in g["params"]]
     opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=1e-8)  # type: ignore[arg-type]
     if resume_from is not None:
         ts = runfiles.load_train_state(out, resume_from)
         opt.load_state_dict(ts["optimizer"])
         set_rng_state(ts["rng"])
-    ddp_model: nn.Module = model
+    ddp_model: nn.Module
     if dist_info.world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
-        ddp_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+        ddp_model = DDP(trainee.module, device_ids=[device.index] if device.type == "cuda" else None)
+    else:
+        ddp_model = trainee.module
     amp = autocast_for(cfg, device)
     tokenizer = load_tokenizer(data.manifest["tokenizer"])
-    sampler = TokenSampler(data.train, cfg.ctx_len, cfg.seed)
     bytes_per_token = data.manifest.get("bytes_per_token") or 1.0
+    sample_prompt = cfg.sample_prompt
+    if data.examples and sample_prompt == "\n":  # the default: for chats, answer the first question
+        sample_prompt = tokenizer.decode(data.example_prompt("val", 0))
 
     metrics = out / runfiles.METRICS
     if dist_info.main:
@@ -127,11 +149,12 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 out,
                 {
                     "format": RUN_FORMAT,
-                    "arch": cfg.arch,
+                    "arch": trainee.arch,
                     "model": model_cfg,
                     "n_params": n_params,
                     "tokenizer": data.manifest["tokenizer"],
-                    "train": dataclasses.asdict(cfg),
+                    **trainee.run_info,
+                    "train": cfg.saved(),
                 },
             )
             metrics.unlink(missing_ok=True)
@@ -141,16 +164,17 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     def save(step: int) -> None:
         if dist_info.main:
             ts = {"step": step, "optimizer": opt.state_dict(), "rng": rng_state()}
-            runfiles.save_checkpoint(out, step, model.state_dict(), model_cfg, ts, cfg.keep)
+            runfiles.save_checkpoint(out, step, trainee.tensors(), model_cfg, ts, cfg.keep)
+            trainee.export(out)
 
     def run_eval(step: int) -> float:
         val = validation_loss(model, data, cfg, device, amp)
         bpb = val / math.log(2) / bytes_per_token
-        text = sample_text(model, tokenizer, cfg.sample_prompt, cfg.sample_len, cfg.seed + step)
+        text = sample_text(model, tokenizer, sample_prompt, cfg.sample_len, cfg.seed + step)
         runfiles.append_metrics(metrics, {"step": step, "val_loss": val, "val_bpb": bpb})
         with open(out / runfiles.SAMPLES, "a") as f:
             f.write(f"=== step {step} (val {val:.4f} nats/token, {bpb:.4f} bits/byte)\n{text}\n\n")
-        runfiles.plot_losses(metrics, out / runfiles.LOSS_PLOT, f"{cfg.arch} L{cfg.n_layer} D{cfg.n_embd}")
+        runfiles.plot_losses(metrics, out / runfiles.LOSS_PLOT, trainee.title)
         return val
 
     world, rank = dist_info.world, dist_info.rank
@@ -171,30 +195,36 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         lr = learning_rate(cfg, step)
         for g in opt.param_groups:
             g["lr"] = lr * g["lr_scale"]
-        offsets = sampler.global_batch(step, global_batch).reshape(cfg.grad_accum, world, cfg.batch_size)
+        picks = sampler.global_batch(step, global_batch).reshape(cfg.grad_accum, world, cfg.batch_size)
         step_loss = 0.0
-        n_back = cfg.grad_accum * (cfg.ctx_len // seg)
-        k = 0
         for micro in range(cfg.grad_accum):
-            x, y = sampler.read(offsets[micro, rank])
+            x, y, *mask = sampler.read(picks[micro, rank])  # examples also give their loss mask
             x, y = x.to(device), y.to(device)
+            T = x.shape[1]  # ctx_len; for examples, the longest of this micro-batch
+            count = float(mask[0].sum().clamp(min=1)) if mask else 0.0
             state = None
-            for s in range(0, cfg.ctx_len, seg):
-                k += 1
-                sync = k == n_back or world == 1
-                ctx = nullcontext() if sync else ddp_model.no_sync()  # type: ignore[operator]
+            for s in range(0, T, seg):
+                last = micro == cfg.grad_accum - 1 and s + seg >= T
+                ctx = nullcontext() if last or world == 1 else ddp_model.no_sync()  # type: ignore[operator]
                 with ctx:
                     with amp():
                         logits, state = ddp_model(x[:, s : s + seg], state)
-                    loss = F.cross_entropy(logits.flatten(0, 1).float(), y[:, s : s + seg].flatten())
-                    weight = (seg / cfg.ctx_len) / cfg.grad_accum
+                    if mask:
+                        loss = masked_loss(
+                            logits, y[:, s : s + seg], mask[0][:, s : s + seg].to(device), count
+                        )
+                        weight = 1 / cfg.grad_accum
+                    else:
+                        loss = F.cross_entropy(logits.flatten(0, 1).float(), y[:, s : s + seg].flatten())
+                        weight = (seg / cfg.ctx_len) / cfg.grad_accum
                     (L2Wrap.apply(loss, logits) * weight).backward()
                 step_loss += loss.item() * weight
                 state = state.detach()
         if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            torch.nn.utils.clip_grad_norm_(trained, cfg.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
+        trainee.after_step()
         done = step + 1
         last_loss = step_loss
         loss_log += step_loss
