@@ -10,13 +10,12 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .checkpoint import read_checkpoint
+from .checkpoint import model_config, read_checkpoint
 from .dtypes import DTYPES, dtype_from_name
-from .errors import RwkvkitError
-from .fileio import atomic_path, atomic_write
+from .errors import FileAccessError, RwkvkitError
+from .fileio import atomic_path, atomic_write, check_writable, os_problem
 from .formats import hf
 from .formats.rwkvcpp import rwkvcpp_version, write_rwkvcpp
-from .models import model_classes
 
 TARGETS = ("pth", "safetensors", "hf", "rwkvcpp")
 
@@ -43,7 +42,10 @@ def save_hf(sd: dict[str, Tensor], dst: Path, config: object, dtype_name: str) -
 
     if getattr(config, "version", None) != "4":
         raise RwkvkitError("Hugging Face output is available for RWKV-4 only so far")
-    dst.mkdir(parents=True, exist_ok=True)
+    try:
+        dst.mkdir(exist_ok=True)
+    except OSError as e:
+        raise FileAccessError(dst, f"cannot create the folder: {os_problem(e)}") from None
     cfg = hf.hf_config(config)
     cfg["torch_dtype"] = str(DTYPES[dtype_name]).removeprefix("torch.")  # "float32", "bfloat16", ...
     atomic_write(
@@ -73,15 +75,44 @@ def _check_rwkvcpp_can_hold(config: object, source_format: str) -> None:
         )
 
 
-def convert(src: str | Path, dst: str | Path, to: str, dtype: str = "fp32") -> Path:
-    """Read ``src`` in any supported form and write it to ``dst`` as ``to``."""
+def check_destination(dst: Path, to: str, force: bool) -> None:
+    """Refuse, before reading anything, a destination that cannot be written or would be replaced
+    without ``force``: a file for the file formats, a folder (new, empty or ``force``) for hf."""
+    if to != "hf":
+        if dst.exists() and not dst.is_dir() and not force:
+            raise FileAccessError(dst, "already exists; pass --force to replace it")
+        check_writable(dst)
+        return
+    if dst.exists() and not dst.is_dir():
+        raise FileAccessError(dst, "is a file, not a folder; --to hf writes a folder")
+    if (
+        dst.is_dir()
+        and any((dst / name).exists() for name in ("config.json", "model.safetensors"))
+        and not force
+    ):
+        raise FileAccessError(dst, "already holds a model; pass --force to replace it")
+    check_writable(dst / "config.json" if dst.is_dir() else dst)
+
+
+def convert(
+    src: str | Path, dst: str | Path, to: str, dtype: str | None = None, *, force: bool = False
+) -> Path:
+    """Read ``src`` in any supported form and write it to ``dst`` as ``to``.
+
+    ``dtype``: "fp32", "bf16" or "fp16"; None keeps the source's (an rwkv.cpp target takes fp32
+    for a bf16 source, which it cannot hold). An existing ``dst`` is replaced only with ``force``.
+    """
     if to not in TARGETS:
         raise RwkvkitError(f"unknown target format {to!r}; choose one of {', '.join(TARGETS)}")
-    torch_dtype = dtype_from_name(dtype)
-    raw = read_checkpoint(src)
-    config_cls, _ = model_classes(raw.version, raw.path)
-    config = config_cls.from_state_dict(raw.state_dict, **raw.config_overrides)
+    if dtype is not None:
+        dtype_from_name(dtype)
     dst = Path(dst)
+    check_destination(dst, to, force)
+    raw = read_checkpoint(src)
+    if dtype is None:
+        dtype = "fp32" if to == "rwkvcpp" and raw.dtype == "bf16" else raw.dtype
+    torch_dtype = dtype_from_name(dtype)
+    config = model_config(raw)
     if to == "rwkvcpp":
         if dtype == "bf16":
             raise RwkvkitError("rwkv.cpp files hold fp32 or fp16 weights; pass --dtype fp32 or fp16")

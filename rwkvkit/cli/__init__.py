@@ -5,12 +5,15 @@ A verb's module is imported only when that verb runs or its help is asked for, s
 ``add_arguments(parser)`` (its flags, declared once; the shared ones from :mod:`.flags`) and
 ``run(args) -> int``. A failure the user can fix is one line on stderr,
 ``rwkvkit VERB: error: ...``, and exit status 2, for a bad flag and for an RwkvkitError alike.
+Anything else is a bug in rwkvkit: one line saying so, exit status 1 (``RWKVKIT_TRACEBACK=1``
+shows the traceback).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -98,10 +101,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(module.run(args) or 0)
     except RwkvkitError as e:
-        print(f"rwkvkit {name}: error: {e}", file=sys.stderr)
+        print(f"rwkvkit {name}: error: {one_line(str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as e:  # the last resort: every failure a user can cause is an RwkvkitError
+        if os.environ.get("RWKVKIT_TRACEBACK"):
+            raise
+        print(
+            f"rwkvkit {name}: error: internal error ({type(e).__name__}: {one_line(str(e))}); this is a bug, "
+            "please report it with the command you ran (RWKVKIT_TRACEBACK=1 shows the traceback)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def one_line(message: str) -> str:
+    """A message as one line: an error on stderr is one line, whatever the exception text holds."""
+    return " ".join(message.split()) if "\n" in message or "\r" in message else message
 
 
 if __name__ == "__main__":

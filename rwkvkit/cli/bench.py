@@ -9,12 +9,12 @@ from pathlib import Path
 import torch
 
 from ..bench import WORKDIR
-from ..bench.contenders import OURS, SHAPES, random_checkpoint
+from ..bench.contenders import OURS, SHAPES, check_names, random_checkpoint
 from ..bench.peers import PEERS
 from ..bench.run import run_bench
 from ..bench.table import format_table
-from ..fileio import atomic_write_bytes
-from .flags import add_json_flag
+from ..fileio import atomic_write_bytes, check_writable
+from .flags import add_json_flag, integer
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,10 +26,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"comma-separated; ours: {','.join(OURS)} (plain-<x>: without the fast layers); "
         f"peers: {','.join(PEERS)}",
     )
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="CPU threads")
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds; the median is reported")
-    parser.add_argument("--decode-tokens", type=int, default=16, help="tokens decoded per round")
-    parser.add_argument("--prefill", type=int, default=512, help="prompt length (0: skip prefill)")
+    parser.add_argument("--threads", type=integer(1), default=torch.get_num_threads(), help="CPU threads")
+    parser.add_argument(
+        "--rounds", type=integer(1), default=5, help="interleaved rounds; the median is reported"
+    )
+    parser.add_argument("--decode-tokens", type=integer(1), default=16, help="tokens decoded per round")
+    parser.add_argument("--prefill", type=integer(0), default=512, help="prompt length (0: skip prefill)")
     parser.add_argument("--no-batch", action="store_true", help="skip batched decode (B=8)")
     parser.add_argument("--reference", help="row whose speed the ratios divide by (default: none, no ratios)")
     parser.add_argument("--workdir", default=str(WORKDIR), help="where random checkpoints and conversions go")
@@ -37,9 +39,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.json:
+        check_writable(args.json, "--json file")
     workdir = Path(args.workdir)
-    path = Path(args.model) if args.model else random_checkpoint(args.shape, workdir)
     names = [n.strip() for n in args.contenders.split(",") if n.strip()]
+    check_names(names)
+    path = Path(args.model) if args.model else random_checkpoint(args.shape, workdir)
     result = run_bench(
         path,
         names,

@@ -14,10 +14,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("dst", help="where to write (a folder for --to hf)")
     parser.add_argument("--to", required=True, choices=TARGETS, help="output format")
-    add_dtype_flag(parser, "weight dtype of the output")
+    add_dtype_flag(parser, "weight dtype of the output", default=None)
+    parser.add_argument("--force", action="store_true", help="replace DST if it exists")
 
 
 def run(args: argparse.Namespace) -> int:
-    out = convert(args.src, args.dst, args.to, args.dtype)
+    out = convert(args.src, args.dst, args.to, args.dtype, force=args.force)
     print(f"wrote {out}")
     return 0

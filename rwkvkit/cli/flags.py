@@ -9,6 +9,9 @@ the help cannot disagree with the code. A flag whose default is None says in wor
 from __future__ import annotations
 
 import argparse
+import math
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +19,90 @@ from torch import nn
 
 from ..checkpoint import load_model, tokenizer_for_model
 from ..defaults import default_model_path
+from ..device import resolve_device
 from ..dtypes import DTYPES
 from ..errors import RwkvkitError
+from ..fileio import check_utf8, decode_utf8
+from ..sampling import SamplingParams
 from ..tokenizer import Tokenizer
 
 
 class NoModelError(RwkvkitError):
     """No --model given and no bundled default model installed."""
+
+
+# ---------------------------------------------------------------- value types: argparse's ``type=``
+# Each checks one flag's value as argparse reads it, so a bad value is a usage error naming the flag
+# ("argument --seed: ...") before anything is loaded.
+
+
+def integer(least: int | None = None, below: int | None = None) -> Callable[[str], int]:
+    """An int flag with ``least <= value < below``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if (least is not None and value < least) or (below is not None and value >= below):
+            rule = " and ".join(
+                ([f">= {least}"] if least is not None else []) + ([f"< {below}"] if below is not None else [])
+            )
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {text}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
+def number(
+    low: float | None = None, high: float | None = None, *, low_open: bool = False
+) -> Callable[[str], float]:
+    """A finite float flag with ``low <= value`` (``low < value`` if low_open) and ``value <= high``."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        too_low = low is not None and (value <= low if low_open else value < low)
+        if not math.isfinite(value) or too_low or (high is not None and value > high):
+            rule = "a finite number"
+            if low is not None:
+                rule += f" {'>' if low_open else '>='} {low:g}"
+            if high is not None:
+                rule += f" and <= {high:g}"
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {text}")
+        return value
+
+    parse.__name__ = "number"
+    return parse
+
+
+def text(value: str) -> str:
+    """A text flag: invalid UTF-8 in argv reaches Python as lone surrogates, refused here."""
+    try:
+        return check_utf8(value, "the value")
+    except RwkvkitError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def device_name(value: str) -> str:
+    """A --device that exists on this machine (kept as the name the user wrote)."""
+    try:
+        resolve_device(value)
+    except RwkvkitError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return value
+
+
+# torch.Generator takes seeds in [0, 2**64); one flag, one rule, for every verb that has --seed.
+seed = integer(0, 2**64)
+
+
+def read_stdin_text() -> str:
+    """All of standard input as UTF-8 text, or an error saying where it is not UTF-8."""
+    return decode_utf8(sys.stdin.buffer.read(), "standard input")
 
 
 def add_model_flags(parser: argparse.ArgumentParser, *, several: bool = False) -> None:
@@ -53,11 +133,22 @@ def add_tokenizer_flag(parser: argparse.ArgumentParser, default: str | None = No
 
 def add_device_flag(parser: argparse.ArgumentParser, default: str = "cpu") -> None:
     auto = "; auto: the GPU of this rank if there is one, else cpu" if default == "auto" else ""
-    parser.add_argument("--device", default=default, help=f"torch device, e.g. cpu, cuda or cuda:1{auto}")
+    parser.add_argument(
+        "--device",
+        default=default,
+        type=device_name if default != "auto" else _auto_or_device,
+        help=f"torch device, e.g. cpu, cuda or cuda:1{auto}",
+    )
 
 
-def add_dtype_flag(parser: argparse.ArgumentParser, help: str) -> None:
-    parser.add_argument("--dtype", default="fp32", choices=tuple(DTYPES), help=help)
+def _auto_or_device(value: str) -> str:
+    return value if value == "auto" else device_name(value)
+
+
+def add_dtype_flag(parser: argparse.ArgumentParser, help: str, default: str | None = "fp32") -> None:
+    """--dtype; ``default=None`` means "the source's", said in the help."""
+    keep = " (default: the source's)" if default is None else ""
+    parser.add_argument("--dtype", default=default, choices=tuple(DTYPES), help=help + keep)
 
 
 def add_state_flag(parser: argparse.ArgumentParser, help: str) -> None:
@@ -80,7 +171,7 @@ def add_progress_flag(parser: argparse.ArgumentParser) -> None:
 def add_sampling_flags(parser: argparse.ArgumentParser, max_tokens: int) -> None:
     g = parser.add_argument_group("sampling")
     g.add_argument(
-        "--max-tokens", type=int, default=max_tokens, metavar="N", help="tokens to generate at most"
+        "--max-tokens", type=integer(0), default=max_tokens, metavar="N", help="tokens to generate at most"
     )
     g.add_argument("--temperature", type=float, default=1.0, metavar="T", help="0 = greedy")
     g.add_argument("--top-p", type=float, default=1.0, metavar="P", help="nucleus sampling; 1 = off")
@@ -101,7 +192,7 @@ def add_sampling_flags(parser: argparse.ArgumentParser, max_tokens: int) -> None
     )
     g.add_argument(
         "--seed",
-        type=int,
+        type=seed,
         default=None,
         metavar="S",
         help="random seed: the same seed gives the same text (default: a fresh one each run)",
@@ -110,7 +201,9 @@ def add_sampling_flags(parser: argparse.ArgumentParser, max_tokens: int) -> None
 
 
 def sampling_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    return {
+    """The sampling flags as keyword arguments of SamplingParams, checked by it now (before any
+    model is loaded): its rules are the only ones, whether a value comes from a flag or from Python."""
+    params = {
         "temperature": args.temperature,
         "top_p": args.top_p,
         "top_k": args.top_k,
@@ -119,6 +212,8 @@ def sampling_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "frequency_penalty": args.frequency_penalty,
         "penalty_decay": args.penalty_decay,
     }
+    SamplingParams(**params)
+    return params
 
 
 def unescape(text: str) -> str:

@@ -13,9 +13,11 @@ import sys
 from typing import Any
 
 from ..train.arch import ARCHITECTURES
-from ..train.config import TrainConfig
+from ..train.config import DECAYS, PRECISIONS, TrainConfig, config_from_flags
 from ..train.loop import train
-from .flags import add_device_flag, add_progress_flag
+from .flags import add_device_flag, add_progress_flag, text
+
+CHOICES = {"arch": tuple(ARCHITECTURES), "decay": DECAYS, "precision": PRECISIONS}
 
 HELP = {
     "data": "folder made by `rwkvkit prepare`",
@@ -50,7 +52,9 @@ HELP = {
     "sample_len": "tokens in each text sample",
     "sample_prompt": "the text each sample continues (default: a newline)",
     "stop_after": "stop after N steps in this invocation, to resume later with --resume (0: run to --steps)",
-    "resume": "continue the run in --out from its last complete checkpoint",
+    "resume": "continue the run in --out from its last complete checkpoint, with its saved settings "
+    "(flags that would change the model or the data stream are refused)",
+    "overwrite": "start again in an --out that holds a run: its checkpoints, metrics and samples are deleted",
     "threads": "torch CPU threads (0: PyTorch's default)",
 }
 
@@ -68,22 +72,33 @@ class _DeprecatedAlias(argparse.Action):
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field. Their defaults are left out of the parsed arguments (and
+    written into the help), so that ``run`` knows which flags were given: on --resume a given flag
+    must agree with the saved run, and an absent one takes the saved value."""
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
-        if f.name in ("data", "out"):
+        shown = " ".join(map(str, f.default)) if isinstance(f.default, tuple) else repr(f.default)
+        given_only = {"default": argparse.SUPPRESS, "help": f"{HELP.get(f.name, '')} (default: {shown})"}
+        if f.name == "out":
             p.add_argument(flag, required=True, help=HELP[f.name])
+        elif f.name == "data":
+            p.add_argument(
+                flag, default=argparse.SUPPRESS, help=HELP[f.name] + " (required, except with --resume)"
+            )
         elif f.name == "progress":
             add_progress_flag(p)
         elif f.name == "device":
             add_device_flag(p, default=f.default)
-        elif f.name == "resume":
+        elif f.name in ("resume", "overwrite"):
             p.add_argument(flag, action="store_true", help=HELP[f.name])
         elif f.name == "betas":
-            p.add_argument(flag, type=float, nargs=2, default=f.default, metavar="B", help=HELP[f.name])
-        elif f.name == "arch":
-            p.add_argument(flag, default=f.default, choices=tuple(ARCHITECTURES), help=HELP[f.name])
+            p.add_argument(flag, type=float, nargs=2, metavar="B", **given_only)
+        elif f.name in CHOICES:
+            p.add_argument(flag, choices=CHOICES[f.name], **given_only)
+        elif f.name == "sample_prompt":
+            p.add_argument(flag, type=text, **given_only)
         else:
-            p.add_argument(flag, type=type(f.default), default=f.default, help=HELP[f.name])
+            p.add_argument(flag, type=type(f.default), **given_only)
     # Before the BPTT segment was named --bptt-len, the WKV chunk was --wkv-chunk.
     p.add_argument(
         "--wkv-chunk",
@@ -97,7 +112,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
+    cfg = config_from_flags(given)
     summary = train(cfg)
     print(f"{cfg.out}: step {summary['step']}, loss {summary['loss']:.4f}")
     return 0

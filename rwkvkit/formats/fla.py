@@ -16,6 +16,7 @@ from typing import Any
 from torch import Tensor
 
 from ..errors import CheckpointError
+from .values import config_number
 
 _TOP = {
     "emb.weight": "model.embeddings.weight",
@@ -116,11 +117,15 @@ def blinkdl_to_fla(sd: dict[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
-def config_overrides_from_fla(cfg: dict[str, Any]) -> dict[str, Any]:
-    """fla's norm_eps is its LayerNorms' eps; its GroupNorm ln_x uses head_dim * norm_eps (64e-5 at 64)."""
+def config_overrides_from_fla(cfg: dict[str, Any], where: Any = "config.json") -> dict[str, Any]:
+    """fla's norm_eps is its LayerNorms' eps; its GroupNorm ln_x uses head_dim * norm_eps (64e-5 at 64).
+    Values are checked (``where``: the file they come from)."""
     out: dict[str, Any] = {}
+    head_dim = 64
+    if cfg.get("head_dim") is not None:
+        head_dim = config_number(cfg, "head_dim", where, kind=int, low=1)
     if "norm_eps" in cfg:
-        out["layer_norm_eps"] = float(cfg["norm_eps"])
-        head_dim = int(cfg.get("head_dim") or 64)
-        out["ln_x_eps"] = head_dim * float(cfg["norm_eps"])
+        eps = config_number(cfg, "norm_eps", where, low=0.0, high=1.0)
+        out["layer_norm_eps"] = eps
+        out["ln_x_eps"] = head_dim * eps
     return out

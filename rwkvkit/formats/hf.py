@@ -8,6 +8,7 @@ from typing import Any
 from torch import Tensor
 
 from ..errors import CheckpointError
+from .values import config_number
 
 # BlinkDL suffix inside a block -> transformers suffix (the rest of the name is the same).
 # The RWKV-5/6 remote-code folders (RWKV/rwkv-5-world-*, RWKV/v6-Finch-*-HF) use the same scheme; their
@@ -100,9 +101,9 @@ def hf_config(config: Any, context_length: int = 1024) -> dict[str, Any]:
     }
 
 
-def config_overrides_from_hf(cfg: dict[str, Any]) -> dict[str, Any]:
-    """What an HF config.json says that the weights' shapes do not."""
+def config_overrides_from_hf(cfg: dict[str, Any], where: Any = "config.json") -> dict[str, Any]:
+    """What an HF config.json says that the weights' shapes do not, checked (``where``: the file)."""
     out = {}
     if "layer_norm_epsilon" in cfg:
-        out["layer_norm_eps"] = float(cfg["layer_norm_epsilon"])
+        out["layer_norm_eps"] = config_number(cfg, "layer_norm_epsilon", where, low=0.0, high=1.0)
     return out

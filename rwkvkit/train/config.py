@@ -3,23 +3,44 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+from pathlib import Path
 from typing import Any
+
+from ..errors import CheckpointError, ConfigError
+from ..formats.run import RUN_FILE, read_run_file
 
 # rwkvkit-run-1 files named two fields otherwise: its "chunk_len" was the BPTT segment and its
 # "wkv_chunk" the WKV chunk. Mapped together, so one old name never lands on the other's field.
 _RUN1_NAMES = {"chunk_len": "bptt_len", "wkv_chunk": "chunk_len"}
 
 # What a resumed run takes from the command line rather than from the run folder: how long it
-# runs and how it reports, never the model or the data stream.
+# runs and how it reports, never the model or the data stream. (The data folder may be given again,
+# e.g. after moving it; the trainer checks it holds the run's tokens.)
 KEEP_ON_RESUME = (
     "steps",
     "stop_after",
     "resume",
+    "overwrite",
     "progress",
     "threads",
     "device",
     "save_every",
     "eval_every",
+)
+DECAYS = ("cosine", "exp")
+PRECISIONS = ("auto", "fp32", "bf16")
+# field -> the least value it may take (every other int field must be >= 1)
+_MAY_BE_ZERO = (
+    "seed",
+    "bptt_len",
+    "warmup",
+    "save_every",
+    "keep",
+    "eval_every",
+    "sample_len",
+    "stop_after",
+    "threads",
 )
 
 
@@ -59,12 +80,56 @@ class TrainConfig:
     sample_prompt: str = "\n"
     stop_after: int = 0  # stop after this many steps in this invocation (0: run to --steps)
     resume: bool = False
+    overwrite: bool = False  # start again in a run folder that holds a run, deleting its checkpoints
     device: str = "auto"
     threads: int = 0
     progress: bool = True
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)  # type: ignore[assignment]  # JSON and argparse give lists
+        self.check()
+
+    def check(self) -> None:
+        """Every field's type and range, as the flag it is: a run that cannot work is refused
+        before it starts (``--steps 0``, ``--grad-accum 0``, ``--lr -1``, ``--decay bogus``, ...)."""
+
+        def refuse(name: str, rule: str) -> ConfigError:
+            flag = "--" + name.replace("_", "-")
+            return ConfigError(f"{flag} must be {rule}, got {getattr(self, name)!r}")
+
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.type == "int":
+                least = 0 if f.name in _MAY_BE_ZERO else 1
+                if not isinstance(value, int) or isinstance(value, bool) or value < least:
+                    raise refuse(f.name, f"an integer >= {least}")
+            elif f.type == "float":
+                if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+                    raise refuse(f.name, "a finite number")
+            elif f.type == "bool" and not isinstance(value, bool):
+                raise refuse(f.name, "true or false")
+            elif f.type == "str" and not isinstance(value, str):
+                raise refuse(f.name, "a string")
+        for name in ("lr", "ffn_mult"):
+            if getattr(self, name) <= 0:
+                raise refuse(name, "> 0")
+        for name in ("lr_final", "weight_decay", "grad_clip"):
+            if getattr(self, name) < 0:
+                raise refuse(name, ">= 0")
+        if len(self.betas) != 2 or not all(
+            isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in self.betas
+        ):
+            raise refuse("betas", "two numbers in [0, 1)")
+        if self.seed >= 2**63:
+            raise refuse("seed", "below 2**63")
+        if self.decay not in DECAYS:
+            raise refuse("decay", f"one of {', '.join(DECAYS)}")
+        if self.precision not in PRECISIONS:
+            raise refuse("precision", f"one of {', '.join(PRECISIONS)}")
+        if self.bptt_len and self.ctx_len % self.bptt_len:
+            raise ConfigError(f"--ctx-len {self.ctx_len} must be a multiple of --bptt-len {self.bptt_len}")
+        if self.resume and self.overwrite:
+            raise ConfigError("--resume continues a run and --overwrite deletes it: pass one of them")
 
     @property
     def segment(self) -> int:
@@ -72,9 +137,50 @@ class TrainConfig:
         return self.bptt_len or self.ctx_len
 
     @classmethod
-    def from_saved(cls, run_info: dict[str, Any]) -> TrainConfig:
-        """The config a run folder's ``rwkvkit-run.json`` recorded, older key names mapped."""
-        saved = dict(run_info["train"])
+    def from_saved(cls, run_info: dict[str, Any], where: Any = RUN_FILE) -> TrainConfig:
+        """The config a run folder's ``rwkvkit-run.json`` recorded, older key names mapped, every
+        value checked (``where``: the file, for the error). Keys this version does not know are
+        ignored; missing ones take their defaults."""
+        saved = run_info.get("train")
+        if not isinstance(saved, dict):
+            raise CheckpointError(where, 'has no "train" object: not a run file this rwkvkit can resume')
         if run_info.get("format") == "rwkvkit-run-1":
             saved = {_RUN1_NAMES.get(k, k): v for k, v in saved.items()}
-        return cls(**saved)
+        known = {f.name for f in dataclasses.fields(cls)}
+        try:
+            return cls(**{k: v for k, v in saved.items() if k in known})
+        except (ConfigError, TypeError) as e:
+            raise CheckpointError(where, f"holds a training config that cannot be used: {e}") from None
+
+
+def config_from_flags(flags: dict[str, Any]) -> TrainConfig:
+    """What ``rwkvkit train`` runs: the flags given on the command line over the defaults, or, with
+    ``--resume``, over the run's saved config, read first. Only the flags of KEEP_ON_RESUME (and
+    --data, for a moved data folder) may change on resume; any other flag given with a value that
+    contradicts the saved run is an error naming both values."""
+    if not flags.get("resume"):
+        if "data" not in flags:
+            raise ConfigError("--data is required (only --resume reads it from the run folder)")
+        return TrainConfig(**flags)
+    out = flags["out"]
+    saved = TrainConfig.from_saved(read_run_file(out), Path(out) / RUN_FILE)
+    clashes = [
+        f"--{k.replace('_', '-')} {_show(v)} contradicts the run's saved {_show(getattr(saved, k))}"
+        for k, v in flags.items()
+        if k not in (*KEEP_ON_RESUME, "out", "data") and _normal(v) != _normal(getattr(saved, k))
+    ]
+    if clashes:
+        raise ConfigError(
+            f"{out}: " + "; ".join(clashes) + ". Drop these flags to continue the run as it was, or "
+            "start a new run (--overwrite, or another --out)"
+        )
+    keep = {k: v for k, v in flags.items() if k in (*KEEP_ON_RESUME, "data")}
+    return dataclasses.replace(saved, out=out, **keep)
+
+
+def _normal(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _show(value: Any) -> str:
+    return " ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from ..device import resolve_device
 from ..errors import RwkvkitError
 from .config import TrainConfig
 
@@ -38,7 +39,7 @@ def setup_distributed(device: torch.device) -> Dist:
 
 def pick_device(cfg: TrainConfig) -> torch.device:
     if cfg.device != "auto":
-        return torch.device(cfg.device)
+        return resolve_device(cfg.device)
     if torch.cuda.is_available():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return torch.device("cpu")

@@ -22,8 +22,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from ..checkpoint import read_checkpoint
-from ..errors import RwkvkitError
+from ..checkpoint import all_finite, read_checkpoint
+from ..errors import NonFiniteError, RwkvkitError
+from ..fileio import os_problem
 from ..formats.run import RUN_FORMAT, complete_steps, read_run_file, weights_path
 from ..tokenizer import load_tokenizer
 from . import run as runfiles
@@ -35,6 +36,33 @@ from .init import param_groups
 from .sample import sample_text
 from .schedule import learning_rate
 from .validate import validation_loss
+
+
+def _last_good(out: Path) -> str:
+    steps = complete_steps(out)
+    return (
+        f"the last complete checkpoint (step {steps[-1]}) is intact."
+        if steps
+        else "no checkpoint was written."
+    )
+
+
+def stop_if_not_finite(
+    step: int, loss: float, grad_norm: float, lr: float, world: int, device: torch.device, out: Path
+) -> None:
+    """Raise :class:`NonFiniteError` if this step's loss or gradient norm is NaN or infinite, on
+    every rank at once (one rank stopping alone would leave the others waiting forever)."""
+    bad = not (math.isfinite(loss) and math.isfinite(grad_norm))
+    if world > 1:
+        flag = torch.tensor([float(bad)], device=device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        bad = bool(flag.item())
+    if bad:
+        raise NonFiniteError(
+            f"training stopped at step {step}: the loss ({loss:.4g}) or the gradient norm ({grad_norm:.4g}) "
+            f"is not finite, so the weights were not updated; {_last_good(out)} Lower --lr (now {lr:.3g}), "
+            "set --grad-clip, or check the data"
+        )
 
 
 class L2Wrap(torch.autograd.Function):
@@ -69,33 +97,81 @@ def set_rng_state(s: dict[str, Any]) -> None:
 
 
 def resumed_config(cfg: TrainConfig, out: Path) -> tuple[TrainConfig, int | None]:
-    """The run's saved config, with this invocation's length and reporting (KEEP_ON_RESUME), and
-    the step of its newest complete checkpoint (None: none yet, start from scratch)."""
-    saved = TrainConfig.from_saved(read_run_file(out))
-    cfg = dataclasses.replace(saved, **{k: getattr(cfg, k) for k in KEEP_ON_RESUME})
+    """The run's saved config, with this invocation's length, reporting and data folder
+    (KEEP_ON_RESUME and ``data``), and the step of its newest complete checkpoint (None: none
+    yet, start from scratch)."""
+    saved = TrainConfig.from_saved(read_run_file(out), out / runfiles.RUN_FILE)
+    cfg = dataclasses.replace(saved, data=cfg.data, **{k: getattr(cfg, k) for k in KEEP_ON_RESUME})
     steps = complete_steps(out)
     return cfg, (steps[-1] if steps else None)
 
 
+def check_run_folder(cfg: TrainConfig, out: Path) -> None:
+    """Refuse an --out that is a file, or that holds a run this invocation would mix with."""
+    if out.exists() and not out.is_dir():
+        raise runfiles.RunFolderError(f"--out {out}: is a file, not a folder")
+    if not cfg.resume and not cfg.overwrite and out.is_dir() and runfiles.holds_run(out):
+        raise runfiles.RunFolderError(
+            f"--out {out} already holds a training run; pass --resume to continue it, or --overwrite "
+            "to start again (its checkpoints and metrics are deleted)"
+        )
+
+
+def check_data_fits_run(data: TokenData, out: Path) -> None:
+    """On resume, the data must be tokenized as the run's was: another vocabulary would be trained
+    on as if it were the same."""
+    info = read_run_file(out)
+    saved_tok, saved_vocab = info.get("tokenizer"), (info.get("model") or {}).get("vocab_size")
+    tok, vocab = data.manifest["tokenizer"], data.manifest["vocab_size"]
+    if (saved_tok is not None and saved_tok != tok) or (saved_vocab is not None and saved_vocab != vocab):
+        raise RwkvkitError(
+            f"--data {data.path} is tokenized with {tok} ({vocab} ids) but the run in {out} was trained on "
+            f"{saved_tok} ({saved_vocab} ids); pass the run's own data folder"
+        )
+
+
 def train(cfg: TrainConfig) -> dict[str, Any]:
-    """Run (or resume) training; returns a summary (final step, last losses)."""
+    """Run (or resume) training; returns a summary (final step, last losses).
+
+    With ``cfg.resume`` the run folder's saved config is read first and everything is derived
+    from it (only KEEP_ON_RESUME and the data folder come from ``cfg``). Rank 0 holds the run
+    folder's lock for the whole run. Training stops with a :class:`NonFiniteError` at the first
+    non-finite loss or gradient, before the optimizer steps, so no checkpoint is ever non-finite.
+    """
+    out = Path(cfg.out)
+    resume_from = None
+    if cfg.resume:
+        cfg, resume_from = resumed_config(cfg, out)
+    check_run_folder(cfg, out)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = pick_device(cfg)
     dist_info = setup_distributed(device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    out = Path(cfg.out)
     data = TokenData.open(cfg.data)
-    vocab = int(data.manifest["vocab_size"])
-
-    resume_from = None
     if cfg.resume:
-        cfg, resume_from = resumed_config(cfg, out)
+        check_data_fits_run(data, out)
+    if not dist_info.main:
+        return _train(cfg, data, device, dist_info, resume_from)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise runfiles.RunFolderError(f"--out {out}: cannot create the folder: {os_problem(e)}") from None
+    with runfiles.run_lock(out):
+        runfiles.tidy(out)
+        if cfg.overwrite:
+            runfiles.clear_run(out)
+        return _train(cfg, data, device, dist_info, resume_from)
+
+
+def _train(
+    cfg: TrainConfig, data: TokenData, device: torch.device, dist_info: Any, resume_from: int | None
+) -> dict[str, Any]:
+    out = Path(cfg.out)
+    vocab = int(data.manifest["vocab_size"])
     start_step = resume_from or 0
     seg = cfg.segment
-    if cfg.ctx_len % seg:
-        raise RwkvkitError(f"--ctx-len {cfg.ctx_len} must be a multiple of --bptt-len {seg}")
     torch.manual_seed(cfg.seed)
     model, model_cfg = build(cfg, vocab)
     if resume_from is not None:
@@ -121,7 +197,6 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
     metrics = out / runfiles.METRICS
     if dist_info.main:
-        out.mkdir(parents=True, exist_ok=True)
         if resume_from is None:
             runfiles.write_run_file(
                 out,
@@ -135,11 +210,19 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 },
             )
             metrics.unlink(missing_ok=True)
+            (out / runfiles.SAMPLES).unlink(missing_ok=True)
         else:
             runfiles.truncate_metrics(metrics, resume_from)
+            runfiles.truncate_samples(out / runfiles.SAMPLES, resume_from)
 
     def save(step: int) -> None:
         if dist_info.main:
+            bad = next((n for n, p in model.named_parameters() if not all_finite(p.detach())), None)
+            if bad is not None:  # finite steps can still overflow a weight: never save that
+                raise NonFiniteError(
+                    f"training stopped at step {step}: the weights ({bad}) are not finite, so no checkpoint "
+                    f"was written; {_last_good(out)} Lower --lr (now {cfg.lr:g})"
+                )
             ts = {"step": step, "optimizer": opt.state_dict(), "rng": rng_state()}
             runfiles.save_checkpoint(out, step, model.state_dict(), model_cfg, ts, cfg.keep)
 
@@ -160,7 +243,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     bar = tqdm(
         total=cfg.steps,
         initial=start_step,
-        disable=not (cfg.progress and dist_info.main),
+        disable=None if cfg.progress and dist_info.main else True,  # None: only on a terminal
         unit="step",
         dynamic_ncols=True,
     )
@@ -191,8 +274,12 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                     (L2Wrap.apply(loss, logits) * weight).backward()
                 step_loss += loss.item() * weight
                 state = state.detach()
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
         if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
+        else:
+            norm = float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
+        stop_if_not_finite(step + 1, step_loss, norm, lr, world, device, out)
         opt.step()
         opt.zero_grad(set_to_none=True)
         done = step + 1
