@@ -30,7 +30,7 @@ from .engine import DEFAULT_PREFILL_CHUNK, Engine, Prefix, Request, RowResult, p
 from .errors import RwkvkitError
 from .sampling import SamplingParams, make_generator
 from .state import RecurrentState
-from .tokenizer import IncrementalDecoder
+from .tokenizer import IncrementalDecoder, check_vocab_fits
 
 SAMPLING_FIELDS = {f.name for f in dataclasses.fields(SamplingParams)}
 
@@ -230,6 +230,7 @@ def _start(
     params = SamplingParams(**sampling)
     if not prompts:
         raise RwkvkitError("no prompts to generate from")
+    check_vocab_fits(tokenizer, model)  # else its ids could index past the model's embedding
     if stop_token_ids is None:
         eos = getattr(tokenizer, "eos_id", None)
         stop_token_ids = [] if eos is None else [eos]

@@ -73,10 +73,11 @@ def check_vocab_fits(tokenizer: Tokenizer, model: Any) -> None:
     """Refuse a tokenizer that can produce ids a model has no embedding for (``model``: a model
     with ``config.vocab_size``, or the vocabulary size itself)."""
     vocab = model if isinstance(model, int) else getattr(getattr(model, "config", None), "vocab_size", None)
-    if vocab is not None and tokenizer.vocab_size > vocab:
+    size = getattr(tokenizer, "vocab_size", None)
+    if vocab is not None and size is not None and size > vocab:
         raise TokenizerError(
-            f"the {tokenizer.name} tokenizer has {tokenizer.vocab_size} tokens but the model only {vocab}; "
-            "use the model's own tokenizer (--tokenizer)"
+            f"the {getattr(tokenizer, 'name', '')} tokenizer has {size} tokens but the model only {vocab}; "
+            "pass the model's own tokenizer with --tokenizer"
         )
 
 

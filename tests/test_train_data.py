@@ -14,7 +14,7 @@ from rwkvkit.train.data import DataError, TokenData, prepare, read_binidx, write
 def test_prepare_text_jsonl_and_manifest(data_dir: Path) -> None:
     d = TokenData.open(data_dir)
     m = d.manifest
-    assert m["tokenizer"] == "byte" and m["dtype"] == "uint16" and m["vocab_size"] == 256
+    assert m["tokenizer"] == "byte" and m["dtype"] == "uint8" and m["vocab_size"] == 256
     assert len(d.train) == m["train_tokens"] and len(d.val) == m["val_tokens"]
     assert abs(m["val_tokens"] / (m["train_tokens"] + m["val_tokens"]) - 0.2) < 0.01
     ids = np.concatenate([d.train, d.val])

@@ -83,7 +83,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
             p.add_argument(flag, required=True, help=HELP[f.name])
         elif f.name == "data":
             p.add_argument(
-                flag, default=argparse.SUPPRESS, help=HELP[f.name] + " (required, except with --resume)"
+                flag,
+                default=argparse.SUPPRESS,
+                help=HELP[f.name] + " (default: the run's own with --resume; required otherwise)",
             )
         elif f.name == "progress":
             add_progress_flag(p)

@@ -97,19 +97,26 @@ def as_token_batch(tokens: Tensor | list[int], device: torch.device, vocab_size:
 
 
 def as_token_column(tokens: Tensor, vocab_size: int) -> Tensor:
-    """The ids a model's ``step`` takes: one per sequence, (B,), each in the vocabulary."""
+    """The ids a model's ``step`` takes: one per sequence, (B,), each in the vocabulary.
+
+    The range check reads the ids on the host, so it runs only where that costs nothing: on the
+    CPU, outside torch.compile. A GPU decode step stays free of host syncs (its ids come from the
+    sampler, always in range; :meth:`forward` and the engine check what users pass in)."""
     if not isinstance(tokens, Tensor) or tokens.dim() != 1:
         shape = tuple(tokens.shape) if isinstance(tokens, Tensor) else type(tokens).__name__
         raise InputError(f"step takes one token per sequence, a tensor of shape (B,); got {shape}")
+    if tokens.device.type != "cpu":
+        return tokens
     return check_token_ids(tokens, vocab_size)
 
 
 def check_token_ids(tokens: Tensor, vocab_size: int) -> Tensor:
     """``tokens`` if every id is in 0..vocab_size-1: one min and one max, not an IndexError deep
-    inside the embedding (or, on a GPU, a device-side assert that kills the process)."""
+    inside the embedding (or, on a GPU, a device-side assert that kills the process). Skipped
+    while torch.compile traces, where reading values on the host would break the graph."""
     if tokens.is_floating_point() or tokens.is_complex() or tokens.dtype == torch.bool:
         raise InputError(f"token ids must be integers, got a {tokens.dtype} tensor")
-    if tokens.numel():
+    if tokens.numel() and not torch.compiler.is_compiling():
         lo, hi = int(tokens.min()), int(tokens.max())
         if lo < 0 or hi >= vocab_size:
             raise InputError(
