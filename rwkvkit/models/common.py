@@ -85,6 +85,8 @@ def check_config(config: Any) -> None:
 def as_token_batch(tokens: Tensor | list[int], device: torch.device, vocab_size: int) -> Tensor:
     """Accept (B, T) ids, a 1-D tensor or a list; return a (B, T) long tensor on the model's device,
     every id checked to be in 0..vocab_size-1 (an :class:`InputError` otherwise)."""
+    if isinstance(tokens, Tensor):
+        check_token_ids(tokens.reshape(-1)[:0], vocab_size)  # the dtype, before casting it away
     try:
         t = torch.as_tensor(tokens, dtype=torch.long, device=device)
     except (TypeError, ValueError, RuntimeError, OverflowError) as e:
