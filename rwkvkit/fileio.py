@@ -134,7 +134,7 @@ def check_regular_file(
     path = Path(path)
     try:
         if not path.exists():
-            raise _error(error, path, "no such file")
+            raise _error(error, path, f"no such {what}")
         if path.is_dir():
             raise _error(error, path, f"is a directory, not a {what}")
         if not path.is_file():

@@ -25,7 +25,7 @@ class Choice:
 
 
 def _read_jsonl(path: Path, limit: int | None) -> list[tuple[int, dict[str, Any]]]:
-    check_regular_file(path, EvalDataError, "data file")
+    check_regular_file(path, EvalDataError)
     rows = []
     for lineno, obj in iter_jsonl(path, EvalDataError):
         rows.append((lineno, obj))
@@ -62,7 +62,7 @@ def _is_jsonl(path: Path) -> bool:
 
 def read_texts(path: str | Path, limit: int | None = None) -> list[str]:
     """Documents for perplexity: a JSONL file of ``{"text": ...}`` or a plain UTF-8 text file (one document)."""
-    path = check_regular_file(path, EvalDataError, "data file")
+    path = check_regular_file(path, EvalDataError)
     if _is_jsonl(path):
         return [_field(path, n, obj, "text", str) for n, obj in _read_jsonl(path, limit)]
     return [read_text(path, EvalDataError)]
