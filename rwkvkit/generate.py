@@ -230,7 +230,8 @@ def _start(
     params = SamplingParams(**sampling)
     if not prompts:
         raise RwkvkitError("no prompts to generate from")
-    check_vocab_fits(tokenizer, model)  # else its ids could index past the model's embedding
+    if any(isinstance(p, str) for p in prompts):  # text: the tokenizer's ids must all be the model's
+        check_vocab_fits(tokenizer, model)
     if stop_token_ids is None:
         eos = getattr(tokenizer, "eos_id", None)
         stop_token_ids = [] if eos is None else [eos]

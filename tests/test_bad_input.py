@@ -560,6 +560,7 @@ ROWS: list[Row] = [
     Row("train-ctx-len-0", (*TRAIN, "--ctx-len", "0"), "--ctx-len"),
     Row("train-n-embd-0", (*TRAIN, "--n-embd", "0"), "--n-embd"),
     Row("train-n-layer-0", (*TRAIN, "--n-layer", "0"), "--n-layer"),
+    Row("train-n-embd-huge", (*TRAIN, "--n-embd", "400000"), "does not fit in memory"),
     Row("train-log-every-0", (*TRAIN, "--log-every", "0"), "--log-every"),
     Row("train-batch-size-0", (*TRAIN, "--batch-size", "0"), "--batch-size"),
     Row("train-lr-negative", (*TRAIN, "--lr", "-1"), "--lr"),

@@ -173,7 +173,15 @@ def _train(
     start_step = resume_from or 0
     seg = cfg.segment
     torch.manual_seed(cfg.seed)
-    model, model_cfg = build(cfg, vocab)
+    try:
+        model, model_cfg = build(cfg, vocab)
+    except (MemoryError, RuntimeError) as e:  # torch reports a failed allocation as a RuntimeError
+        if not isinstance(e, MemoryError) and "alloc" not in str(e):
+            raise
+        raise RwkvkitError(
+            f"a {cfg.arch} model of --n-layer {cfg.n_layer} --n-embd {cfg.n_embd} does not fit in memory "
+            f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); choose smaller sizes"
+        ) from None
     if resume_from is not None:
         sd = read_checkpoint(weights_path(out, resume_from)).state_dict
         model.load_state_dict({k: v.reshape(model.state_dict()[k].shape) for k, v in sd.items()})
