@@ -223,6 +223,79 @@ def goal_rows(speeds: dict[str, dict], context: dict | None) -> list[str]:
     return out
 
 
+def _tok_s(x: dict | None, key: str = "median") -> float | None:
+    """The tokens/s of one measurement, None when it was skipped or failed."""
+    if not isinstance(x, dict):
+        return None
+    return x.get(key) if key in x else x.get("tok_s")
+
+
+def _cell(value: float | None, fmt: str = "{:,.0f}") -> str:
+    return "-" if value is None else fmt.format(value)
+
+
+def gpu_section(res: dict | None) -> list[str]:
+    """benchmarks/gpu.py's run: speed per shape, memory of a long prompt, and the issue's goals."""
+    cmd = "`bash benchmarks/gpu_run.sh` (tests, then `python benchmarks/gpu.py --json benchmarks/results/gpu.json`)"
+    if res is None:
+        return [
+            "No GPU run is recorded yet: the machine the work was done on has no GPU, and the lent GPU",
+            f"machine was not available. On one, {cmd} writes the tables of this section.",
+        ]
+    m = res["machine"]
+    out = [f"GPU: {m.get('gpu', '?')} ({m.get('memory_gib', '?')} GiB), CUDA {m.get('cuda')}, torch {m.get('torch')}, "
+           f"triton {m.get('triton')}, fla-core {m.get('fla')}, rwkv {m.get('rwkv')}. Made by {cmd}.", "",
+           "Random weights, the same for every contender; decode and prefill with fp16 weights, training",
+           "with fp32 weights under bf16 autocast, forward and backward at context 4096 (batch "
+           f"{res['args'].get('train_batch', '1')}). Tokens/s, median of rounds. Official = the `rwkv` package, "
+           "`cuda fp16`, TorchScript; its prefill is over "
+           f"{res['args'].get('official_prefill', '?')} tokens.", "",
+           "| shape | decode B=1 | eager B=1 | official B=1 | decode B=64 | B=64 / B=1 | prefill 4k | "
+           "official prefill | train | fla train | PyTorch-form prefill / train |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    goals = []
+    for name, r in res["shapes"].items():
+        b1, b64 = _tok_s(r.get("decode_b1_graphs")), _tok_s(r.get("decode_b64_graphs"))
+        off = (
+            r.get("official_cuda_kernels")
+            if "decode_tok_s" in (r.get("official_cuda_kernels") or {})
+            else r.get("official")
+        )
+        off_b1 = _tok_s(off, "decode_tok_s")
+        train, fla = _tok_s(r.get("train")), _tok_s(r.get("train_fla"))
+        torch_forms = (
+            f"{_cell(_tok_s(r.get('prefill_pytorch_forms')))} / {_cell(_tok_s(r.get('train_pytorch_forms')))}"
+        )
+        out.append(
+            f"| {name} | {_cell(b1)} | {_cell(_tok_s(r.get('decode_b1_eager')))} | {_cell(off_b1)} | {_cell(b64)} | "
+            f"{_cell(b64 / b1 if b1 and b64 else None, '{:.1f}x')} | {_cell(_tok_s(r.get('prefill')))} | "
+            f"{_cell(_tok_s(off, 'prefill_tok_s'))} | {_cell(train)} | {_cell(fla)} | {torch_forms} |"
+        )
+        if b1 and off_b1:
+            goals.append((f"{name} decode B=1 vs official", 1.5, b1 / off_b1))
+        if b1 and b64:
+            goals.append((f"{name} decode B=64 aggregate vs B=1", 20.0, b64 / b1))
+        if train and fla:
+            goals.append((f"{name} training vs fla's model", 1.0, train / fla))
+        mem = r.get("long_prompt_memory")
+        if isinstance(mem, dict) and "error" not in mem and "skipped" not in mem:
+            out_mem = [f"Peak GPU memory above the weights while `engine.prefill` reads a prompt ({name}, fp16, "
+                       f"chunks of {res['args'].get('memory_chunk')} tokens):", "",
+                       "| prompt tokens | peak MiB | tokens/s |", "|---:|---:|---:|"]  # fmt: skip
+            out_mem += [f"| {int(n):,} | {v['peak_mib']:,.0f} | {v['tok_s']:,.0f} |" for n, v in mem.items()]
+            peaks = [v["peak_mib"] for v in mem.values()]
+            goals.append((f"{name} peak memory, longest / shortest prompt", 1.05, peaks[-1] / peaks[0]))
+    if "out_mem" in locals():
+        out += ["", *out_mem]
+    out += ["", "| goal | target | measured | met |", "|---|---:|---:|---|"]
+    for goal, target, value in goals:
+        met = value <= target if "memory" in goal else value >= target
+        out.append(
+            f"| {goal} | {'<=' if 'memory' in goal else '>='} {target:g}x | {value:.2f}x | {'yes' if met else 'no'} |"
+        )
+    return out
+
+
 def main() -> int:
     speeds = {s: r for s in ("169m", "430m") if (r := load(f"speed_{s}.json"))}
     context = load("context.json")
@@ -241,6 +314,7 @@ def main() -> int:
                   f"![context](benchmarks/plots/{plot_context(context)})", ""]  # fmt: skip
     if int8:
         lines += ["## Quantization", "", *int8_section(int8), ""]
+    lines += ["## On a GPU", "", *gpu_section(load("gpu.json")), ""]
     (ROOT / "BENCHMARKS.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {ROOT / 'BENCHMARKS.md'}")
     return 0

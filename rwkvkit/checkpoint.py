@@ -355,7 +355,7 @@ def load_model(
         raise RwkvkitError(f"unknown quantize={quantize!r}; choose one of {QUANTIZE_MODES} or None")
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise RwkvkitError(f"dtype must be a floating torch.dtype such as torch.float32, got {dtype!r}")
-    device = resolve_device(device)
+    device = resolve_device(device)  # before reading a large file for a device that is not there
     model = build_model(read_checkpoint(path), device=device, dtype=dtype)
     return optimize_for_inference(model, quantize=quantize).requires_grad_(False)
 

@@ -1,42 +1,32 @@
-"""The torch device a user names (``--device``, ``load_model(device=)``), checked to exist here."""
+"""The device a user names (``--device``, ``load_model(device=)``), checked before anything is put on it.
+
+PyTorch answers a device it cannot use with an assertion deep inside its CUDA initialisation
+("Torch not compiled with CUDA enabled"), or a list of every device type it knows; this says in
+one line what is wrong and what to pass instead.
+"""
 
 from __future__ import annotations
 
 import torch
 
-from .errors import ConfigError
+from .errors import RwkvkitError
 
 
-def resolve_device(name: str | torch.device) -> torch.device:
-    """``name`` as a torch device this machine has; an unknown name, or a GPU that is not there,
-    is a :class:`ConfigError` naming the choices rather than an error at the first tensor."""
-    if isinstance(name, torch.device):
-        device = name
-    else:
-        try:
-            device = torch.device(name)
-        except (RuntimeError, TypeError, ValueError):
-            raise ConfigError(
-                f"unknown --device {name!r}; use cpu, cuda, cuda:N (a GPU index) or mps"
-            ) from None
-    problem = _missing(device)
-    if problem:
-        raise ConfigError(f"--device {name}: {problem}; use cpu")
-    return device
-
-
-def _missing(device: torch.device) -> str | None:
-    """Why this machine cannot run on ``device``, or None if it can."""
-    if device.type in ("cpu", "meta"):
-        return None
+def resolve_device(spec: str | torch.device) -> torch.device:
+    """``"cpu"``, ``"cuda"``, ``"cuda:1"`` or a torch.device -> the torch.device, if this machine has it."""
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, TypeError):
+        raise RwkvkitError(f"unknown device {spec!r}; use cpu, cuda or cuda:N") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            return "this machine (or this build of torch) has no CUDA GPU"
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            return f"there is no GPU {device.index}; this machine has {torch.cuda.device_count()}"
-        return None
-    if device.type == "mps":
-        return None if torch.backends.mps.is_available() else "MPS is not available on this machine"
-    backend = getattr(torch, device.type, None)
-    available = getattr(backend, "is_available", None)
-    return None if available is not None and available() else f"no {device.type} device on this machine"
+            raise RwkvkitError(
+                f"device {str(device)!r} is not available: this PyTorch sees no CUDA GPU "
+                "(torch.cuda.is_available() is False); use --device cpu"
+            )
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise RwkvkitError(f"device {str(device)!r} does not exist: this machine has {count} CUDA GPU(s)")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise RwkvkitError("device 'mps' is not available on this machine; use --device cpu")
+    return device

@@ -39,6 +39,7 @@ from collections.abc import Collection, Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
+from .cuda_graphs import graphable, graphed_step
 from .errors import RwkvkitError
 from .sampling import Penalties, SamplingParams, make_generator, next_token_rows
 from .state import RecurrentState
@@ -233,11 +234,18 @@ class Engine:
     """Continuous batching over one model; see the module docstring.
 
     ``max_batch`` (None: no limit) bounds the rows decoding at once; further rows wait, unprefilled,
-    until one ends. The engine is not thread-safe: drive it from one thread (a server's loop).
+    until one ends. ``cuda_graphs`` replays the decode step from CUDA graphs
+    (:class:`~rwkvkit.cuda_graphs.GraphedStep`); None: on a GPU, for the models it fits. The engine
+    is not thread-safe: drive it from one thread (a server's loop).
     """
 
     def __init__(
-        self, model: nn.Module, *, prefill_chunk: int = DEFAULT_PREFILL_CHUNK, max_batch: int | None = None
+        self,
+        model: nn.Module,
+        *,
+        prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
+        max_batch: int | None = None,
+        cuda_graphs: bool | None = None,
     ) -> None:
         if prefill_chunk < 1:
             raise RwkvkitError(f"prefill_chunk must be >= 1, got {prefill_chunk}")
@@ -245,6 +253,9 @@ class Engine:
             raise RwkvkitError(f"max_batch must be >= 1 (or None for no limit), got {max_batch}")
         self.model, self.prefill_chunk, self.max_batch = model, prefill_chunk, max_batch
         self.device = next(model.parameters()).device
+        if cuda_graphs is None:
+            cuda_graphs = self.device.type == "cuda" and graphable(model)
+        self._step = graphed_step(model) if cuda_graphs else model.step  # the batched decode call
         self.vocab_size, self.context_len = _model_limits(model)
         self._rows: dict[int, _Row] = {}  # every live row
         self._waiting: deque[_Row] = deque()  # not yet fully prefilled, first come first served
@@ -464,7 +475,7 @@ class Engine:
             else:
                 idx = torch.tensor(fed, device=tokens.device)
                 state, ids = batch.state.select(idx), tokens[idx]
-            new_logits, new_state = self.model.step(ids, state)
+            new_logits, new_state = self._step(ids, state)
         at = {pos: j for j, pos in enumerate(fed)}  # batch position -> row of the new state
         for pos, row in enumerate(rows):
             lp = logprobs.get(pos, (None, None))

@@ -11,6 +11,11 @@ os.environ.setdefault("RWKV_CUDA_ON", "0")
 
 import pytest
 import torch
+
+if not torch.cuda.is_available():
+    # Without a GPU, Triton kernels can only run under Triton's interpreter (tests/triton_interpret.py),
+    # and Triton decides at import: set before anything in the session imports it.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 from cli_run import save_tiny_model
 from eval_models import byte_rwkv
 from torch import nn
@@ -98,3 +103,14 @@ def loaded(model_path: Path) -> tuple[nn.Module, ByteTokenizer]:
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny corpus prepared for training (train_runs.prepare_corpus)."""
     return prepare_corpus(tmp_path_factory.mktemp("corpus"), tmp_path_factory.mktemp("data"))
+
+
+# ---- devices: every test that takes ``device`` runs on the CPU and, marked ``cuda``, on a GPU
+
+
+@pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def device(request: pytest.FixtureRequest) -> torch.device:
+    """The CPU, then the GPU where there is one (``pytest -m cuda`` runs the GPU half alone)."""
+    if request.param == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU here (torch.cuda.is_available() is False): the cuda-marked tests need one")
+    return torch.device(request.param)

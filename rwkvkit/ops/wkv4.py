@@ -213,7 +213,11 @@ def _wkv4_chunked_matmul(
 
 
 # The one place a WKV-4 implementation is chosen; a CUDA/Triton kernel registers here.
-BACKENDS = BackendRegistry("wkv4", Backend("torch", step=wkv4_step, sequence=wkv4_chunked_matmul))
+BACKENDS = BackendRegistry(
+    "wkv4",
+    Backend("torch", step=wkv4_step, sequence=wkv4_chunked_matmul),
+    loaders={"cuda": ".triton_wkv4:load_backend"},
+)
 
 
 def wkv4(

@@ -90,7 +90,11 @@ def wkv5_chunked(
 
 
 # The one place a WKV-5/6 implementation is chosen; a CUDA/Triton kernel registers here.
-BACKENDS = BackendRegistry("wkv5", Backend("torch", step=wkv5_step, sequence=wkv5_chunked))
+BACKENDS = BackendRegistry(
+    "wkv5",
+    Backend("torch", step=wkv5_step, sequence=wkv5_chunked),
+    loaders={"cuda": ".fla_kernels:load_wkv5_backend"},
+)
 
 
 def wkv5(

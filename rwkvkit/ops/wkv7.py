@@ -109,7 +109,11 @@ def wkv7_chunked(
 
 
 # The one place a WKV-7 implementation is chosen; a CUDA/Triton kernel registers here.
-BACKENDS = BackendRegistry("wkv7", Backend("torch", step=wkv7_step, sequence=wkv7_chunked))
+BACKENDS = BackendRegistry(
+    "wkv7",
+    Backend("torch", step=wkv7_step, sequence=wkv7_chunked),
+    loaders={"cuda": ".fla_kernels:load_wkv7_backend"},
+)
 
 
 def wkv7(

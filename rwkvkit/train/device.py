@@ -38,11 +38,17 @@ def setup_distributed(device: torch.device) -> Dist:
 
 
 def pick_device(cfg: TrainConfig) -> torch.device:
+    """--device, or with "auto" the GPU if there is one. Under torchrun every rank takes its own
+    GPU (LOCAL_RANK) when the device names none: ranks sharing one GPU would stall nccl."""
     if cfg.device != "auto":
-        return resolve_device(cfg.device)
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return torch.device("cpu")
+        device = resolve_device(cfg.device)
+    elif torch.cuda.is_available():
+        device = torch.device("cuda")
+    else:
+        return torch.device("cpu")
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return device
 
 
 def autocast_for(cfg: TrainConfig, device: torch.device) -> Any:
