@@ -271,6 +271,10 @@ def nothing_generated(d: Path, a: Assets, r: dict) -> None:
 # Checks and builders the rows use
 
 
+def assert_exists(path: Path) -> None:
+    assert path.is_file(), f"{path} was not written"
+
+
 def replies(n: int) -> Callable[[Path, Assets, dict], None]:
     def check(d: Path, a: Assets, r: dict) -> None:
         assert r["stdout"].count("Assistant:") == n, r["stdout"]
@@ -448,6 +452,8 @@ ROWS: list[Row] = [
         files={"f": b"x"}),
     Row("convert-no-overwrite", ("convert", "{model}", "{dir}/old.pth", "--to", "pth"), "--force",
         files={"old.pth": copy_of("st")}, after=unchanged("old.pth", "st")),
+    Row("convert-dst-name-not-utf8", ("convert", "{model}", "{dir}/o\udcff.pth", "--to", "pth"), "", code=0,
+        after=lambda d, a, r: assert_exists(d / "o\udcff.pth")),
     Row("convert-hf-dst-is-file", ("convert", "{model}", "{dir}/f", "--to", "hf"), "not a folder", files={"f": b"x"}),
     Row("eval-json-is-dir", (*EVAL, "--task", "perplexity", "--data", "{corpus}", "--json", "{dir}"), "is a directory"),
     Row("prepare-out-is-file", ("prepare", "{corpus}", "--out", "{dir}/f"), "not a folder", files={"f": b"x"}),

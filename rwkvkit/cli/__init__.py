@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import io
 import os
 import sys
 from collections.abc import Sequence
@@ -96,6 +97,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.parse_args(argv)  # --help and --version exit 0 here; anything else is a usage error
         return 2
     name = argv[0]
+    # A file name that is not UTF-8 reaches Python as lone surrogates; printing it ("wrote NAME")
+    # writes its bytes back as they were, instead of failing after the work is done.
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(errors="surrogateescape")
     args = verb_parser(name).parse_args(argv[1:])
     module = sys.modules[VERBS[name].module]
     try:
