@@ -424,6 +424,19 @@ ROWS: list[Row] = [
     Row("dtype-bogus", (*GEN, "--dtype", "fp8", "--prompt", "x"), "invalid choice"),
     Row("tokenizer-bogus", (*GEN, "--tokenizer", "gpt5", "--prompt", "x"), "unknown tokenizer"),
     Row("tokenizer-too-big", (*GEN, "--tokenizer", "world", "--prompt", "x"), "tokenizer has 65536 tokens"),
+    # an unset shell variable (--model "$MODEL") is not the default: it would run what nobody asked for
+    Row("model-empty-arg", (*GEN, "--model", "", "--prompt", "x"), "argument --model: empty", after=nothing_generated),
+    Row("tokenizer-empty-arg", (*GEN, "--tokenizer", "", "--prompt", "x"), "argument --tokenizer: empty"),
+    Row("state-empty-arg", (*GEN, "--prompt", "x", "--state", ""), "argument --state: empty"),
+    Row("save-state-empty-arg", (*GEN, "--prompt", "x", "--save-state", ""), "argument --save-state: empty",
+        after=nothing_generated),
+    Row("convert-dst-empty-arg", ("convert", "{model}", "", "--to", "pth"), "argument dst: empty"),
+    Row("prepare-out-empty-arg", ("prepare", "{corpus}", "--out", ""), "argument --out: empty",
+        after=absent("manifest.json")),
+    Row("train-out-empty-arg", (*TRAIN[:3], "--out", "", *TRAIN[5:]), "argument --out: empty",
+        after=absent("rwkvkit-run.json")),
+    Row("eval-json-empty-arg", (*EVAL, "--task", "perplexity", "--data", "{corpus}", "--json", ""),
+        "argument --json: empty"),
     # ---- text that is not text
     Row("prompt-argv-invalid-utf8", (*GEN, "--prompt", "ROMEO\udcff"), "--prompt", real=True),
     Row("stop-lone-surrogate", (*GEN, "--prompt", "x", "--stop", "\udcff"), "--stop"),
@@ -590,6 +603,7 @@ ROWS: list[Row] = [
     Row("train-betas-2", (*TRAIN, "--betas", "0.9", "2"), "--betas"),
     Row("train-seed-negative", (*TRAIN, "--seed", "-3"), "--seed"),
     Row("train-threads-negative", (*TRAIN, "--threads", "-2"), "--threads"),
+    Row("train-threads-huge", (*TRAIN, "--threads", "1000000000"), "--threads 1000000000"),
     Row("train-device-bogus", (*TRAIN, "--device", "bogus"), "--device"),
     Row("train-head-size", (*TRAIN, "--arch", "rwkv7", "--head-size", "5"), "--head-size"),
     Row("train-no-data", ("train", "--out", "{dir}/o"), "--data is required"),
@@ -663,6 +677,8 @@ ROWS: list[Row] = [
     # ---- bench
     Row("bench-rounds-0", ("bench", "--rounds", "0", "--shape", "tiny", "--workdir", "{dir}"), "--rounds"),
     Row("bench-threads-0", ("bench", "--threads", "0", "--shape", "tiny", "--workdir", "{dir}"), "--threads"),
+    Row("bench-threads-huge", ("bench", "--threads", "1000000000", "--shape", "tiny", "--workdir", "{dir}"),
+        "--threads 1000000000"),
     Row("bench-unknown-contender", ("bench", "--contenders", "nope", "--shape", "tiny", "--workdir", "{dir}"), "nope"),
 ]
 # fmt: on

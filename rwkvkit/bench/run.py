@@ -6,9 +6,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from ..checkpoint import read_checkpoint
+from ..device import set_cpu_threads
 from .contenders import build_contenders
 from .machine import machine_info
 from .timing import decode_task, interleaved, prefill_task, summarize
@@ -25,7 +24,7 @@ def run_bench(
     batch8: bool,
     workdir: Path,
 ) -> dict[str, Any]:
-    torch.set_num_threads(threads)
+    set_cpu_threads(threads)
     contenders, notes = build_contenders(path, names, workdir, threads)
     vocab = read_checkpoint(path).state_dict["emb.weight"].shape[0]
     decode: dict[str, Callable[[], float]] = {}

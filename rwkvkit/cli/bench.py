@@ -14,11 +14,13 @@ from ..bench.peers import PEERS
 from ..bench.run import run_bench
 from ..bench.table import format_table
 from ..fileio import atomic_write_bytes, check_writable
-from .flags import add_json_flag, integer
+from .flags import add_json_flag, integer, path_text
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", nargs="?", help="checkpoint to measure (default: random weights of --shape)")
+    parser.add_argument(
+        "model", nargs="?", type=path_text, help="checkpoint to measure (default: random weights of --shape)"
+    )
     parser.add_argument("--shape", default="169m", choices=tuple(SHAPES), help="random model shape")
     parser.add_argument(
         "--contenders",
@@ -34,7 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prefill", type=integer(0), default=512, help="prompt length (0: skip prefill)")
     parser.add_argument("--no-batch", action="store_true", help="skip batched decode (B=8)")
     parser.add_argument("--reference", help="row whose speed the ratios divide by (default: none, no ratios)")
-    parser.add_argument("--workdir", default=str(WORKDIR), help="where random checkpoints and conversions go")
+    parser.add_argument(
+        "--workdir", default=str(WORKDIR), type=path_text, help="where random checkpoints and conversions go"
+    )
     add_json_flag(parser)
 
 

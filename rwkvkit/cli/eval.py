@@ -10,7 +10,7 @@ from ..dtypes import DTYPES
 from ..eval.table import column_names, format_table
 from ..eval.tasks import TASKS, evaluate
 from ..fileio import atomic_write_bytes, check_writable
-from .flags import add_json_flag, add_model_flags, add_progress_flag, default_model, integer
+from .flags import add_json_flag, add_model_flags, add_progress_flag, default_model, integer, path_text
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,6 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data",
         required=True,
+        type=path_text,
         metavar="FILE",
         help="perplexity: .txt or JSONL {text}; lambada: JSONL {text}; "
         "multiple-choice: JSONL {goal,sol1,sol2,label} or {context,choices,label}",

@@ -87,6 +87,14 @@ def text(value: str) -> str:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def path_text(value: str) -> str:
+    """A path flag: not empty (an unset shell variable, ``--model "$MODEL"``, would otherwise mean
+    the default and run something the user did not ask for)."""
+    if not value:
+        raise argparse.ArgumentTypeError("empty (an unset shell variable?)")
+    return value
+
+
 def device_name(value: str) -> str:
     """A --device that exists on this machine (kept as the name the user wrote)."""
     try:
@@ -110,6 +118,7 @@ def add_model_flags(parser: argparse.ArgumentParser, *, several: bool = False) -
     parser.add_argument(
         "--model",
         metavar="PATH",
+        type=path_text,
         action="append" if several else "store",
         help="checkpoint: BlinkDL .pth or .safetensors, Hugging Face folder, rwkv.cpp .bin or training run "
         "folder"
@@ -125,6 +134,7 @@ def add_tokenizer_flag(parser: argparse.ArgumentParser, default: str | None = No
     parser.add_argument(
         "--tokenizer",
         metavar="NAME",
+        type=path_text,
         default=default,
         help='"world", "20b", "byte" or a vocabulary file'
         + ("" if default else " (default: the model's own)"),
@@ -153,12 +163,15 @@ def add_dtype_flag(parser: argparse.ArgumentParser, help: str, default: str | No
 
 def add_state_flag(parser: argparse.ArgumentParser, help: str) -> None:
     """--state FILE: a state file (rwkvkit.save_state, chat's /save) to start from."""
-    parser.add_argument("--state", metavar="FILE", help=help)
+    parser.add_argument("--state", metavar="FILE", type=path_text, help=help)
 
 
 def add_json_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--json", metavar="OUT", help="also write the results to this JSON file (default: no file)"
+        "--json",
+        metavar="OUT",
+        type=path_text,
+        help="also write the results to this JSON file (default: no file)",
     )
 
 

@@ -15,6 +15,7 @@ from .flags import (
     add_sampling_flags,
     add_state_flag,
     load_model_and_tokenizer,
+    path_text,
     read_stdin_text,
     sampling_from_args,
     text,
@@ -45,6 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--save-state",
         metavar="FILE",
+        type=path_text,
         help="save the state after the prompt and the generated text (default: not saved)",
     )
 

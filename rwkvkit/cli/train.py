@@ -15,7 +15,7 @@ from typing import Any
 from ..train.arch import ARCHITECTURES
 from ..train.config import DECAYS, PRECISIONS, TrainConfig, config_from_flags
 from ..train.loop import train
-from .flags import add_device_flag, add_progress_flag, text
+from .flags import add_device_flag, add_progress_flag, path_text, text
 
 CHOICES = {"arch": tuple(ARCHITECTURES), "decay": DECAYS, "precision": PRECISIONS}
 
@@ -80,11 +80,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         shown = " ".join(map(str, f.default)) if isinstance(f.default, tuple) else repr(f.default)
         given_only = {"default": argparse.SUPPRESS, "help": f"{HELP.get(f.name, '')} (default: {shown})"}
         if f.name == "out":
-            p.add_argument(flag, required=True, help=HELP[f.name])
+            p.add_argument(flag, required=True, type=path_text, help=HELP[f.name])
         elif f.name == "data":
             p.add_argument(
                 flag,
                 default=argparse.SUPPRESS,
+                type=path_text,
                 help=HELP[f.name] + " (default: the run's own with --resume; required otherwise)",
             )
         elif f.name == "progress":

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from ..checkpoint import all_finite, read_checkpoint
+from ..device import set_cpu_threads
 from ..errors import NonFiniteError, RwkvkitError
 from ..fileio import os_problem
 from ..formats.run import RUN_FORMAT, complete_steps, read_run_file, weights_path
@@ -142,9 +143,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     resume_from = None
     if cfg.resume:
         cfg, resume_from = resumed_config(cfg, out)
-    check_run_folder(cfg, out)
     if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+        set_cpu_threads(cfg.threads)
+    check_run_folder(cfg, out)
     device = pick_device(cfg)
     dist_info = setup_distributed(device)
     if device.type == "cuda":
