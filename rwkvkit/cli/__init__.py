@@ -110,6 +110,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `rwkvkit generate ... | head`: the reader has all it wanted
+        quiet_stdout()
+        return 141  # what a shell reports for a process ended by SIGPIPE
     except Exception as e:  # the last resort: every failure a user can cause is an RwkvkitError
         if os.environ.get("RWKVKIT_TRACEBACK"):
             raise
@@ -119,6 +122,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+
+
+def quiet_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's final flush into the closed pipe does not
+    print "Exception ignored ... BrokenPipeError" (the recipe of Python's signal module docs)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
 
 
 def one_line(message: str) -> str:
