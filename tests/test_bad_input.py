@@ -38,6 +38,7 @@ from cli_run import CONFIG, REPO, save_tiny_model
 from safetensors.torch import load_file, save_file
 from train_runs import TEXT
 
+from rwkvkit.cli import VERBS
 from rwkvkit.testing import random_rwkv4_state_dict
 
 AS_CAP_MB = 3072  # address space per row: the interpreter with torch maps ~0.7 GB before any work
@@ -388,6 +389,21 @@ TRAIN = ("train", "--data", "{data}", "--out", "{dir}/out", "--n-layer", "1", "-
          "--ctx-len", "16", "--batch-size", "1", "--steps", "2", "--eval-every", "0", "--threads", "1",
          "--no-progress")  # fmt: skip
 EVAL = ("eval", "--model", "{model}", "--no-progress")
+CHAT = ("chat", "--model", "{model}", "--max-tokens", "3", "--seed", "0")
+BENCH = ("bench", "--shape", "tiny", "--workdir", "{dir}", "--rounds", "1", "--decode-tokens", "1", "--prefill", "0",
+         "--contenders", "fp32")  # fmt: skip
+# the sampling flags generate and chat share: (flag, value, what the message must say)
+SAMPLING_ROWS = [
+    ("--max-tokens", "-1", "--max-tokens"),
+    ("--temperature", "-1", "temperature"),
+    ("--top-p", "2", "top_p"),
+    ("--top-k", "-1", "top_k"),
+    ("--min-p", "2", "min_p"),
+    ("--presence-penalty", "inf", "presence_penalty"),
+    ("--frequency-penalty", "nan", "frequency_penalty"),
+    ("--penalty-decay", "-1", "penalty_decay"),
+    ("--seed", "-1", "--seed"),
+]
 NO_GPU = None if not torch.cuda.is_available() else "this machine has a GPU"
 ROOT_ONLY_USER = "nobody"  # permission rows run as this user when the tests run as root
 
@@ -679,7 +695,51 @@ ROWS: list[Row] = [
     Row("bench-threads-0", ("bench", "--threads", "0", "--shape", "tiny", "--workdir", "{dir}"), "--threads"),
     Row("bench-threads-huge", ("bench", "--threads", "1000000000", "--shape", "tiny", "--workdir", "{dir}"),
         "--threads 1000000000"),
-    Row("bench-unknown-contender", ("bench", "--contenders", "nope", "--shape", "tiny", "--workdir", "{dir}"), "nope"),
+    Row("bench-contenders-unknown", ("bench", "--contenders", "nope", "--shape", "tiny", "--workdir", "{dir}"), "nope"),
+    Row("bench-contenders-none", (*BENCH, "--contenders", ","), "--contenders names none"),
+    Row("bench-shape-bogus", ("bench", "--shape", "7b", "--workdir", "{dir}"), "invalid choice"),
+    Row("bench-workdir-is-file", (*BENCH[:3], "--workdir", "{dir}/f", *BENCH[5:]), "is a file", files={"f": b"x"}),
+    Row("bench-workdir-parent-is-file", (*BENCH[:3], "--workdir", "{dir}/f/w", *BENCH[5:]), "not a directory",
+        files={"f": b"x"}),
+    Row("bench-decode-tokens-0", (*BENCH, "--decode-tokens", "0"), "--decode-tokens"),
+    Row("bench-prefill-negative", (*BENCH, "--prefill", "-1"), "--prefill"),
+    Row("bench-json-is-dir", (*BENCH, "--json", "{dir}"), "is a directory"),
+    Row("bench-reference-unknown", (*BENCH, "--reference", "nosuch"), "--reference 'nosuch' names no row",
+        after=lambda d, a, r: "rwkvkit fp32, B=1" in r["stdout"] or pytest.fail("the table was lost")),
+    # ---- every other flag that takes a value, verb by verb (test_every_flag_has_a_row)
+    *[Row(f"generate-{flag[2:]}-{value}", (*GEN, "--prompt", "x", flag, value), why) for flag, value, why in SAMPLING_ROWS],
+    *[Row(f"chat-{flag[2:]}-{value}", (*CHAT, flag, value), why) for flag, value, why in SAMPLING_ROWS],
+    Row("chat-device-bogus", (*CHAT, "--device", "bogus"), "--device"),
+    Row("chat-dtype-bogus", (*CHAT, "--dtype", "fp8"), "invalid choice"),
+    Row("chat-tokenizer-too-big", (*CHAT, "--tokenizer", "world"), "tokenizer has 65536 tokens"),
+    Row("chat-state-missing", (*CHAT, "--state", "{dir}/none.state"), "no such state file"),
+    Row("chat-state-nan", (*CHAT, "--state", "{dir}/s"), "nan", files={"s": state_with(float("nan"))}),
+    Row("eval-device-bogus", (*EVAL, "--task", "perplexity", "--data", "{corpus}", "--device", "bogus"), "--device"),
+    Row("eval-dtype-bogus", (*EVAL, "--task", "perplexity", "--data", "{corpus}", "--dtype", "fp8"), "invalid choice"),
+    Row("eval-tokenizer-too-big", (*EVAL, "--task", "perplexity", "--data", "{corpus}", "--tokenizer", "world"),
+        "tokenizer has 65536 tokens"),
+    Row("convert-dtype-bogus", ("convert", "{model}", "{dir}/o.pth", "--to", "pth", "--dtype", "fp8"), "invalid choice",
+        after=absent("o.pth")),
+    Row("prepare-tokenizer-bogus", ("prepare", "{corpus}", "--out", "{dir}/p", "--tokenizer", "gpt5"), "unknown tokenizer",
+        after=absent("p")),
+    Row("chat-model-missing", ("chat", "--model", "{dir}/nope.pth"), "no such file"),
+    Row("eval-model-missing", (*EVAL, "--model", "{dir}/nope.pth", "--task", "perplexity", "--data", "{corpus}"),
+        "no such file"),
+    Row("eval-task-bogus", (*EVAL, "--task", "mmlu", "--data", "{corpus}"), "invalid choice"),
+    Row("convert-to-bogus", ("convert", "{model}", "{dir}/o.gguf", "--to", "gguf"), "invalid choice"),
+    Row("train-warmup-negative", (*TRAIN, "--warmup", "-1"), "--warmup"),
+    Row("train-save-every-negative", (*TRAIN, "--save-every", "-1"), "--save-every"),
+    Row("train-eval-every-negative", (*TRAIN, "--eval-every", "-1"), "--eval-every"),
+    Row("train-eval-windows-0", (*TRAIN, "--eval-windows", "0"), "--eval-windows"),
+    Row("train-ffn-mult-0", (*TRAIN, "--ffn-mult", "0"), "--ffn-mult"),
+    Row("train-grad-clip-negative", (*TRAIN, "--grad-clip", "-1"), "--grad-clip"),
+    Row("train-keep-negative", (*TRAIN, "--keep", "-1"), "--keep"),
+    Row("train-lr-final-negative", (*TRAIN, "--lr-final", "-1"), "--lr-final"),
+    Row("train-n-head-not-dividing", (*TRAIN, "--arch", "gpt", "--n-head", "3"), "--n-head 3"),
+    Row("train-sample-len-negative", (*TRAIN, "--sample-len", "-1"), "--sample-len"),
+    Row("train-sample-prompt-lone-surrogate", (*TRAIN, "--sample-prompt", "\udcff"), "--sample-prompt"),
+    Row("train-stop-after-negative", (*TRAIN, "--stop-after", "-1"), "--stop-after"),
+    Row("train-weight-decay-nan", (*TRAIN, "--weight-decay", "nan"), "--weight-decay"),
 ]
 # fmt: on
 
@@ -828,8 +888,7 @@ def test_bad_input(row: Row, table: Any) -> None:
     assert r["code"] == row.code, where
     if row.code == 2:
         lines = r["stderr"].splitlines()
-        prefix = f"rwkvkit {verb}: error: " if verb in ("generate", "chat", "convert", "prepare", "train",
-                                                         "eval", "bench") else "rwkvkit: error: "  # fmt: skip
+        prefix = f"rwkvkit {verb}: error: " if verb in VERBS else "rwkvkit: error: "
         assert len(lines) == 1 and lines[0].startswith(prefix), f"not one '{prefix}...' line\n{where}"
     assert row.expect.lower() in r["stderr"].lower(), f"the message does not mention {row.expect!r}\n{where}"
     if row.after is not None:
@@ -839,3 +898,24 @@ def test_bad_input(row: Row, table: Any) -> None:
 def test_rows_have_unique_ids() -> None:
     ids = [r.id for r in ROWS]
     assert len(ids) == len(set(ids))
+
+
+def test_every_flag_has_a_row() -> None:
+    """Every flag that takes a value, of every verb, is given a bad value by at least one row of that
+    verb (one whose id or expected message names the flag): a new flag (or a new verb) comes with
+    its bad-input rows, or this test names it."""
+    import argparse
+
+    from rwkvkit.cli import verb_parser
+
+    missing = []
+    for verb in VERBS:
+        rows = [r for r in ROWS if r.argv[0] == verb]
+        for action in verb_parser(verb)._actions:
+            if not action.option_strings or action.nargs == 0 or action.help == argparse.SUPPRESS:
+                continue  # positionals, switches (--force, --resume, --help) and hidden aliases
+            names = [flag[2:] for flag in action.option_strings]
+            # the row's id or its expected message names the flag it gives a bad value
+            if not any(n in r.id or f"--{n}" in r.expect for r in rows for n in names):
+                missing.append(f"{verb} {action.option_strings[0]}")
+    assert not missing, f"flags no row gives a bad value: {', '.join(missing)}"

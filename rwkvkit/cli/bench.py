@@ -13,7 +13,8 @@ from ..bench.contenders import OURS, SHAPES, check_names, random_checkpoint
 from ..bench.peers import PEERS
 from ..bench.run import run_bench
 from ..bench.table import format_table
-from ..fileio import atomic_write_bytes, check_writable
+from ..errors import FileAccessError, RwkvkitError
+from ..fileio import atomic_write_bytes, check_writable, os_problem
 from .flags import add_json_flag, integer, path_text
 
 
@@ -46,6 +47,11 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         check_writable(args.json, "--json file")
     workdir = Path(args.workdir)
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # a file of that name, a parent that is a file, no permission
+        problem = "is a file, not a folder" if isinstance(e, FileExistsError) else os_problem(e)
+        raise FileAccessError(workdir, f"--workdir: {problem}") from None
     names = [n.strip() for n in args.contenders.split(",") if n.strip()]
     check_names(names)
     path = Path(args.model) if args.model else random_checkpoint(args.shape, workdir)
@@ -59,7 +65,12 @@ def run(args: argparse.Namespace) -> int:
         batch8=not args.no_batch,
         workdir=workdir,
     )
-    print(format_table(result, args.reference))
+    rows = [*result["decode_tok_s"], *result["prefill_tok_s"]]
+    known = args.reference is None or any(r in (args.reference, f"{args.reference}, B=1") for r in rows)
+    print(format_table(result, args.reference if known else None))
     if args.json:
         atomic_write_bytes(args.json, (json.dumps(result, indent=2) + "\n").encode())
+    if not known:  # said after the table, so the measurements are not lost to a typo
+        raise RwkvkitError(f"--reference {args.reference!r} names no row of the table, so it has no ratios; "
+                           f"pass one of: {', '.join(dict.fromkeys(r.removesuffix(', B=1') for r in rows))}")  # fmt: skip
     return 0
