@@ -223,6 +223,71 @@ def goal_rows(speeds: dict[str, dict], context: dict | None) -> list[str]:
     return out
 
 
+def serve_throughput(res: dict) -> list[str]:
+    """One run's aggregate tokens/s against concurrent clients."""
+    from statistics import median
+
+    tput = {int(c): v for c, v in res["throughput"].items()}
+    a = res["args"]
+    out = [f"Throughput, {a['dtype']} weights: each client sends {a['requests']} completions of {a['tokens']} tokens "
+           "one after another (sampled, the end-of-text token banned so every row runs its length); "
+           f"{a['rounds']} rounds with the client counts in rotating order; median (min-max). "
+           + machine_line(res["machine"]) + load_note(res), "",
+           "| clients | generated tokens/s, all clients | vs 1 client |", "|---:|---:|---:|"]  # fmt: skip
+    base = median(tput[min(tput)])
+    for c, v in sorted(tput.items()):
+        out.append(f"| {c} | {median(v):.1f} ({min(v):.1f}-{max(v):.1f}) | {median(v) / base:.2f}x |")
+    return [*out, ""]
+
+
+def load_note(res: dict) -> str:
+    load = res.get("load_average_at_end")
+    return f" Load average (1 min) at the end {load[0]:.1f}." if load else ""
+
+
+def serve_section(runs: list[dict]) -> list[str]:
+    """benchmarks/serve.py's runs (one per dtype): throughput against concurrent clients, and chat
+    turns' first tokens with and without the cache."""
+    from statistics import median
+
+    goals, out = [], []
+    for res in runs:
+        tput = {int(c): v for c, v in res.get("throughput", {}).items()}
+        if 1 in tput and 8 in tput:
+            ratio = median(tput[8]) / median(tput[1])
+            goals.append(f"| aggregate tokens/s, 8 clients vs 1 ({res['args']['dtype']}) | >= 4x | {ratio:.2f}x | "
+                         f"{'yes' if ratio >= 4 else 'no'} |")  # fmt: skip
+        if tput:
+            out += serve_throughput(res)
+    for res in runs:
+        turns, a = res.get("turns"), res["args"]
+        if not turns:
+            continue
+        if len(turns["cache"]) >= 20:
+            t = [median(x[0] for x in turn) for turn in turns["cache"]]
+            u = [median(x[0] for x in turn) for turn in turns["no cache"]]
+            goals.append(f"| with the cache, first token of turn 20 vs turn 2 | <= 1.5x | {t[19] / t[1]:.2f}x | "
+                         f"{'yes' if t[19] / t[1] <= 1.5 else 'no'} |")  # fmt: skip
+            goals.append(f"| without it, turn 20 vs turn 2 (grows with the conversation) | > 1.5x | "
+                         f"{u[19] / u[1]:.2f}x | {'yes' if u[19] / u[1] > 1.5 else 'no'} |")  # fmt: skip
+        n = len(turns["cache"][0])
+        out += [f"Chat turns, {a['dtype']} weights: {n} conversation(s) per server, each user message "
+                f"{a['user_words']} words, each reply at most {a['reply_tokens']} tokens; the whole conversation is "
+                "sent every turn (as the OpenAI API does); the two servers' turns alternate. Medians over the "
+                "conversations. " + machine_line(res["machine"]) + load_note(res), "",
+                "| turn | prompt tokens | cached tokens | first token, cache (s) | first token, no cache (s) |",
+                "|---:|---:|---:|---:|---:|"]  # fmt: skip
+        for k, (hit, cold) in enumerate(zip(turns["cache"], turns["no cache"], strict=True), 1):
+            out.append(f"| {k} | {median(x[1] for x in hit):.0f} | {median(x[2] for x in hit):.0f} | "
+                       f"{median(x[0] for x in hit):.3f} | {median(x[0] for x in cold):.3f} |")  # fmt: skip
+        out.append("")
+    head = ["| goal | target | measured | met |", "|---|---:|---:|---|", *goals, ""] if goals else []
+    if goals:
+        head += ["The server batches no better than one model call does: compare the batched-decode goals "
+                 "(B=8 vs B=1, engine alone) at the top of this file.", ""]  # fmt: skip
+    return head + out
+
+
 def _tok_s(x: dict | None, key: str = "median") -> float | None:
     """The tokens/s of one measurement, None when it was skipped or failed."""
     if not isinstance(x, dict):
@@ -315,6 +380,10 @@ def main() -> int:
     if int8:
         lines += ["## Quantization", "", *int8_section(int8), ""]
     lines += ["## On a GPU", "", *gpu_section(load("gpu.json")), ""]
+    serve = {name: r for name in ("serve", "serve_bf16") if (r := load(f"{name}.json"))}
+    if serve:
+        lines += ["## Serving (`rwkvkit serve`)", "", *serve_section(list(serve.values())),
+                  *(f"![{name}](benchmarks/plots/{name}.png)" for name in serve), ""]  # fmt: skip
     (ROOT / "BENCHMARKS.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {ROOT / 'BENCHMARKS.md'}")
     return 0

@@ -9,8 +9,8 @@ A row is one prompt being continued. Rows are added with :meth:`Engine.add` at a
    ``prefill_chunk`` in each prompt, whatever else runs, so a row's numbers never depend on its
    neighbours;
 2. samples one token for every decoding row from its own logits, with its own
-   :class:`~rwkvkit.sampling.SamplingParams`, penalties and ``torch.Generator``: a seeded row gives
-   the same tokens alone or in any batch;
+   :class:`~rwkvkit.sampling.SamplingParams`, penalties and ``torch.Generator`` (and its
+   :class:`TokenConstraint`, if any): a seeded row gives the same tokens alone or in any batch;
 3. feeds those tokens to the model in one batched ``model.step`` call.
 
 Rows end on a stop token, at ``max_tokens``, when a fixed-context model's window is full, or when
@@ -35,6 +35,7 @@ import dataclasses
 import time
 from collections import deque
 from collections.abc import Collection, Iterator, Sequence
+from typing import Protocol
 
 import torch
 from torch import Tensor, nn
@@ -70,6 +71,15 @@ class Prefix:
         return Prefix(self.state.clone(), None if self.logits is None else self.logits.clone(), self.tokens)
 
 
+class TokenConstraint(Protocol):
+    """Limits what one row may sample next (a server's JSON mode); the engine calls ``mask`` with
+    the row's logits before each token and ``advance`` with the token sampled."""
+
+    def mask(self, logits: Tensor) -> Tensor: ...  # (V,) -> (V,), tokens that may not come at -inf
+
+    def advance(self, token: int) -> None: ...
+
+
 @dataclasses.dataclass
 class Request:
     """What one row asks for: what to read, how to sample, when to stop, what to give back."""
@@ -84,6 +94,8 @@ class Request:
     keep_state: bool = False  # the result carries the state after prompt + output, and next logits
     logprobs: int | None = None  # None: no logprobs; k >= 0: each token's and the k most likely
     keep_prompt_states: bool = False  # report a Prefix after every prefilled chunk (for a cache)
+    constraint: TokenConstraint | None = None  # masks this row's logits before each token
+    prompt_logprobs: int | None = None  # k >= 0: score each prompt token too (Event.prompt_logprobs)
 
 
 @dataclasses.dataclass
@@ -117,6 +129,9 @@ class Event:
     logprob: float | None = None  # (logprobs) log-probability of ``token`` under the model's logits
     top_logprobs: list[tuple[int, float]] | None = None  # (logprobs=k) the k most likely ids, best first
     prefix: Prefix | None = None  # (keep_prompt_states) the state after a prefilled chunk of the prompt
+    # (prompt_logprobs=k) for each prompt token of a prefilled chunk: (id, log P under the logits
+    # before it, its k most likely); log P is None for the first token of a fresh state (no logits)
+    prompt_logprobs: list[tuple[int, float | None, list[tuple[int, float]]]] | None = None
     result: RowResult | None = None  # the row is over; ``token``, if any, was its last
 
 
@@ -284,10 +299,10 @@ class Engine:
         start = request.start
         if request.max_tokens < 0:
             raise RwkvkitError(f"max_tokens must be >= 0, got {request.max_tokens}")
-        if request.logprobs is not None and not 0 <= request.logprobs <= (self.vocab_size or 2**31):
-            raise RwkvkitError(
-                f"logprobs must be >= 0 and at most the vocabulary size, got {request.logprobs}"
-            )
+        for name in ("logprobs", "prompt_logprobs"):
+            k = getattr(request, name)
+            if k is not None and not 0 <= k <= (self.vocab_size or 2**31):
+                raise RwkvkitError(f"{name} must be >= 0 and at most the vocabulary size, got {k}")
         if start is not None and start.state.batch_size != 1:
             raise RwkvkitError(f"a start state must have batch size 1, got {start.state.batch_size}")
         if not prompt and (start is None or start.logits is None):
@@ -412,7 +427,10 @@ class Engine:
                 ids = torch.tensor(
                     [row.prompt[row.done : row.done + n]], dtype=torch.long, device=self.device
                 )
-                row.logits, row.state = _forward_last(self.model, ids, row.state)
+                if row.request.prompt_logprobs is None:
+                    row.logits, row.state = _forward_last(self.model, ids, row.state)
+                else:
+                    events.append(Event(row.rid, prompt_logprobs=self._score_prompt(row, ids)))
                 row.done += n
                 row.tokens += n
                 room -= n
@@ -421,6 +439,28 @@ class Engine:
             if row.done == len(row.prompt):
                 self._waiting.popleft()
                 self._start_decoding(row, events)
+
+    def _score_prompt(
+        self, row: _Row, ids: Tensor
+    ) -> list[tuple[int, float | None, list[tuple[int, float]]]]:
+        """Prefill ``ids`` (1, n) with every position's logits, and score each id under the logits
+        before it (the row's last logits for the first one, if it has them)."""
+        logits, row.state = self.model(ids, row.state)
+        logits = logits[0].float()  # (n, V)
+        before = logits[:-1] if row.logits is None else torch.cat([row.logits, logits[:-1]])
+        unscored = ids.shape[1] - before.shape[0]  # 1 from a fresh state, else 0
+        row.logits = logits[-1:]
+        logp = torch.log_softmax(before, dim=-1)
+        toks = ids[0].tolist()
+        chosen = logp.gather(-1, ids[0, unscored:, None])[:, 0].tolist()
+        k = row.request.prompt_logprobs or 0
+        top_p, top_i = torch.topk(logp, k, dim=-1) if k else (logp[:, :0], logp[:, :0].long())
+        out: list[tuple[int, float | None, list[tuple[int, float]]]] = (
+            [(toks[0], None, [])] if unscored else []
+        )
+        for j, lp in enumerate(chosen):
+            out.append((toks[unscored + j], lp, list(zip(top_i[j].tolist(), top_p[j].tolist(), strict=True))))
+        return out
 
     def _start_decoding(self, row: _Row, events: list[Event]) -> None:
         row.t_ready = time.perf_counter()
@@ -444,8 +484,14 @@ class Engine:
         """Sample one token per row; feed the rows that go on (and those that end but keep their
         state) in one model call; rows that end leave the batch."""
         rows = batch.rows
+        logits = batch.logits
+        constrained = [pos for pos, r in enumerate(rows) if r.request.constraint is not None]
+        if constrained:  # logprobs stay those of the model's own logits
+            logits = logits.clone()
+            for pos in constrained:
+                logits[pos] = rows[pos].request.constraint.mask(logits[pos])  # type: ignore[union-attr]
         tokens = next_token_rows(
-            batch.logits,
+            logits,
             [r.request.params for r in rows],
             [r.penalties for r in rows],
             [r.generator for r in rows],
@@ -459,6 +505,8 @@ class Engine:
                 ending[pos] = (STOP_TOKEN, tok)
                 continue
             row.token_ids.append(tok)
+            if row.request.constraint is not None:
+                row.request.constraint.advance(tok)
             if row.penalties is not None:
                 row.penalties.update(tokens[pos : pos + 1])
             row.budget -= 1

@@ -477,3 +477,71 @@ def test_bad_requests_are_refused_with_a_message() -> None:
         Engine(MockModel(), prefill_chunk=0)
     with pytest.raises(RwkvkitError, match="max_batch"):
         Engine(MockModel(), max_batch=0)
+
+
+# --------------------------------------------------------------------------------------------
+# Token constraints (a server's JSON mode)
+
+
+class EvenOnly:
+    """Allows even ids only; records what the engine asked and told."""
+
+    def __init__(self) -> None:
+        self.masked = 0
+        self.seen: list[int] = []
+
+    def mask(self, logits: Tensor) -> Tensor:
+        self.masked += 1
+        out = logits.clone()
+        out[1::2] = float("-inf")
+        return out
+
+    def advance(self, token: int) -> None:
+        self.seen.append(token)
+
+
+def test_a_constraint_masks_only_its_own_row() -> None:
+    model = MockModel()
+    greedy = SamplingParams(temperature=0)
+    free = Request(prompt=ids(5, 3), params=greedy, max_tokens=10, logprobs=0)
+    rule = EvenOnly()
+    bound = dataclasses.replace(free, params=MIXED[1], seed=5, constraint=rule)
+    together = run(model, [free, bound])
+    assert together[0].token_ids == alone(model, free).token_ids
+    assert any(t % 2 for t in together[0].token_ids)  # the free row does use odd ids
+    assert all(t % 2 == 0 for t in together[1].token_ids) and rule.seen == together[1].token_ids
+    assert rule.masked == len(together[1].token_ids) == 10
+    # logprobs are the model's own, before the constraint
+    engine = Engine(model)
+    engine.add(dataclasses.replace(free, constraint=EvenOnly()))
+    seen = list(free.prompt)
+    for e in (e for e in engine.run() if e.token is not None):
+        expected = torch.log_softmax(prefill(model, seen).logits[0], -1)
+        assert e.token % 2 == 0 and e.logprob == pytest.approx(float(expected[e.token]), abs=1e-5)
+        seen.append(e.token)
+
+
+def test_prompt_logprobs_score_every_prompt_token(model: nn.Module) -> None:
+    """Each prompt token under the logits before it, across chunk boundaries; the first token of a
+    fresh state has no score, from a prefix it is scored by the prefix's logits."""
+    vocab = model.config.vocab_size
+    prompt = ids(11, 12, vocab)
+    engine = Engine(model, prefill_chunk=4)
+    engine.add(Request(prompt=prompt, params=MIXED[0], max_tokens=3, prompt_logprobs=2))
+    events = list(engine.run())
+    scored = [s for e in events if e.prompt_logprobs for s in e.prompt_logprobs]
+    assert [t for t, _, _ in scored] == prompt and scored[0][1:] == (None, [])
+    for i in range(1, 11):
+        expected = torch.log_softmax(prefill(model, prompt[:i]).logits[0], -1)
+        assert scored[i][1] == pytest.approx(float(expected[prompt[i]]), abs=1e-4)
+        assert [t for t, _ in scored[i][2]] == torch.topk(expected, 2).indices.tolist()
+    greedy = [e.token for e in events if e.token is not None]
+    assert greedy == alone(model, Request(prompt=prompt, params=MIXED[0], max_tokens=3)).token_ids
+    start = prefill(model, prompt[:5])
+    engine = Engine(model)
+    engine.add(Request(prompt=prompt[5:], max_tokens=0, start=start, prompt_logprobs=0))
+    rest = [s for e in engine.run() if e.prompt_logprobs for s in e.prompt_logprobs]
+    assert [t for t, _, _ in rest] == prompt[5:] and all(top == [] for _, _, top in rest)
+    assert [lp for _, lp, _ in rest] == pytest.approx([lp for _, lp, _ in scored[5:]], abs=1e-4)
+    with pytest.raises(RwkvkitError, match="prompt_logprobs"):
+        engine.add(Request(prompt=[1], prompt_logprobs=-1))

@@ -38,6 +38,7 @@ VERBS: dict[str, Verb] = {
     "train": Verb("rwkvkit.cli.train", "train an RWKV-4 or RWKV-7 (or a GPT baseline) on prepared tokens"),
     "eval": Verb("rwkvkit.cli.eval", "perplexity, LAMBADA and multiple-choice scores for one or more models"),
     "bench": Verb("rwkvkit.cli.bench", "measure decode and prefill speed, ours and the peers', side by side"),
+    "serve": Verb("rwkvkit.cli.serve", "serve a model over an OpenAI-compatible HTTP API, with a chat page"),
 }
 
 

@@ -15,7 +15,7 @@ from ..bench.run import run_bench
 from ..bench.table import format_table
 from ..errors import FileAccessError, RwkvkitError
 from ..fileio import atomic_write_bytes, check_writable, os_problem
-from .flags import add_json_flag, integer, path_text
+from .flags import add_json_flag, add_threads_flag, integer, path_text
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"comma-separated; ours: {','.join(OURS)} (plain-<x>: without the fast layers); "
         f"peers: {','.join(PEERS)}",
     )
-    parser.add_argument("--threads", type=integer(1), default=torch.get_num_threads(), help="CPU threads")
+    add_threads_flag(parser, torch.get_num_threads())
     parser.add_argument(
         "--rounds", type=integer(1), default=5, help="interleaved rounds; the median is reported"
     )

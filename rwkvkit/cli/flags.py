@@ -23,6 +23,7 @@ from ..device import resolve_device
 from ..dtypes import DTYPES
 from ..errors import RwkvkitError
 from ..fileio import check_utf8, decode_utf8
+from ..inference import QUANTIZE_MODES
 from ..sampling import SamplingParams
 from ..tokenizer import Tokenizer
 
@@ -161,6 +162,24 @@ def add_dtype_flag(parser: argparse.ArgumentParser, help: str, default: str | No
     parser.add_argument("--dtype", default=default, choices=tuple(DTYPES), help=help + keep)
 
 
+def add_quantize_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--quantize",
+        choices=QUANTIZE_MODES,
+        help="store the matrices as weight-only int8 (default: none, the --dtype weights)",
+    )
+
+
+def add_threads_flag(parser: argparse.ArgumentParser, default: int | None = None) -> None:
+    parser.add_argument(
+        "--threads",
+        type=integer(1),
+        default=default,
+        metavar="N",
+        help="torch CPU threads" + ("" if default else " (default: PyTorch's choice)"),
+    )
+
+
 def add_state_flag(parser: argparse.ArgumentParser, help: str) -> None:
     """--state FILE: a state file (rwkvkit.save_state, chat's /save) to start from."""
     parser.add_argument("--state", metavar="FILE", type=path_text, help=help)
@@ -259,6 +278,12 @@ def default_model() -> Path:
 
 
 def load_model_and_tokenizer(args: argparse.Namespace) -> tuple[nn.Module, Tokenizer]:
-    """The model of --model (or the bundled one) on --device in --dtype, and its tokenizer."""
-    model = load_model(args.model or default_model(), device=args.device, dtype=DTYPES[args.dtype])
+    """The model of --model (or the bundled one) on --device in --dtype (and --quantize, for the
+    verbs that have it), and its tokenizer."""
+    model = load_model(
+        args.model or default_model(),
+        device=args.device,
+        dtype=DTYPES[args.dtype],
+        quantize=getattr(args, "quantize", None),
+    )
     return model, tokenizer_for_model(model, args.tokenizer)
