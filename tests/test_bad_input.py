@@ -390,6 +390,7 @@ TRAIN = ("train", "--data", "{data}", "--out", "{dir}/out", "--n-layer", "1", "-
          "--no-progress")  # fmt: skip
 EVAL = ("eval", "--model", "{model}", "--no-progress")
 CHAT = ("chat", "--model", "{model}", "--max-tokens", "3", "--seed", "0")
+SERVE = ("serve", "--model", "{model}", "--port", "0")  # every row fails before it would serve
 BENCH = ("bench", "--shape", "tiny", "--workdir", "{dir}", "--rounds", "1", "--decode-tokens", "1", "--prefill", "0",
          "--contenders", "fp32")  # fmt: skip
 # the sampling flags generate and chat share: (flag, value, what the message must say)
@@ -734,6 +735,36 @@ ROWS: list[Row] = [
     Row("train-warmup-negative", (*TRAIN, "--warmup", "-1"), "--warmup"),
     Row("train-save-every-negative", (*TRAIN, "--save-every", "-1"), "--save-every"),
     Row("train-eval-every-negative", (*TRAIN, "--eval-every", "-1"), "--eval-every"),
+    # ---- serve's flags (its HTTP inputs: tests/test_serve_bad_requests.py)
+    Row("serve-model-missing", (*SERVE[:1], "--model", "{dir}/nope.pth", *SERVE[3:]), "no such file"),
+    Row("serve-tokenizer-too-big", (*SERVE, "--tokenizer", "world"), "tokenizer has 65536 tokens"),
+    Row("serve-device-bogus", (*SERVE, "--device", "bogus"), "--device"),
+    Row("serve-dtype-bogus", (*SERVE, "--dtype", "fp8"), "invalid choice"),
+    Row("serve-quantize-bogus", (*SERVE, "--quantize", "int3"), "invalid choice"),
+    Row("serve-host-unknown", (*SERVE, "--host", "no.such.host.invalid"), "cannot listen"),
+    Row("serve-host-empty", (*SERVE, "--host", ""), "argument --host: empty"),
+    Row("serve-port-70000", (*SERVE, "--port", "70000"), "not a port"),
+    Row("serve-api-key-empty", (*SERVE, "--api-key", ""), "argument --api-key: empty"),
+    Row("serve-model-name-lone-surrogate", (*SERVE, "--model-name", "m\udcff"), "--model-name"),
+    Row("serve-model-name-empty", (*SERVE, "--model-name", ""), "argument --model-name: empty"),
+    Row("serve-max-batch-0", (*SERVE, "--max-batch", "0"), "--max-batch"),
+    Row("serve-max-queue-negative", (*SERVE, "--max-queue", "-1"), "--max-queue"),
+    Row("serve-max-prompt-tokens-0", (*SERVE, "--max-prompt-tokens", "0"), "--max-prompt-tokens"),
+    Row("serve-max-tokens-limit-0", (*SERVE, "--max-tokens-limit", "0"), "--max-tokens-limit"),
+    Row("serve-state-cache-mb-nan", (*SERVE, "--state-cache-mb", "nan"), "--state-cache-mb"),
+    Row("serve-prefill-chunk-0", (*SERVE, "--prefill-chunk", "0"), "--prefill-chunk"),
+    Row("serve-threads-huge", (*SERVE, "--threads", "1000000000"), "--threads 1000000000"),
+    Row("serve-shutdown-timeout-nan", (*SERVE, "--shutdown-timeout", "nan"), "--shutdown-timeout"),
+    Row("serve-log-level-bogus", (*SERVE, "--log-level", "loud"), "invalid choice"),
+    Row("serve-chat-template-missing", (*SERVE, "--chat-template", "{dir}/none.json"), "no such file"),
+    Row("serve-chat-template-deep", (*SERVE, "--chat-template", "{dir}/t.json"), "nested",
+        files={"t.json": nested(100_000)}),
+    Row("serve-chat-template-fifo", (*SERVE, "--chat-template", "{dir}/t.json"), "not a regular file",
+        files={"t.json": mkfifo}),
+    Row("serve-chat-template-invalid-utf8", (*SERVE, "--chat-template", "{dir}/t.json"), "utf-8",
+        files={"t.json": b'{"user": "\xff"}'}),
+    Row("serve-chat-template-list", (*SERVE, "--chat-template", "{dir}/t.json"), "--chat-template",
+        files={"t.json": "[]"}),
     Row("train-eval-windows-0", (*TRAIN, "--eval-windows", "0"), "--eval-windows"),
     Row("train-ffn-mult-0", (*TRAIN, "--ffn-mult", "0"), "--ffn-mult"),
     Row("train-grad-clip-negative", (*TRAIN, "--grad-clip", "-1"), "--grad-clip"),

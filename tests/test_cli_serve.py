@@ -45,7 +45,7 @@ def serve_main(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str
         (["--max-prompt-tokens", "many"], "not an integer"),
         (["--shutdown-timeout", "soon"], "not a number"),
         (["--quantize", "int3"], "invalid choice"),
-        (["--threads", "0"], "at least 1"),
+        (["--threads", "0"], ">= 1"),
         (["--model", "/nonexistent/model.pth", "--port", "0"], "/nonexistent/model.pth"),
     ],
 )
@@ -56,7 +56,8 @@ def test_bad_flags_fail_in_one_line(capsys: pytest.CaptureFixture[str], args: li
 def test_bad_chat_templates_fail_in_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     bad = tmp_path / "bad.json"
     for content, words in [
-        ("{", "cannot read it as JSON"),
+        ("{", "--chat-template"),
+        ("{", "not valid JSON"),
         ('{"user": ""}', "non-empty string"),
         ('{"usr": "Q"}', "fields among"),
     ]:

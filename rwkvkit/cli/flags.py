@@ -96,6 +96,11 @@ def path_text(value: str) -> str:
     return value
 
 
+def nonempty_text(value: str) -> str:
+    """A text flag that means something only when given: a name, a key, a host."""
+    return path_text(text(value))
+
+
 def device_name(value: str) -> str:
     """A --device that exists on this machine (kept as the name the user wrote)."""
     try:

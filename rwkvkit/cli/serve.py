@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import signal
 import socket
@@ -14,7 +15,14 @@ from types import FrameType
 from ..defaults import default_model_path
 from ..device import set_cpu_threads
 from ..errors import RwkvkitError
-from .flags import add_model_flags, add_quantize_flag, add_threads_flag, load_model_and_tokenizer
+from .flags import (
+    add_model_flags,
+    add_quantize_flag,
+    add_threads_flag,
+    load_model_and_tokenizer,
+    nonempty_text,
+    path_text,
+)
 
 BUNDLED_NAME = "rwkvkit-default"
 MAX_TOKENS_HELP = "most tokens one choice may generate (and chat's default max_tokens)"
@@ -29,6 +37,8 @@ def at_least(lo: int | float, kind: type = int) -> Callable[[str], int | float]:
             raise argparse.ArgumentTypeError(
                 f"{text!r} is not a{'n integer' if kind is int else ' number'}"
             ) from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text} is not a finite number")
         if value < lo:
             raise argparse.ArgumentTypeError(f"{text} is below {lo}")
         return value
@@ -49,7 +59,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_quantize_flag(parser)
     g = parser.add_argument_group("network")
     g.add_argument(
-        "--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 opens it to the network"
+        "--host",
+        default="127.0.0.1",
+        type=nonempty_text,
+        help="address to listen on; 0.0.0.0 opens it to the network",
     )
     g.add_argument(
         "--port", type=port, default=8000, help="port; 0 picks a free one (the address is printed)"
@@ -57,12 +70,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--api-key",
         metavar="KEY",
-        default=os.environ.get("RWKVKIT_API_KEY"),
+        type=nonempty_text,  # `--api-key "$UNSET"` must not open the server to everyone
+        default=os.environ.get("RWKVKIT_API_KEY") or None,
         help="require 'Authorization: Bearer KEY' on /v1/* (default: $RWKVKIT_API_KEY, else no key)",
     )
     g.add_argument(
         "--model-name",
         metavar="NAME",
+        type=nonempty_text,
         help=f"the model's name in the API (default: the checkpoint's file name, or {BUNDLED_NAME})",
     )
     g = parser.add_argument_group("limits")
@@ -89,6 +104,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--chat-template",
         metavar="FILE",
+        type=path_text,
         help='a JSON file of chat names, e.g. {"user": "Q", "assistant": "A", "turn_end": "\\n\\n"} '
         "(default: the RWKV World format, User:/Assistant:)",
     )
