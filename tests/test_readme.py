@@ -10,15 +10,24 @@ on the line before its fence, visible only in the source:
 
     <!-- readme-test: skip (the reason) -->
 
+A block that talks to a running server (curl, the OpenAI client) is marked
+
+    <!-- readme-test: with-server (ARGS) -->
+
+and runs while ``rwkvkit serve --port 0 ARGS`` does, the README's address
+(``http://127.0.0.1:8000``) replaced by the one that server printed (a fixed port may be taken).
+
 Any README section added later is picked up by this test with no change to it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import os
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -30,6 +39,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
 SKIP = re.compile(r"<!--\s*readme-test:\s*skip\s*\((.+)\)\s*-->")
+WITH_SERVER = re.compile(r"<!--\s*readme-test:\s*with-server\s*\((.*)\)\s*-->")
+README_URL = "http://127.0.0.1:8000"
 FENCE = re.compile(r"^```(\w*)\s*$")
 LINKED = ("rwkvkit", "scripts", "benchmarks")
 
@@ -40,6 +51,7 @@ class Block:
     code: str
     line: int  # where the block starts in README.md
     skip: str | None
+    server: str | None = None  # the block runs beside ``rwkvkit serve --port 0`` with these flags
 
 
 def readme_blocks(text: str) -> list[Block]:
@@ -53,19 +65,20 @@ def readme_blocks(text: str) -> list[Block]:
         start, lang = i, m.group(1)
         end = next(j for j in range(i + 1, len(lines)) if lines[j].startswith("```"))
         before = lines[start - 1] if start > 0 else ""
-        marker = SKIP.search(before)
-        blocks.append(
-            Block(lang, "\n".join(lines[start + 1 : end]) + "\n", start + 1, marker and marker.group(1))
-        )
+        marker, server = SKIP.search(before), WITH_SERVER.search(before)
+        code = "\n".join(lines[start + 1 : end]) + "\n"
+        blocks.append(Block(lang, code, start + 1, marker and marker.group(1), server and server.group(1)))
         i = end + 1
     return blocks
 
 
 def test_blocks_are_found_with_their_markers() -> None:
     text = "a\n```python\nx = 1\n```\n<!-- readme-test: skip (too slow) -->\n```bash\nsleep 9\n```\n"
+    text += "<!-- readme-test: with-server (--max-batch 2) -->\n```bash\ncurl URL\n```\n"
     assert readme_blocks(text) == [
         Block("python", "x = 1\n", 2, None),
         Block("bash", "sleep 9\n", 6, "too slow"),
+        Block("bash", "curl URL\n", 10, None, "--max-batch 2"),
     ]
 
 
@@ -113,24 +126,34 @@ def test_every_snippet_runs(checkout: Path) -> None:
                 skipped.append(f"README.md:{block.line} ({block.skip})")
                 continue
             t0 = time.perf_counter()
-            if block.lang == "python":
-                with contextlib.redirect_stdout(io.StringIO()):
-                    try:
-                        exec(compile(block.code, f"README.md:{block.line}", "exec"), namespace)
-                    except Exception as e:
-                        raise AssertionError(
-                            f"the python block at README.md:{block.line} failed: {e!r}"
-                        ) from e
-            else:
-                proc = subprocess.run(
-                    ["bash", "-c", "set -euo pipefail\n" + block.code], cwd=checkout, env=env,
-                    stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=600,
-                )  # fmt: skip
-                assert proc.returncode == 0, (
-                    f"the bash block at README.md:{block.line} failed (exit {proc.returncode}):\n"
-                    f"{proc.stderr[-3000:]}"
-                )
+            with contextlib.ExitStack() as stack:
+                if block.server is not None:
+                    from rwkvkit.serve.launch import ServerProcess
+
+                    args = ("--port", "0", *shlex.split(block.server))
+                    server = stack.enter_context(ServerProcess(*args, env=env))
+                    block = dataclasses.replace(block, code=block.code.replace(README_URL, server.url))
+                run_block(block, checkout, env, namespace)
             took.append(f"README.md:{block.line} {block.lang}: {time.perf_counter() - t0:.1f} s")
     finally:
         os.chdir(old_cwd)
     print("ran:", *took, "not run:", *skipped, sep="\n  ")
+
+
+def run_block(block: Block, checkout: Path, env: dict[str, str], namespace: dict) -> None:
+    """One block: python in the shared namespace, bash in the scratch checkout; a failure names its line."""
+    if block.lang == "python":
+        with contextlib.redirect_stdout(io.StringIO()):
+            try:
+                exec(compile(block.code, f"README.md:{block.line}", "exec"), namespace)
+            except Exception as e:
+                raise AssertionError(f"the python block at README.md:{block.line} failed: {e!r}") from e
+    else:
+        proc = subprocess.run(
+            ["bash", "-c", "set -euo pipefail\n" + block.code], cwd=checkout, env=env,
+            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        assert proc.returncode == 0, (
+            f"the bash block at README.md:{block.line} failed (exit {proc.returncode}):\n"
+            f"{proc.stderr[-3000:]}"
+        )
