@@ -175,6 +175,37 @@ def int8_section(res: dict) -> list[str]:
     return out
 
 
+def gguf_tables(results: dict) -> list[str]:
+    """The per-type and the official/onnxruntime tables (gguf_agreement.py prints them too)."""
+    lines = ["| version | file type | rwkvkit on our file vs original | rwkvkit on llama.cpp's file vs original | "
+             "llama.cpp on our file vs on its own | llama.cpp vs rwkvkit, same file | llama.cpp vs original |",
+             "|---|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for version, r in results["versions"].items():
+        for t, d in r["types"].items():
+            lines.append(f"| RWKV-{version} | {t} | {d['rwkvkit_our_file_vs_original']:.2e} | "
+                         f"{d['rwkvkit_llama_file_vs_original']:.2e} | {d['llama_our_file_vs_llama_own_file']:.2e} | "
+                         f"{d['llama_vs_rwkvkit_same_file']:.2e} | {d['llama_vs_original']:.2e} |")  # fmt: skip
+    lines += ["", "| version | rwkvkit vs official | llama.cpp f32 vs official | onnxruntime vs rwkvkit (logits / state) "
+              "| rwkvkit step vs forward | logits std |", "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for version, r in results["versions"].items():
+        onnx = (f"{r['onnxruntime_vs_rwkvkit_logits']:.2e} / {r['onnxruntime_vs_rwkvkit_state']:.2e}"
+                if "onnxruntime_vs_rwkvkit_logits" in r else "-")  # fmt: skip
+        own = f"{r['rwkvkit_step_vs_forward']:.2e}" if "rwkvkit_step_vs_forward" in r else "-"
+        lines.append(f"| RWKV-{version} | {r['rwkvkit_vs_official']:.2e} | {r['llama_f32_vs_official']:.2e} | "
+                     f"{onnx} | {own} | {r['logits_std']:.2f} |")  # fmt: skip
+    if "peers" in results:
+        lines += ["", "Peers: " + ", ".join(f"{k} {v}" for k, v in results["peers"].items()) + "."]
+    return lines
+
+
+def gguf_section(res: dict) -> list[str]:
+    """benchmarks/gguf_agreement.py's tables: GGUF files both ways against llama.cpp, per type."""
+    return ["### GGUF (llama.cpp) and ONNX (onnxruntime), the 0.1B shape", "", machine_line(res["machine"]), "",
+            f"Random weights, {res['tokens']} tokens in one call; max |logit difference| over every position "
+            "(`python benchmarks/gguf_agreement.py`, whose docstring says what each column compares):", "",
+            *gguf_tables(res)]  # fmt: skip
+
+
 def goal_rows(speeds: dict[str, dict], context: dict | None) -> list[str]:
     """Each goal of the issue, with the ratio reached in these runs (computed, not typed in)."""
     out = ["| goal | target | reached | met |", "|---|---:|---:|---|"]
@@ -384,6 +415,8 @@ def main() -> int:
     if serve:
         lines += ["## Serving (`rwkvkit serve`)", "", *serve_section(list(serve.values())),
                   *(f"![{name}](benchmarks/plots/{name}.png)" for name in serve), ""]  # fmt: skip
+    if gguf := load("gguf_agreement.json"):
+        lines += ["## Agreement with llama.cpp and onnxruntime", "", *gguf_section(gguf), ""]
     (ROOT / "BENCHMARKS.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {ROOT / 'BENCHMARKS.md'}")
     return 0

@@ -70,6 +70,27 @@ class ChatTemplate:
         text = "".join(self.turn(m["role"], m["content"]) for m in messages)
         return text + self.reply_prompt() if add_reply_prompt else text
 
+    def jinja(self) -> str:
+        """This format as a Jinja chat template, for files other tools render prompts from (GGUF
+        metadata, a Hugging Face tokenizer_config.json). It trims each message as :meth:`turn` does
+        but cannot collapse blank lines inside one (Jinja has no loop for that)."""
+
+        def literal(text: str) -> str:  # a single-quoted Jinja string literal
+            return "'" + text.encode("unicode_escape").decode("ascii").replace("'", "\\'") + "'"
+
+        end = literal(self.turn_end)
+        turns = "".join(
+            f"{'{%- if' if i == 0 else '{%- elif'} message['role'] == '{role}' -%}}"
+            f"{{{{- {literal(name + ': ')} + message['content']|trim + {end} -}}}}"
+            for i, (role, name) in enumerate(
+                (("system", self.system), ("user", self.user), ("assistant", self.assistant))
+            )
+        )
+        return (
+            "{%- for message in messages -%}" + turns + "{%- endif -%}{%- endfor -%}"
+            "{%- if add_generation_prompt -%}{{- " + literal(self.reply_prompt()) + " -}}{%- endif -%}"
+        )
+
 
 class Chat:
     """A conversation held as an RNN state; :meth:`send` streams the reply to one message."""

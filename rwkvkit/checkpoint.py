@@ -24,7 +24,9 @@ from torch import Tensor, nn
 from .device import resolve_device
 from .errors import CheckpointError, RwkvkitError, TokenizerError, UnsupportedVersionError
 from .fileio import check_regular_file, os_problem, parse_json, read_json
-from .formats import fla, hf
+from .formats import fla, hf, hub
+from .formats.gguf import MAGIC as GGUF_MAGIC
+from .formats.gguf import read_gguf
 from .formats.run import is_run_folder, latest_checkpoint
 from .formats.rwkvcpp import MAGIC as RWKVCPP_MAGIC
 from .formats.rwkvcpp import read_rwkvcpp
@@ -45,7 +47,7 @@ class RawCheckpoint:
     """A checkpoint read into canonical form, before a model is built from it."""
 
     path: Path
-    format: str  # "pth", "safetensors", "hf", "rwkvcpp", "run"
+    format: str  # "pth", "safetensors", "hf", "rwkvcpp", "run", "gguf"
     state_dict: dict[str, Tensor]
     version: str
     config_overrides: dict[str, Any] = field(default_factory=dict)
@@ -77,6 +79,8 @@ def sniff_format(path: Path) -> str:
         raise CheckpointError(path, f"the file is only {len(head)} bytes long: it is empty or truncated")
     if struct.unpack("<I", head[:4])[0] == RWKVCPP_MAGIC:
         return "rwkvcpp"
+    if head[:4] == GGUF_MAGIC:
+        return "gguf"
     if head[:4] == b"PK\x03\x04":
         return "pth"  # torch.save's zip format
     # safetensors before the pickle test: a header of 640 + k bytes starts with b"\x80\x02", too
@@ -87,8 +91,8 @@ def sniff_format(path: Path) -> str:
         return "pth-legacy"  # torch.save's old pickle-stream format
     raise CheckpointError(
         path,
-        "unrecognised file format (expected a BlinkDL .pth, a .safetensors file, an rwkv.cpp .bin "
-        "or a Hugging Face folder)",
+        "unrecognised file format (expected a BlinkDL .pth, a .safetensors file, an rwkv.cpp .bin, "
+        "a llama.cpp .gguf or a Hugging Face folder)",
     )
 
 
@@ -188,7 +192,9 @@ def hf_weight_files(path: Path) -> list[Path]:
 
 
 def _read_hf_folder(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    cfg = read_json(path / "config.json", CheckpointError)
+    cfg = read_json(path / "config.json", CheckpointError, kind=object)
+    if not isinstance(cfg, dict):
+        raise CheckpointError(path / "config.json", "not a JSON object")
     model_type = cfg.get("model_type")
     if model_type not in ("rwkv", "rwkv5", "rwkv6", "rwkv7", None):
         raise CheckpointError(
@@ -197,6 +203,9 @@ def _read_hf_folder(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
             "folders have model_type 'rwkv' (RWKV-4), 'rwkv5', 'rwkv6' (RWKV/ remote-code folders) or "
             "'rwkv7' (flash-linear-attention)",
         )
+    where = path / "config.json"  # its values checked before any weight is read
+    read_overrides = fla.config_overrides_from_fla if model_type == "rwkv7" else hf.config_overrides_from_hf
+    overrides = read_overrides(cfg, where)
     sd: dict[str, Tensor] = {}
     for f in hf_weight_files(path):  # sharded checkpoints: the shards together hold every key once
         part = _safetensors_load(f)[0] if f.suffix == ".safetensors" else _torch_load(f, legacy=False)
@@ -204,14 +213,14 @@ def _read_hf_folder(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
         if twice:
             raise CheckpointError(f, f"repeats tensors another weight file of the folder holds: {twice[:4]}")
         sd.update(part)
-    where = path / "config.json"
-    if model_type == "rwkv7":
-        return sd, fla.config_overrides_from_fla(cfg, where)
-    return sd, hf.config_overrides_from_hf(cfg, where)
+    return sd, overrides
 
 
 def read_checkpoint(path: str | Path) -> RawCheckpoint:
-    """Read any supported checkpoint into canonical (BlinkDL-named) form."""
+    """Read any supported checkpoint into canonical (BlinkDL-named) form; a Hugging Face Hub reference
+    (``hf://OWNER/REPO/FILE``, ``OWNER/REPO``: :mod:`rwkvkit.formats.hub`) is fetched into the Hub cache."""
+    if hub.is_hub_reference(path):
+        path = hub.resolve(path)  # type: ignore[arg-type]
     path = Path(path)
     fmt = sniff_format(path)
     overrides: dict[str, Any] = {}
@@ -227,6 +236,9 @@ def read_checkpoint(path: str | Path) -> RawCheckpoint:
         overrides = _metadata_overrides(path, meta)
     elif fmt == "hf":
         sd, overrides = _read_hf_folder(path)
+    elif fmt == "gguf":
+        sd, version, overrides = read_gguf(path)
+        return RawCheckpoint(path, fmt, sd, version, overrides)
     else:  # a training run folder: its newest checkpoint
         return read_checkpoint(latest_checkpoint(path))
     if hf.is_hf_state_dict(sd):
@@ -342,8 +354,10 @@ def load_model(
 ) -> nn.Module:
     """Load any supported RWKV checkpoint, ready to call as ``logits, state = model(tokens, state)``.
 
-    The format (BlinkDL .pth or .safetensors, Hugging Face folder, rwkv.cpp .bin) and the RWKV
-    version are detected from the content. ``dtype`` is the weights' dtype (the WKV state and the
+    The format (BlinkDL .pth or .safetensors, Hugging Face folder, rwkv.cpp .bin, llama.cpp .gguf)
+    and the RWKV version are detected from the content. ``path`` may also name a model on the
+    Hugging Face Hub: ``"hf://OWNER/REPO/FILE"``, ``"hf://OWNER/REPO@REVISION/FILE"`` or a repository
+    id ``"OWNER/REPO"`` that is no local path (fetched into, or found in, the Hub cache). ``dtype`` is the weights' dtype (the WKV state and the
     logits stay float32). ``quantize="int8"`` stores the matrices as weight-only int8 (per-output
     channel scales); the rest keeps ``dtype``. The model comes back with the fast inference layers
     of :mod:`rwkvkit.inference` in place (same numbers as the plain modules, within the tolerances
@@ -378,13 +392,21 @@ def safetensors_metadata(path: str | Path) -> dict[str, str]:
 
 def tokenizer_name_for_model(model: nn.Module) -> str:
     """A checkpoint's tokenizer: what its metadata names, else what its vocabulary size implies."""
-    source = getattr(model, "source", None)
+    return tokenizer_name_for_source(getattr(model, "source", None), model.config.vocab_size)  # type: ignore[attr-defined]
+
+
+def tokenizer_name_for_source(source: RawCheckpoint | None, vocab: int) -> str:
+    """The tokenizer of a checkpoint read from ``source`` whose embedding has ``vocab`` rows: a
+    safetensors file's metadata, a GGUF file's own vocabulary ("world" when it is the bundled one),
+    else what the vocabulary size implies."""
     if source is not None and source.format == "safetensors":
         meta = safetensors_metadata(source.path)
         for key in ("rwkvkit_tokenizer", "tokenizer"):
             if meta.get(key):
                 return meta[key]
-    vocab = model.config.vocab_size  # type: ignore[attr-defined]
+    if source is not None and source.format == "gguf":
+        vocabulary = load_tokenizer(source.path).vocab  # type: ignore[attr-defined]
+        return "world" if vocabulary == load_tokenizer("world").vocab else str(source.path)  # type: ignore[attr-defined]
     name = tokenizer_name_for_vocab_size(vocab)
     if name is None:
         raise TokenizerError(

@@ -35,7 +35,7 @@ _HEX_BYTES_LITERAL = re.compile(r"b'(?:\\x[0-9a-fA-F]{2})+'")
 
 _NAME_HINT = (
     "pass 'world', '20b' or 'byte', or the path of a World-format vocabulary .txt "
-    "(lines 'id repr(token) byte_length') or of a Hugging Face tokenizers .json file"
+    "(lines 'id repr(token) byte_length'), of a Hugging Face tokenizers .json file or of a .gguf file"
 )
 
 
@@ -172,13 +172,19 @@ def _parse_world_vocab(path: Path) -> tuple[dict[int, bytes], bool]:
         seen[token] = idx
     if vocab:
         check_id_range(max(vocab), len(vocab), str(path))
-    missing = [b for b in range(256) if bytes([b]) not in seen]
+    _check_single_bytes(seen, path)
+    return vocab, rust_readable
+
+
+def _check_single_bytes(tokens: Iterable[bytes], where: object) -> None:
+    """Greedy matching always advances only if every single byte is a token."""
+    present = set(tokens)
+    missing = [b for b in range(256) if bytes([b]) not in present]
     if missing:
         raise TokenizerError(
-            f"{path}: single bytes {missing[:8]} are not tokens, so some text could not be encoded; "
+            f"{where}: single bytes {missing[:8]} are not tokens, so some text could not be encoded; "
             "a World vocabulary must contain all 256 single bytes"
         )
-    return vocab, rust_readable
 
 
 def _literal_value(literal: str) -> str | bytes:
@@ -220,6 +226,23 @@ class WorldTokenizerRef(_TableDecoder):
         is_bundled = vocab_path is None or self.path.resolve() == WORLD_VOCAB_PATH.resolve()
         self.name = "world" if is_bundled else str(self.path)
         self.vocab, self._rust_readable = _parse_world_vocab(self.path)
+        self._build_table(vocab_size)
+
+    @classmethod
+    def from_vocab(cls, vocab: dict[int, bytes], *, name: str, vocab_size: int | None = None) -> Any:
+        """A World tokenizer over a vocabulary given as id -> bytes (e.g. a GGUF file's metadata);
+        ``name`` is what `load_tokenizer` takes to build it again."""
+        if not vocab or min(vocab) < 1 or len(set(vocab.values())) != len(vocab) or not all(vocab.values()):
+            raise TokenizerError(
+                f"{name}: a World vocabulary needs distinct, non-empty tokens with ids from 1"
+            )
+        _check_single_bytes(vocab.values(), name)
+        self = cls.__new__(cls)
+        self.path, self.name, self.vocab, self._rust_readable = None, name, dict(vocab), False
+        self._build_table(vocab_size)
+        return self
+
+    def _build_table(self, vocab_size: int | None) -> None:
         # Models round the embedding up to a multiple of 64 rows: 65530 ids -> 65536.
         self.vocab_size = vocab_size or -(-(max(self.vocab) + 1) // 64) * 64
         if self.vocab_size <= max(self.vocab):
@@ -313,6 +336,9 @@ class WorldTokenizer(WorldTokenizerRef):
     this vocabulary. Both give the ids of the `rwkv` package's TRIE_TOKENIZER. Decoding is
     always the Python table lookup: pyrwkv-tokenizer panics on ids that end inside a character.
     """
+
+    _fast: Any = None  # what from_vocab leaves: the reference encoder
+    backend = "python"
 
     def __init__(
         self,
@@ -492,11 +518,21 @@ def _builtin(name: str) -> Tokenizer:
 
 
 def load_tokenizer(name_or_path: str | os.PathLike[str]) -> Tokenizer:
-    """A tokenizer by name ("world", "20b", "byte") or from a World .txt or tokenizers .json file."""
+    """A tokenizer by name ("world", "20b", "byte") or from a World .txt or tokenizers .json file, or
+    the one in a GGUF file's metadata."""
     key = os.fspath(name_or_path)
     if key.lower() in BUILTIN_TOKENIZERS:
         return _builtin(key.lower())
     path = Path(key).expanduser()
+    try:
+        is_gguf = path.is_file() and _starts_with(path, b"GGUF")
+    except OSError as e:
+        raise TokenizerError(f"tokenizer file {path}: {os_problem(e)}") from None
+    if is_gguf:  # a GGUF file, whatever its name
+        from .formats.gguf import gguf_vocabulary
+
+        vocab = gguf_vocabulary(path)
+        return WorldTokenizer.from_vocab(vocab, name=str(path), vocab_size=max(vocab) + 1)
     if path.suffix.lower() not in (".txt", ".json"):
         raise TokenizerError(f"unknown tokenizer {key!r}: {_NAME_HINT}")
     try:
@@ -510,6 +546,14 @@ def load_tokenizer(name_or_path: str | os.PathLike[str]) -> Tokenizer:
     if path.resolve() == GPT20B_JSON_PATH.resolve():
         return Gpt20BTokenizer(path)
     return HFTokenizer(path)
+
+
+def _starts_with(path: Path, magic: bytes) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(magic)) == magic
+    except OSError:
+        return False
 
 
 def tokenizer_name_for_vocab_size(vocab_size: int) -> str | None:

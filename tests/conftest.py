@@ -114,3 +114,27 @@ def device(request: pytest.FixtureRequest) -> torch.device:
     if request.param == "cuda" and not torch.cuda.is_available():
         pytest.skip("no CUDA GPU here (torch.cuda.is_available() is False): the cuda-marked tests need one")
     return torch.device(request.param)
+
+
+# ---- GGUF and llama.cpp (issue 14; helpers: world_models.py, llama_cpp_tools.py)
+
+
+@pytest.fixture(scope="session")
+def world_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Random World-vocabulary RWKV-6 and RWKV-7 .pth files (world_models.CONFIGS)."""
+    from world_models import save_world_models
+
+    return save_world_models(tmp_path_factory.mktemp("world"))
+
+
+@pytest.fixture(scope="session")
+def llama_converted(tmp_path_factory: pytest.TempPathFactory, world_models: dict[str, Path]):
+    """get(version, dtype) -> llama.cpp's own GGUF conversion (convert_hf_to_gguf.py) of world_models."""
+    from llama_cpp_tools import find_converter, run_converter
+    from world_models import converter_cache
+
+    converter = find_converter()
+    folder = tmp_path_factory.mktemp("llama-converted")
+    return converter_cache(
+        folder, world_models, lambda src, dst, outtype: run_converter(converter, src, dst, outtype)
+    )

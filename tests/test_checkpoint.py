@@ -125,8 +125,10 @@ def test_truncated_rwkvcpp(tmp_path: Path, fixtures_dir: Path) -> None:
 
 
 def test_wrong_magic_and_unknown_version(tmp_path: Path, fixtures_dir: Path) -> None:
-    (tmp_path / "junk.bin").write_bytes(b"GGUF" + bytes(100))
+    (tmp_path / "junk.bin").write_bytes(b"JUNK" + bytes(100))
     _expect_error(tmp_path / "junk.bin", "unrecognised file format")
+    (tmp_path / "junk.gguf").write_bytes(b"GGUF" + bytes(100))  # GGUF's magic, then nothing valid
+    _expect_error(tmp_path / "junk.gguf", "not a readable GGUF file")
     data = bytearray((fixtures_dir / "tiny-rwkv-4v0-660K-FP16.bin").read_bytes())
     data[4:8] = struct.pack("<i", 99)
     (tmp_path / "v99.bin").write_bytes(bytes(data))

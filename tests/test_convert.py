@@ -135,3 +135,18 @@ def test_convert_keeps_the_source_dtype_and_refuses_to_overwrite(tmp_path: Path)
 
     header, _ = read_rwkvcpp(convert(bf16, tmp_path / "m.bin", "rwkvcpp"))  # rwkv.cpp has no bf16: fp32
     assert header.data_type_name == "FP32"
+
+
+@pytest.mark.parametrize(
+    ("to", "dst", "match"),
+    [("onnx", ".", "is a folder; --to onnx writes one file"), ("pth", ".", "is a folder"),
+     ("hf", "small.pth", "is a file; --to hf writes a folder"), ("hf", "small.pth/sub", "is not a directory"),
+     ("safetensors", "/proc/no/such/place.safetensors", "does not exist")],
+)  # fmt: skip
+def test_a_destination_that_cannot_be_written_is_named(
+    small_pth: Path, to: str, dst: str, match: str
+) -> None:
+    target = dst if dst.startswith("/") else str(small_pth.parent / dst)
+    with pytest.raises(RwkvkitError, match=match):
+        convert(small_pth, target, to)
+    assert small_pth.is_file()

@@ -16,13 +16,13 @@ PACKAGE = Path(__file__).resolve().parents[1] / "rwkvkit"
 LAYERS: list[set[str]] = [
     {"errors", "defaults"},
     {"fileio", "dtypes", "state", "device"},
-    {"ops", "sampling", "tokenizer"},
+    {"ops", "sampling"},
     {"models"},
-    {"formats", "quantize", "testing"},
+    {"formats", "quantize", "testing", "tokenizer"},  # a tokenizer may come from a GGUF file's metadata
     {"inference", "statefile", "cuda_graphs"},
     {"checkpoint", "engine"},
-    {"generate", "convert"},
-    {"chat"},
+    {"generate"},
+    {"chat", "convert"},  # convert writes the chat template into GGUF files and HF folders
     {"eval", "train", "bench"},
     {"serve", "finetune"},
     {"cli"},

@@ -32,7 +32,7 @@ VERBS: dict[str, Verb] = {
     "generate": Verb("rwkvkit.cli.generate", "continue a prompt, streaming the text to stdout"),
     "chat": Verb("rwkvkit.cli.chat", "chat with a model; the state carries the conversation"),
     "convert": Verb(
-        "rwkvkit.cli.convert", "convert a checkpoint between .pth, .safetensors, Hugging Face and rwkv.cpp"
+        "rwkvkit.cli.convert", "convert a checkpoint to .pth, .safetensors, HF, rwkv.cpp, GGUF or ONNX"
     ),
     "prepare": Verb("rwkvkit.cli.prepare", "tokenize text, JSONL or binidx files into training token files"),
     "train": Verb("rwkvkit.cli.train", "train an RWKV-4 or RWKV-7 (or a GPT baseline) on prepared tokens"),

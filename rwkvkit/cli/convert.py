@@ -1,10 +1,11 @@
-"""``rwkvkit convert``: a checkpoint to a BlinkDL .pth, .safetensors, a Hugging Face folder or rwkv.cpp."""
+"""``rwkvkit convert``: a checkpoint to a BlinkDL .pth, .safetensors, a Hugging Face folder, rwkv.cpp,
+a llama.cpp GGUF file or an ONNX graph of the one-token step."""
 
 from __future__ import annotations
 
 import argparse
 
-from ..convert import TARGETS, convert
+from ..convert import OUTPUT_DTYPES, TARGETS, convert
 from .flags import add_dtype_flag, path_text
 
 
@@ -12,11 +13,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "src",
         type=path_text,
-        help="checkpoint to read: .pth, .safetensors, rwkv.cpp .bin, HF folder or run folder",
+        help="checkpoint to read: .pth, .safetensors, rwkv.cpp .bin, .gguf, HF folder, run folder, "
+        "hf://OWNER/REPO[@REVISION]/FILE or a Hub repo id",
     )
     parser.add_argument("dst", type=path_text, help="where to write (a folder for --to hf)")
     parser.add_argument("--to", required=True, choices=TARGETS, help="output format")
-    add_dtype_flag(parser, "weight dtype of the output", default=None)
+    add_dtype_flag(
+        parser,
+        "weight dtype of the output (q8_0: GGUF only, for 2-D matrices, as llama.cpp quantizes)",
+        default=None,
+        choices=OUTPUT_DTYPES,
+    )
     parser.add_argument("--force", action="store_true", help="replace DST if it exists")
 
 

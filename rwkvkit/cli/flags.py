@@ -126,8 +126,8 @@ def add_model_flags(parser: argparse.ArgumentParser, *, several: bool = False) -
         metavar="PATH",
         type=path_text,
         action="append" if several else "store",
-        help="checkpoint: BlinkDL .pth or .safetensors, Hugging Face folder, rwkv.cpp .bin or training run "
-        "folder"
+        help="checkpoint: BlinkDL .pth or .safetensors, Hugging Face folder, rwkv.cpp .bin, llama.cpp .gguf, "
+        "training run folder, or on the Hugging Face Hub hf://OWNER/REPO[@REVISION]/FILE or OWNER/REPO"
         + ("; give several times to compare models side by side" if several else "")
         + " (default: the bundled model, if this install has one)",
     )
@@ -142,7 +142,7 @@ def add_tokenizer_flag(parser: argparse.ArgumentParser, default: str | None = No
         metavar="NAME",
         type=path_text,
         default=default,
-        help='"world", "20b", "byte" or a vocabulary file'
+        help='"world", "20b", "byte", a vocabulary file or a .gguf file (its tokenizer)'
         + ("" if default else " (default: the model's own)"),
     )
 
@@ -161,10 +161,16 @@ def _auto_or_device(value: str) -> str:
     return value if value == "auto" else device_name(value)
 
 
-def add_dtype_flag(parser: argparse.ArgumentParser, help: str, default: str | None = "fp32") -> None:
-    """--dtype; ``default=None`` means "the source's", said in the help."""
+def add_dtype_flag(
+    parser: argparse.ArgumentParser,
+    help: str,
+    default: str | None = "fp32",
+    choices: tuple[str, ...] = tuple(DTYPES),
+) -> None:
+    """--dtype; ``default=None`` means "the source's", said in the help; ``choices`` beyond the torch
+    dtypes where the verb writes files (convert: GGUF's q8_0)."""
     keep = " (default: the source's)" if default is None else ""
-    parser.add_argument("--dtype", default=default, choices=tuple(DTYPES), help=help + keep)
+    parser.add_argument("--dtype", default=default, choices=choices, help=help + keep)
 
 
 def add_quantize_flag(parser: argparse.ArgumentParser) -> None:

@@ -113,8 +113,43 @@ def blinkdl_to_fla(sd: dict[str, Tensor]) -> dict[str, Tensor]:
             v = v.t()
         elif re.fullmatch(r"[wav]0|k_k|k_a", leaf) or k.endswith("ffn.x_k"):
             v = v.reshape(-1)  # fla keeps these vectors flat
+        elif re.fullmatch(r"x_[rwkvag]", leaf):
+            v = v.reshape(1, 1, -1)  # and these (1, 1, C), as nn.Parameter(torch.zeros(1, 1, C))
         out[blinkdl_to_fla_name(k)] = v.contiguous()
     return out
+
+
+def fla_config(config: Any) -> dict[str, Any]:
+    """config.json of fla's ``RWKV7ForCausalLM`` for an RWKV-7 config (the fields llama.cpp's converter
+    reads too: hidden_size, intermediate_size, num_hidden_layers, head_dim, norm_eps, the four
+    ``*_low_rank_dim`` and vocab_size)."""
+    return {
+        "architectures": ["RWKV7ForCausalLM"],
+        "model_type": "rwkv7",
+        "attn_mode": "chunk",
+        "vocab_size": config.vocab_size,
+        "hidden_size": config.n_embd,
+        "hidden_ratio": config.ffn_dim / config.n_embd,
+        "intermediate_size": config.ffn_dim,
+        "num_hidden_layers": config.n_layer,
+        "head_dim": config.head_size,
+        "num_heads": config.n_head,
+        "decay_low_rank_dim": config.decay_lora,
+        "a_low_rank_dim": config.iclr_lora,
+        "v_low_rank_dim": config.value_lora,
+        "gate_low_rank_dim": config.gate_lora,
+        "hidden_act": "sqrelu",
+        "norm_first": True,
+        "norm_bias": True,
+        "norm_eps": config.layer_norm_eps,
+        "attn": None,
+        "use_cache": True,
+        "bos_token_id": 0,
+        "eos_token_id": 0,
+        "tie_word_embeddings": False,
+        "fuse_norm": False,
+        "fuse_cross_entropy": True,
+    }
 
 
 def config_overrides_from_fla(cfg: dict[str, Any], where: Any = "config.json") -> dict[str, Any]:
@@ -123,7 +158,7 @@ def config_overrides_from_fla(cfg: dict[str, Any], where: Any = "config.json") -
     out: dict[str, Any] = {}
     head_dim = 64
     if cfg.get("head_dim") is not None:
-        head_dim = config_number(cfg, "head_dim", where, kind=int, low=1)
+        head_dim = config_number(cfg, "head_dim", where, kind=int, low=1, high=1 << 16)
     if "norm_eps" in cfg:
         eps = config_number(cfg, "norm_eps", where, low=0.0, high=1.0)
         out["layer_norm_eps"] = eps

@@ -22,7 +22,7 @@ def config_number(
 ) -> Any:
     """``cfg[key]`` as a ``kind`` (int or float) with ``low < value`` (ints: ``low <= value``) and
     ``value < high``; NaN, infinity, booleans, strings and null are refused."""
-    value = cfg[key]
+    value = given = cfg[key]
     ok = isinstance(value, (int, float)) and not isinstance(value, bool)
     if ok and kind is int:
         ok = isinstance(value, int) or (math.isfinite(value) and float(value).is_integer())
@@ -35,10 +35,13 @@ def config_number(
     if ok and high is not None:
         ok = value < high
     if not ok:
-        rule = "an integer" if kind is int else "a finite number"
-        if low is not None:
-            rule += f" {'>=' if kind is int else '>'} {low:g}"
-        if high is not None:
-            rule += f" and < {high:g}"
-        raise CheckpointError(where, f"{key} must be {rule}, got {value!r}")
+        if kind is float and low is not None and high is not None:
+            rule = f"a number between {low:g} and {high:g}"
+        else:
+            rule = "an integer" if kind is int else "a finite number"
+            if low is not None:
+                rule += f" {'>=' if kind is int else '>'} {low:g}"
+            if high is not None:
+                rule += f" {'and ' if low is not None else ''}< {high:g}"
+        raise CheckpointError(where, f"{key!r} is {given!r}, not {rule}")
     return value
