@@ -147,34 +147,6 @@ def plot_context(res: dict) -> str:
     return "context.png"
 
 
-def int8_section(res: dict) -> list[str]:
-    bpb = res["shakespeare_bits_per_byte"]
-    works = ", ".join(res["eval"]["works"])
-    if "training" in res:
-        t = res["training"]
-        what = (f"a byte-level RWKV-4 (2 x 128, vocabulary 256) trained here for {t['seconds']:.0f} s "
-                f"({t['steps']} steps of {t['batch'][0]} x {t['batch'][1]} bytes, final train loss "
-                f"{t['final_train_loss_bits']:.2f} bits/byte) on Shakespeare, evaluated on "
-                f"{res['eval']['bytes']:,} bytes of held-out plays ({works}).")  # fmt: skip
-    else:
-        what = (f"{res['model']}, evaluated on the first {res['eval']['bytes']:,} bytes of {works} "
-                "(text it was trained on: this measures how far int8 moves a trained model's "
-                "predictions, not generalisation).")  # fmt: skip
-    out = ["### What int8 costs in accuracy", "", machine_line(res["machine"]), "",
-           f"Real text: {what}", "",
-           "| weights | bits per byte | vs fp32 |", "|---|---:|---:|"]  # fmt: skip
-    for name, v in bpb.items():
-        out.append(f"| {name} | {v:.4f} | {v - bpb['fp32']:+.4f} |")
-    out += ["", "Random 169M-shaped weights (not a perplexity: random weights have nothing to lose), "
-            "64-token prompt, against fp32:", "",
-            "| weights | max abs logit error | logit magnitude | mean KL (nats/token) | top-1 agreement |",
-            "|---|---:|---:|---:|---:|"]  # fmt: skip
-    for name, r in res["random_169m_vs_fp32"].items():
-        out.append(f"| {name} | {r['max_abs_logit_error']:.4f} | {r['logit_spread']:.2f} | "
-                   f"{r['mean_kl_nats_per_token']:.2e} | {r['top1_agreement']:.3f} |")  # fmt: skip
-    return out
-
-
 def gguf_tables(results: dict) -> list[str]:
     """The per-type and the official/onnxruntime tables (gguf_agreement.py prints them too)."""
     lines = ["| version | file type | rwkvkit on our file vs original | rwkvkit on llama.cpp's file vs original | "
@@ -392,15 +364,278 @@ def gpu_section(res: dict | None) -> list[str]:
     return out
 
 
+SHAPE_NAMES = {
+    "v7-0.1b": "RWKV-7 0.1B shape (L12 C768 V65536)",
+    "v7-0.4b": "RWKV-7 0.4B shape (L24 C1024 V65536)",
+    "169m": "RWKV-4 169M shape (L12 C768 V50277)",
+    "v6-0.1b": "RWKV-6 0.1B shape (L12 C768 V65536)",
+    "v5-0.1b": "RWKV-5 0.1B shape (L12 C768 V65536)",
+}
+
+
+def _runs(cpu: dict, shape: str) -> dict[int, dict]:
+    """threads -> that bench run, for one shape."""
+    return {int(k.split("@")[1]): r for k, r in cpu.get("speed", {}).items() if k.split("@")[0] == shape}
+
+
+def cpu_speed_section(cpu: dict) -> list[str]:
+    """One table per shape: every contender's decode (B=1, B=8 aggregate) and prefill, 1 and 2 threads."""
+    out: list[str] = []
+    shapes = list(dict.fromkeys(k.split("@")[0] for k in cpu.get("speed", {})))
+    for shape in shapes:
+        runs = _runs(cpu, shape)
+        threads = sorted(runs)
+        first = runs[threads[0]]
+        names = list(dict.fromkeys(k.rsplit(", B=", 1)[0] for k in first["decode_tok_s"]))
+        loads = ", ".join(
+            f"{t} thread{'s' * (t > 1)}: {r['load_average_before'][0]:.1f} before, {r['load_average_after'][0]:.1f} after"
+            for t, r in runs.items()
+        )
+        out += [f"### {SHAPE_NAMES.get(shape, shape)}", "", machine_line(first["machine"]), "",
+                f"1-minute load average around the runs ({loads}). Tokens/s, median of "
+                f"{first['decode_tok_s'][names[0] + ', B=1']['rounds']} interleaved rounds (min - max); "
+                f"decode {first['decode_tokens_per_round']} tokens per round, prefill {first['prefill_len']} tokens.",
+                "", "| contender | " + " | ".join(f"decode B=1, {t}T | B=8 aggregate, {t}T | prefill, {t}T"
+                                                  for t in threads) + " |",
+                "|---|" + "---:|" * (3 * len(threads))]  # fmt: skip
+        for name in names:
+            cells = []
+            for t in threads:
+                r = runs[t]
+                for table, key in ((r["decode_tok_s"], f"{name}, B=1"), (r["decode_tok_s"], f"{name}, B=8"),
+                                   (r.get("prefill_tok_s", {}), name)):  # fmt: skip
+                    v = table.get(key)
+                    cells.append(f"{v['median']:.1f} ({v['min']:.0f} - {v['max']:.0f})" if v else "-")
+            out.append(f"| {name} | " + " | ".join(cells) + " |")
+        for note in first.get("notes", []):
+            out += ["", f"Note: {note}"]
+        out.append("")
+    return out
+
+
+def cpu_goal_rows(cpu: dict | None, quality: dict | None) -> list[str]:
+    """Item 5 of issue 12 (and the thread, contention and quality bounds), each with its ratio."""
+    out = ["| goal | target | measured | met |", "|---|---:|---:|---|"]
+
+    def add(
+        goal: str, target: float, value: float | None, why: str = "", fmt: str = "{:.2f}x", le: bool = False
+    ):
+        if value is None:
+            out.append(f"| {goal} | {'<=' if le else '>='} {fmt.format(target)} | not measured{why} | - |")
+            return
+        met = value <= target if le else value >= target
+        out.append(f"| {goal} | {'<=' if le else '>='} {fmt.format(target)} | {fmt.format(value)} | "
+                   f"{'yes' if met else 'no'} |")  # fmt: skip
+
+    def ratio(table: dict, a: str, b: str) -> float | None:
+        return table[a]["median"] / table[b]["median"] if a in table and b in table else None
+
+    def each_run(shape: str):
+        """(threads, decode table, prefill table) at 1 and 2 threads; empty tables where not run."""
+        runs = _runs(cpu, shape)
+        for t in (1, 2):
+            r = runs.get(t, {})
+            yield t, r.get("decode_tok_s", {}), r.get("prefill_tok_s", {})
+
+    cpu = cpu or {}
+    pairs_llama = (("fp32", "f32"), ("bf16", "f16"), ("int8", "q8_0"), ("int4", "q4_0"))
+    for shape in ("v7-0.1b", "v7-0.4b"):
+        for t, d, p in each_run(shape):
+            for ours, peer in pairs_llama:
+                add(f"{shape} decode {ours} vs llama.cpp {peer}, {t}T", 1.0,
+                    ratio(d, f"rwkvkit {ours}, B=1", f"llama.cpp {peer}, B=1"))  # fmt: skip
+            add(
+                f"{shape} prefill fp32 vs llama.cpp f32, {t}T", 1.3, ratio(p, "rwkvkit fp32", "llama.cpp f32")
+            )
+    for t, r in sorted(_runs(cpu, "169m").items()):
+        d = r["decode_tok_s"]
+        add(
+            f"169m decode fp32 vs rwkv.cpp fp32, {t}T",
+            1.2,
+            ratio(d, "rwkvkit fp32, B=1", "rwkv.cpp fp32, B=1"),
+        )
+        add(
+            f"169m decode bf16 vs rwkv.cpp fp16, {t}T",
+            1.2,
+            ratio(d, "rwkvkit bf16, B=1", "rwkv.cpp fp16, B=1"),
+        )
+        add(
+            f"169m decode int8 vs rwkv.cpp fp16, {t}T",
+            1.5,
+            ratio(d, "rwkvkit int8, B=1", "rwkv.cpp fp16, B=1"),
+        )
+    for shape in ("169m", "v5-0.1b", "v6-0.1b", "v7-0.1b"):
+        for t, d, p in each_run(shape):
+            for v in ("fp32", "bf16"):
+                add(f"{shape} decode {v} vs official {v}, {t}T", 1.3,
+                    ratio(d, f"rwkvkit {v}, B=1", f"rwkv cpu {v}, B=1"))  # fmt: skip
+                add(
+                    f"{shape} prefill {v} vs official {v}, {t}T",
+                    1.3,
+                    ratio(p, f"rwkvkit {v}", f"rwkv cpu {v}"),
+                )
+    for shape in SHAPE_NAMES:  # one row per run: each precision's B=8 / B=1
+        for t, d, _ in each_run(shape):
+            got = {
+                v: ratio(d, f"rwkvkit {v}, B=8", f"rwkvkit {v}, B=1")
+                for v in ("fp32", "bf16", "int8", "int4")
+            }
+            got = {v: x for v, x in got.items() if x is not None}
+            goal = f"{shape} B=8 aggregate vs B=1 (fp32, bf16, int8, int4), {t}T"
+            if not got:
+                out.append(f"| {goal} | >= 5.00x | not measured | - |")
+                continue
+            met = sum(x >= 5.0 for x in got.values())
+            listed = ", ".join(f"{x:.1f}x" for x in got.values())
+            out.append(
+                f"| {goal} | >= 5.00x | {listed} | {'yes' if met == len(got) else f'{met} of {len(got)}'} |"
+            )
+    gen = cpu.get("generate") or {}
+    add("`rwkvkit generate --max-tokens 100`, bundled model, wall incl. start-up", 1.0, gen.get("median_s"),
+        fmt="{:.2f} s", le=True)  # fmt: skip
+    for name, r in (cpu.get("threads") or {}).items():
+        add(f"default threads ({r['default_threads']}) vs best of 1..{len(r['tok_s'])} ({r['best_threads']}), {name}",
+            0.9, r["default_vs_best"])  # fmt: skip
+    for name, r in (cpu.get("contention") or {}).items():
+        add(f"decode kept beside a busy core, {name} ({r['threads']}T)", 0.5, r["kept"])
+    if quality:
+        cost = quality.get("bits_per_byte_cost", {})
+        for v, bound in (("int8", 0.005), ("int4", 0.05)):
+            add(
+                f"{v} bits/byte cost, bundled model, held-out text",
+                bound,
+                cost.get(v),
+                fmt="{:+.4f}",
+                le=True,
+            )
+    return out
+
+
+def threads_section(cpu: dict) -> list[str]:
+    out = []
+    sweep = cpu.get("threads") or {}
+    if sweep:
+        counts = list(next(iter(sweep.values()))["tok_s"])
+        out += ["### Threads: decode fp32, B=1, at every thread count (interleaved), and the default", "",
+                "| model | " + " | ".join(f"{n}T tok/s" for n in counts) + " | default | best | default / best | load |",
+                "|---|" + "---:|" * (len(counts) + 4)]  # fmt: skip
+        for name, r in sweep.items():
+            vals = " | ".join(f"{r['tok_s'][n]['median']:.1f}" for n in counts)
+            out.append(f"| {name} | {vals} | {r['default_threads']} | {r['best_threads']} | "
+                       f"{r['default_vs_best']:.2f} | {r['load_average_before'][0]:.1f} |")  # fmt: skip
+        out.append("")
+    cont = cpu.get("contention") or {}
+    if cont:
+        out += ["### Contention: decode at the default thread count, alone and beside a busy loop on one core", "",
+                "Alternating rounds in one process: a round alone, then a round with another process spinning "
+                "(`while True: pass`); medians.", "",
+                "| model | threads | alone tok/s | beside a busy core tok/s | kept | load after |",
+                "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+        for name, r in cont.items():
+            out.append(f"| {name} | {r['threads']} | {r['quiet_tok_s']:.1f} | {r['busy_tok_s']:.1f} | "
+                       f"{r['kept']:.2f} | {r['load_average'][0]:.1f} |")  # fmt: skip
+        out.append("")
+    agree = cpu.get("agreement") or {}
+    if agree:
+        out += [f"Logits of the same random RWKV-7 0.1B-shape weights, fp32, a {agree['prompt_tokens']}-token prompt "
+                "(every position), against the official package's: rwkvkit max |difference| "
+                f"{agree['rwkvkit_fp32_vs_official_fp32']:.1e}, llama.cpp f32 "
+                f"{agree['llama_cpp_f32_vs_official_fp32']:.1e} (largest logit {agree['logit_magnitude']:.1f}).", ""]  # fmt: skip
+    gen = cpu.get("generate") or {}
+    if gen:
+        out += [f"`rwkvkit {' '.join(gen['command'][2:])}` (bundled model, a fresh process each time): "
+                f"{gen['median_s']:.2f} s wall median ({gen['min_s']:.2f} - {gen['max_s']:.2f}), load "
+                f"{gen['load_average'][0]:.1f}; a bare `python -c 'import torch'` took "
+                f"{gen.get('import_torch_median_s', float('nan')):.2f} s in the same rounds.", ""]  # fmt: skip
+    return out
+
+
+def profile_section(res: dict) -> list[str]:
+    """benchmarks/profile_step.py: the decode step's time in the native kernels and outside them."""
+    out = ["### Where a decode step's time goes (torch.profiler, 1 thread, self time)", "",
+           machine_line(res["machine"]), "",
+           "| model | ms/step (profiled) | in the native kernels | largest other ops |", "|---|---:|---:|---|"]  # fmt: skip
+    for name, r in res["profiles"].items():
+        others = ", ".join(
+            f"{t['op']} {t['share']:.0%}" for t in r["top"] if not t["op"].startswith("rwkvkit::")
+        )
+        out.append(f"| {name} | {r['ms_per_step_profiled']:.1f} | {r['native_share']:.0%} | {others} |")
+    out += ["", "The native kernels' share is time spent streaming weights (memory-bound products) and "
+            "in the WKV update; the rest is the step's per-token overhead."]  # fmt: skip
+    return out
+
+
+def quality_section(res: dict) -> list[str]:
+    bpb = res["shakespeare_bits_per_byte"]
+    out = ["### What bf16, int8 and int4 cost in accuracy", "", machine_line(res["machine"]), "",
+           f"Real text: {res.get('model', 'a byte-level model trained here')}, bits per byte on "
+           f"{res['eval']['bytes']:,} bytes of {res['eval']['text']}.", "",
+           "| weights | bits per byte | vs fp32 |", "|---|---:|---:|"]  # fmt: skip
+    for name, v in bpb.items():
+        out.append(f"| {name} | {v:.4f} | {v - bpb['fp32']:+.4f} |")
+    out += ["", "Random 169M-shaped weights (not a perplexity: random weights have nothing to lose), "
+            "64-token prompt, against fp32:", "",
+            "| weights | max abs logit error | logit magnitude | mean KL (nats/token) | top-1 agreement |",
+            "|---|---:|---:|---:|---:|"]  # fmt: skip
+    for name, r in res["random_169m_vs_fp32"].items():
+        out.append(f"| {name} | {r['max_abs_logit_error']:.4f} | {r['logit_spread']:.2f} | "
+                   f"{r['mean_kl_nats_per_token']:.2e} | {r['top1_agreement']:.3f} |")  # fmt: skip
+    return out
+
+
+def plot_cpu(cpu: dict) -> str:
+    """Decode B=1 tokens/s per contender, one panel per shape, bars for 1 and 2 threads."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shapes = list(dict.fromkeys(k.split("@")[0] for k in cpu["speed"]))
+    fig, axes = plt.subplots(1, len(shapes), figsize=(5.5 * len(shapes), 5), squeeze=False)
+    for ax, shape in zip(axes[0], shapes, strict=True):
+        runs = _runs(cpu, shape)
+        names = [k[:-5] for k in next(iter(runs.values()))["decode_tok_s"] if k.endswith("B=1")]
+        height = 0.8 / len(runs)
+        for i, (t, r) in enumerate(sorted(runs.items())):
+            vals = [r["decode_tok_s"].get(f"{n}, B=1", {}).get("median", 0) for n in names]
+            ax.barh([j + i * height for j in range(len(names))], vals, height, label=f"{t} thread(s)")
+        ax.set_yticks([j + 0.4 - height / 2 for j in range(len(names))], names, fontsize=8)
+        ax.invert_yaxis()
+        ax.set_title(SHAPE_NAMES.get(shape, shape), fontsize=9)
+        ax.set_xlabel("decode tokens/s, B=1 (median)")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    PLOTS.mkdir(parents=True, exist_ok=True)
+    fig.savefig(PLOTS / "cpu_decode.png", dpi=100)
+    plt.close(fig)
+    return "cpu_decode.png"
+
+
 def main() -> int:
+    cpu = load("cpu.json")
+    quality = load("quant_quality.json")
     speeds = {s: r for s in ("169m", "430m") if (r := load(f"speed_{s}.json"))}
     context = load("context.json")
-    int8 = load("int8_quality.json")
     intro = (ROOT / "benchmarks" / "INTRO.md").read_text()
-    lines = [intro.rstrip(), "", "## The issue's goals, as reached in the runs below", "",
-             *goal_rows(speeds, context), ""]  # fmt: skip
+    lines = [intro.rstrip(), ""]
+    if cpu or quality:
+        lines += ["## Issue 12's goals (CPU decode), as measured in the runs below", "",
+                  *cpu_goal_rows(cpu, quality), ""]  # fmt: skip
+        notes = ROOT / "benchmarks" / "cpu_notes.md"
+        if notes.exists():
+            lines += [notes.read_text().rstrip(), ""]
+    if cpu and cpu.get("speed"):
+        lines += ["## CPU speed against the peers", "", *cpu_speed_section(cpu),
+                  f"![decode](benchmarks/plots/{plot_cpu(cpu)})", ""]  # fmt: skip
+    if cpu:
+        lines += threads_section(cpu)
+    if prof := load("profile_step.json"):
+        lines += [*profile_section(prof), ""]
+    if quality:
+        lines += ["## Quantization", "", *quality_section(quality), ""]
+    if speeds or context:
+        lines += ["## Earlier runs (issues 3 and 4)", "", *goal_rows(speeds, context), ""]
     if speeds:
-        lines += ["## Speed against the peers", ""]
         for shape, res in speeds.items():
             lines += [*speed_section(res, shape), ""]
         files = plot_speed(speeds)
@@ -408,8 +643,6 @@ def main() -> int:
     if context:
         lines += ["## Context length", "", *context_section(context), "",
                   f"![context](benchmarks/plots/{plot_context(context)})", ""]  # fmt: skip
-    if int8:
-        lines += ["## Quantization", "", *int8_section(int8), ""]
     lines += ["## On a GPU", "", *gpu_section(load("gpu.json")), ""]
     serve = {name: r for name in ("serve", "serve_bf16") if (r := load(f"{name}.json"))}
     if serve:

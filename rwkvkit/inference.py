@@ -2,37 +2,58 @@
 
 :func:`optimize_for_inference` is what :func:`rwkvkit.load_model` applies: it swaps the linear
 layers for :class:`~rwkvkit.ops.linear.FastLinear` (or :class:`~rwkvkit.ops.linear.Int8Linear`
-with ``quantize="int8"``), lets go of the checkpoint's file mapping, and derives the constants the
-model's one-token ``step`` uses (:class:`~rwkvkit.models.common.StepConstants`). The step itself
-is the model's own; tests/test_inference.py compares the result with the plain modules.
+/ :class:`~rwkvkit.ops.linear.Int4Linear` with ``quantize="int8"`` / ``"int4"``), lets go of the
+checkpoint's file mapping, and derives the constants the model's one-token ``step`` uses
+(:class:`~rwkvkit.models.common.StepConstants`). The layers pick their kernels when they are made:
+the native CPU kernels (rwkvkit/ops/native.py) where they are built, started building in the
+background on first use, else PyTorch's. The step itself is the model's own;
+tests/test_inference.py compares the result with the plain modules.
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 from torch import nn
 
 from .errors import RwkvkitError
 from .models.common import prepare_step_constants
-from .ops.linear import FastLinear, Int8Linear
+from .ops import native
+from .ops.linear import FastLinear, Int4Linear, Int8Linear
 from .quantize import swap_linear_layers
 
-QUANTIZE_MODES = ("int8",)
+QUANTIZE_MODES = ("int8", "int4")
+_LAYERS = {None: FastLinear.from_linear, "int8": Int8Linear.from_linear, "int4": Int4Linear.from_linear}
 
 
 def optimize_for_inference(model: nn.Module, *, quantize: str | None = None) -> nn.Module:
     """Swap in the fast linear layers (in place) and prepare the step's constants; returns ``model``.
 
-    ``quantize="int8"``: weight-only int8 for every matrix except the embedding (a lookup, not a
-    product); the embedding, layer norms and mixing vectors keep the model's dtype.
+    ``quantize="int8"``: int8 weights (per-output-row scales) for every matrix except the embedding
+    (a lookup, not a product); ``"int4"``: int4 weights in groups of 64 inputs with a scale and a
+    minimum each. The embedding, layer norms and mixing vectors keep the model's dtype.
     """
     if quantize is not None and quantize not in QUANTIZE_MODES:
         raise RwkvkitError(f"unknown quantize={quantize!r}; choose one of {QUANTIZE_MODES} or None")
-    swap_linear_layers(model, Int8Linear.from_linear if quantize == "int8" else FastLinear.from_linear)
+    on_cpu = any(p.device.type == "cpu" for p in model.parameters())
+    if on_cpu:
+        native.load(wait=False)
+    swap_linear_layers(model, _LAYERS[quantize])
     _release_file_mappings(model)
-    prepare_step_constants(model)  # after the release: derived from the final tensors
+    # after the release: derived from the final tensors
+    prepare_step_constants(model, _lowrank_dtype(model, quantize, on_cpu))
     model.quantization = quantize  # type: ignore[assignment]
     return model
+
+
+def _lowrank_dtype(model: nn.Module, quantize: str | None, on_cpu: bool) -> torch.dtype | None:
+    """The dtype the step's low-rank matrices are stored in (RWKV-6/7; see StepConstants.prepare):
+    bf16 where the native kernels read it (half float32's bytes) and the model's other weights
+    are 16-bit or quantized anyway; float32 otherwise (None: as derived)."""
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    narrow = quantize is not None or dtype in (torch.bfloat16, torch.float16)
+    return torch.bfloat16 if on_cpu and narrow and native.ops() is not None else None
 
 
 def _release_file_mappings(model: nn.Module) -> None:
@@ -45,7 +66,7 @@ def _release_file_mappings(model: nn.Module) -> None:
     """
     fresh: set[int] = set()
     for module in model.modules():
-        if isinstance(module, Int8Linear) or (
+        if isinstance(module, (Int8Linear, Int4Linear)) or (
             isinstance(module, FastLinear) and not module.weight.is_contiguous()
         ):
             fresh.update(id(t) for t in module.parameters(recurse=False))
@@ -55,3 +76,35 @@ def _release_file_mappings(model: nn.Module) -> None:
             for t in [*module.parameters(recurse=False), *module.buffers(recurse=False)]:
                 if id(t) not in fresh and t.device.type == "cpu":
                     t.data = t.data.clone()
+
+
+# Below this many bytes of weights a decode step is a few hundred microseconds of small products,
+# and a second thread's start and join cost more than it saves (the bundled 3.5M model ran at 0.9x
+# with two threads; benchmarks/threads.py).
+SMALL_MODEL_BYTES = 32 << 20
+
+
+def default_threads(model: nn.Module) -> int:
+    """The thread count decoding ``model`` runs best at here: 1 for small models, else one per
+    physical core this process may use (benchmarks/threads.py measures the choice against every
+    count). ``torch.set_num_threads`` (or ``--threads``) overrides it."""
+    weights = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+    if weights < SMALL_MODEL_BYTES:
+        return 1
+    return max(1, physical_cores())
+
+
+def physical_cores() -> int:
+    """Cores (not hyper-threads) among the CPUs this process may run on."""
+    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+    cores = set()
+    for cpu in cpus:
+        try:
+            with (
+                open(f"/sys/devices/system/cpu/cpu{cpu}/topology/core_id") as f,
+                open(f"/sys/devices/system/cpu/cpu{cpu}/topology/physical_package_id") as g,
+            ):
+                cores.add((g.read().strip(), f.read().strip()))
+        except OSError:
+            cores.add(("?", str(cpu)))
+    return len(cores) or 1

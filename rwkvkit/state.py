@@ -21,6 +21,34 @@ from .errors import StateError
 S = TypeVar("S", bound="RecurrentState")
 
 
+# PyTorch's CPU copies split anything above this many elements across OpenMP threads (its
+# at::internal::GRAIN_SIZE).
+_GRAIN = 32768
+
+
+def _stack(parts: list[Tensor]) -> Tensor:
+    """``torch.stack(parts)``, copied in pieces smaller than PyTorch's grain size on the CPU when no
+    gradient is wanted. A large stack (RWKV-7 0.1B: 2.4 MB of WKV state every decoded token) is
+    otherwise one OpenMP region, and beside a busy core its barrier waits for a descheduled thread:
+    22 ms a call instead of ~0.2 ms at 2 threads, the largest cost of a 2-thread decode step there.
+    Pieces this small are copied on the calling thread."""
+    first = parts[0]
+    if (
+        first.device.type != "cpu"
+        or first.numel() * len(parts) <= _GRAIN
+        or torch.get_num_threads() == 1
+        or (torch.is_grad_enabled() and any(p.requires_grad for p in parts))
+    ):
+        return torch.stack(parts)
+    out = first.new_empty((len(parts), *first.shape))
+    flat = out.view(len(parts), -1)
+    for i, part in enumerate(parts):
+        src = part.reshape(-1)
+        for lo in range(0, src.numel(), _GRAIN):
+            flat[i, lo : lo + _GRAIN].copy_(src[lo : lo + _GRAIN])
+    return out
+
+
 @dataclasses.dataclass
 class RecurrentState:
     """Base of every version's state; subclasses add tensor fields shaped (n_layer, B, ...)."""
@@ -75,7 +103,7 @@ class RecurrentState:
     def stack(cls: type[S], layers: Sequence[S]) -> S:
         """The whole state from every layer's part, in layer order (the inverse of :meth:`layer`)."""
         names = layers[0].tensors()  # fields of an instance: what torch.compile can trace
-        return cls(**{n: torch.stack([getattr(part, n) for part in layers]) for n in names})
+        return cls(**{n: _stack([getattr(part, n) for part in layers]) for n in names})
 
     @classmethod
     def cat(cls: type[S], states: list[S]) -> S:

@@ -19,7 +19,7 @@ LAYERS: list[set[str]] = [
     {"ops", "sampling"},
     {"models"},
     {"formats", "quantize", "testing", "tokenizer"},  # a tokenizer may come from a GGUF file's metadata
-    {"inference", "statefile", "cuda_graphs"},
+    {"inference", "statefile", "cuda_graphs", "compiled"},
     {"checkpoint", "engine"},
     {"generate"},
     {"chat", "convert"},  # convert writes the chat template into GGUF files and HF folders

@@ -10,41 +10,71 @@ from typing import Any
 import torch
 
 from ..checkpoint import build_model, load_model, read_checkpoint
+from ..compiled import compile_step
 from ..dtypes import DTYPES
 from ..errors import RwkvkitError
 from ..fileio import atomic_write
 from ..models.rwkv4 import RWKV4Config
-from ..testing import random_rwkv4_state_dict
-from .peers import PEERS, hf_contender, official_contender, rwkvcpp_contender
+from ..models.rwkv5 import RWKV5Config
+from ..models.rwkv6 import RWKV6Config
+from ..models.rwkv7 import RWKV7Config
+from ..testing import (
+    random_rwkv4_state_dict,
+    random_rwkv5_state_dict,
+    random_rwkv6_state_dict,
+    random_rwkv7_state_dict,
+)
+from .peers import (
+    PEERS,
+    hf_contender,
+    llamacpp_contender,
+    official_contender,
+    rwkvcpp_contender,
+)
 from .timing import Contender
 
-SHAPES = {  # the RWKV-4 Pile models' shapes
-    "169m": dict(vocab_size=50277, n_layer=12, n_embd=768, ffn_dim=3072),
-    "430m": dict(vocab_size=50277, n_layer=24, n_embd=1024, ffn_dim=4096),
-    "tiny": dict(vocab_size=1000, n_layer=2, n_embd=64, ffn_dim=256),
-}
-OURS = ("fp32", "bf16", "fp16", "int8")
+# name -> (config, random state dict): the released models' shapes (Pile for RWKV-4, World for 5-7).
+SHAPES: dict[str, tuple[Any, Callable[..., dict[str, torch.Tensor]]]] = {
+    "169m": (RWKV4Config(vocab_size=50277, n_layer=12, n_embd=768, ffn_dim=3072), random_rwkv4_state_dict),
+    "430m": (RWKV4Config(vocab_size=50277, n_layer=24, n_embd=1024, ffn_dim=4096), random_rwkv4_state_dict),
+    "tiny": (RWKV4Config(vocab_size=1000, n_layer=2, n_embd=64, ffn_dim=256), random_rwkv4_state_dict),
+    "v5-0.1b": (RWKV5Config(vocab_size=65536, n_layer=12, n_embd=768, ffn_dim=2688), random_rwkv5_state_dict),
+    "v6-0.1b": (RWKV6Config(vocab_size=65536, n_layer=12, n_embd=768, ffn_dim=2688), random_rwkv6_state_dict),
+    "v7-0.1b": (RWKV7Config(vocab_size=65536, n_layer=12, n_embd=768, ffn_dim=3072), random_rwkv7_state_dict),
+    "v7-0.4b": (RWKV7Config(vocab_size=65536, n_layer=24, n_embd=1024, ffn_dim=4096), random_rwkv7_state_dict),
+    "v7-tiny": (RWKV7Config(vocab_size=1000, n_layer=2, n_embd=64, ffn_dim=256, decay_lora=16, iclr_lora=16,
+                            value_lora=16, gate_lora=16), random_rwkv7_state_dict),
+}  # fmt: skip
+OURS = ("fp32", "bf16", "fp16", "int8", "int4")
 
 
 def random_checkpoint(shape: str, folder: Path, seed: int = 0) -> Path:
     """A random BlinkDL .pth of a named shape (cached in ``folder``)."""
     if shape not in SHAPES:
         raise RwkvkitError(f"unknown shape {shape!r}; choose one of {', '.join(SHAPES)}")
+    config, make = SHAPES[shape]
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"rwkv4-random-{shape}-seed{seed}.pth"
+    prefix = "rwkv4" if config.version == "4" else "rwkv"  # the RWKV-4 files keep their old names
+    path = folder / f"{prefix}-random-{shape}-seed{seed}.pth"
     if not path.exists():
-        sd = random_rwkv4_state_dict(RWKV4Config(**SHAPES[shape]), seed)
+        sd = make(config, seed)
         atomic_write(path, lambda p: torch.save(sd, p))
     return path
 
 
-def rwkvkit_contender(path: Path, variant: str, *, plain: bool = False) -> Contender:
-    """Ours through the public API: ``load_model(path, dtype=..., quantize=...)``."""
-    dtype = torch.float32 if variant == "int8" else DTYPES[variant]  # int8: the other weights stay fp32
+def rwkvkit_contender(path: Path, variant: str, *, plain: bool = False, compiled: bool = False) -> Contender:
+    """Ours through the public API: ``load_model(path, dtype=..., quantize=...)``, and with
+    ``compiled`` its step compiled (``compile_step``; the first, compiling call happens in the
+    warm-up round). Quantized variants keep their other weights (embedding, norms, mixing
+    vectors) in float32."""
+    quantize = variant if variant in ("int8", "int4") else None
+    dtype = torch.float32 if quantize else DTYPES[variant]
     if plain:  # the reference modules, no fast layers: what the speed-ups are measured against
         model = build_model(read_checkpoint(path), dtype=dtype)
     else:
-        model = load_model(path, dtype=dtype, quantize="int8" if variant == "int8" else None)
+        model = load_model(path, dtype=dtype, quantize=quantize)
+    if compiled:
+        compile_step(model)
 
     def make_step(batch: int) -> Callable[[], None]:
         box: list[Any] = [None, torch.zeros(batch, 1, dtype=torch.long)]
@@ -60,14 +90,21 @@ def rwkvkit_contender(path: Path, variant: str, *, plain: bool = False) -> Conte
         with torch.inference_mode():  # like the official package: the state and the last logits
             model(torch.tensor([tokens]), last_only=True)
 
-    name = f"rwkvkit {variant}" + (" (plain modules)" if plain else "")
+    name = f"rwkvkit {variant}" + (" (plain modules)" if plain else "") + (" compiled" if compiled else "")
     return Contender(name, make_step, prefill, batches=(1, 8))
 
 
 def check_names(names: list[str]) -> None:
     """Refuse unknown contender names before anything is built (a random checkpoint takes a while)."""
     unknown = [
-        n for n in names if not (n in OURS or n in PEERS or (n.startswith("plain-") and n[6:] in OURS))
+        n
+        for n in names
+        if not (
+            n in OURS
+            or n in PEERS
+            or (n.startswith("plain-") and n[6:] in OURS)
+            or (n.endswith("-compiled") and n[: -len("-compiled")] in OURS)
+        )
     ]
     if unknown or not names:
         raise RwkvkitError(
@@ -78,7 +115,7 @@ def check_names(names: list[str]) -> None:
 
 
 def build_contenders(
-    path: Path, names: list[str], workdir: Path, threads: int
+    path: Path, names: list[str], workdir: Path, threads: int, llama_cpp: Path | None = None
 ) -> tuple[list[Contender], list[str]]:
     """The named contenders that can run here, and a note for each that cannot."""
     made, notes = [], []
@@ -86,6 +123,8 @@ def build_contenders(
         try:
             if name in OURS:
                 made.append(rwkvkit_contender(path, name))
+            elif name.endswith("-compiled") and name[: -len("-compiled")] in OURS:
+                made.append(rwkvkit_contender(path, name[: -len("-compiled")], compiled=True))
             elif name.startswith("plain-") and name[6:] in OURS:
                 made.append(rwkvkit_contender(path, name[6:], plain=True))
             elif name == "rwkv-fp32":
@@ -96,6 +135,8 @@ def build_contenders(
                 made.append(hf_contender(path, workdir))
             elif name in ("rwkvcpp-fp32", "rwkvcpp-fp16"):
                 made.append(rwkvcpp_contender(path, workdir, "float" + name[-2:], threads))
+            elif name.startswith("llamacpp-") and name in PEERS:
+                made.append(llamacpp_contender(path, workdir, name.split("-", 1)[1], threads, llama_cpp))
             else:
                 raise RwkvkitError(f"unknown contender {name!r}; choose from {', '.join(OURS + PEERS)}")
         except ImportError as e:

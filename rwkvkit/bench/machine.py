@@ -15,7 +15,7 @@ from typing import Any
 
 from .. import __version__
 
-PEERS = ("rwkv", "transformers", "rwkv_cpp")
+PEERS = ("rwkv", "transformers", "rwkv_cpp", "llama_cpp_python")
 
 
 def cpu_name() -> str:

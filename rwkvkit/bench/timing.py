@@ -23,6 +23,7 @@ class Contender:
     make_step: Callable[[int], Callable[[], None]]  # batch size -> one-token step
     prefill: Callable[[list[int]], None] | None
     batches: tuple[int, ...] = (1,)
+    close: Callable[[], None] | None = None  # frees what the contender holds (a peer's native model)
 
 
 def interleaved(

@@ -10,12 +10,12 @@ import torch
 
 from ..bench import WORKDIR
 from ..bench.contenders import OURS, SHAPES, check_names, random_checkpoint
-from ..bench.peers import PEERS
+from ..bench.peers import LLAMA_CPP_DIR, PEERS
 from ..bench.run import run_bench
 from ..bench.table import format_table
-from ..errors import FileAccessError, RwkvkitError
+from ..errors import FileAccessError
 from ..fileio import atomic_write_bytes, check_writable, os_problem
-from .flags import add_json_flag, add_threads_flag, integer, path_text
+from .flags import add_json_flag, add_threads_flag, integer, path_text, positive_int
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,19 +26,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--contenders",
         default="fp32,bf16,int8",
-        help=f"comma-separated; ours: {','.join(OURS)} (plain-<x>: without the fast layers); "
+        help=f"comma-separated; ours: {','.join(OURS)} (plain-<x>: without the fast layers; <x>-compiled: "
+        "the step compiled with torch.compile); "
         f"peers: {','.join(PEERS)}",
     )
     add_threads_flag(parser, torch.get_num_threads())
     parser.add_argument(
-        "--rounds", type=integer(1), default=5, help="interleaved rounds; the median is reported"
+        "--rounds", type=positive_int, default=5, help="interleaved rounds; the median is reported"
     )
-    parser.add_argument("--decode-tokens", type=integer(1), default=16, help="tokens decoded per round")
+    parser.add_argument("--decode-tokens", type=positive_int, default=16, help="tokens decoded per round")
     parser.add_argument("--prefill", type=integer(0), default=512, help="prompt length (0: skip prefill)")
     parser.add_argument("--no-batch", action="store_true", help="skip batched decode (B=8)")
-    parser.add_argument("--reference", help="row whose speed the ratios divide by (default: none, no ratios)")
+    parser.add_argument(
+        "--reference",
+        help='row whose speed the ratios divide by, e.g. "llama.cpp q8_0" (default: none, no ratios)',
+    )
     parser.add_argument(
         "--workdir", default=str(WORKDIR), type=path_text, help="where random checkpoints and conversions go"
+    )
+    parser.add_argument(
+        "--llama-cpp",
+        metavar="DIR",
+        type=path_text,
+        default=str(LLAMA_CPP_DIR),
+        help="llama.cpp's converter (convert_hf_to_gguf.py and its folders; benchmarks/setup.sh puts it here)",
     )
     add_json_flag(parser)
 
@@ -64,13 +75,10 @@ def run(args: argparse.Namespace) -> int:
         prefill_len=args.prefill,
         batch8=not args.no_batch,
         workdir=workdir,
+        reference=args.reference,
+        llama_cpp=Path(args.llama_cpp),
     )
-    rows = [*result["decode_tok_s"], *result["prefill_tok_s"]]
-    known = args.reference is None or any(r in (args.reference, f"{args.reference}, B=1") for r in rows)
-    print(format_table(result, args.reference if known else None))
+    print(format_table(result, args.reference))
     if args.json:
         atomic_write_bytes(args.json, (json.dumps(result, indent=2) + "\n").encode())
-    if not known:  # said after the table, so the measurements are not lost to a typo
-        raise RwkvkitError(f"--reference {args.reference!r} names no row of the table, so it has no ratios; "
-                           f"pass one of: {', '.join(dict.fromkeys(r.removesuffix(', B=1') for r in rows))}")  # fmt: skip
     return 0

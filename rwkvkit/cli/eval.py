@@ -5,12 +5,19 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..checkpoint import load_model, tokenizer_for_model
-from ..dtypes import DTYPES
+from ..checkpoint import tokenizer_for_model
 from ..eval.table import column_names, format_table
 from ..eval.tasks import TASKS, evaluate
 from ..fileio import atomic_write_bytes, check_writable
-from .flags import add_json_flag, add_model_flags, add_progress_flag, default_model, integer, path_text
+from .flags import (
+    add_json_flag,
+    add_model_flags,
+    add_progress_flag,
+    default_model,
+    integer,
+    load_with_flags,
+    path_text,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     paths = args.model or [str(default_model())]
     results = []
     for path, name in zip(paths, column_names(paths), strict=True):
-        model = load_model(path, device=args.device, dtype=DTYPES[args.dtype])
+        model = load_with_flags(path, args)
         result = evaluate(
             model,
             tokenizer_for_model(model, args.tokenizer),

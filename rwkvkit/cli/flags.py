@@ -1,6 +1,6 @@
 """The flags several verbs share, each declared once here, and what the verbs make of them:
-the model (and the bundled default), the tokenizer, device and dtype, sampling, ``--json``,
-``--no-progress``.
+the model (and the bundled default), the tokenizer, device and dtype, how it runs (quantization,
+threads, compilation), sampling, ``--json``, ``--no-progress``.
 
 Help texts say nothing about defaults: the command's help formatter appends every default, so
 the help cannot disagree with the code. A flag whose default is None says in words what None means.
@@ -18,12 +18,13 @@ from typing import Any
 from torch import nn
 
 from ..checkpoint import load_model, tokenizer_for_model
+from ..compiled import compile_step
 from ..defaults import default_model_path
-from ..device import resolve_device
+from ..device import resolve_device, set_cpu_threads
 from ..dtypes import DTYPES
 from ..errors import RwkvkitError
 from ..fileio import check_utf8, decode_utf8
-from ..inference import QUANTIZE_MODES
+from ..inference import QUANTIZE_MODES, default_threads
 from ..sampling import SamplingParams
 from ..tokenizer import Tokenizer
 
@@ -134,6 +135,48 @@ def add_model_flags(parser: argparse.ArgumentParser, *, several: bool = False) -
     add_tokenizer_flag(parser)
     add_device_flag(parser)
     add_dtype_flag(parser, "weights dtype")
+    add_speed_flags(parser)
+
+
+def add_speed_flags(parser: argparse.ArgumentParser) -> None:
+    """--quantize, --threads, --compile: how a loaded model runs (rwkvkit/inference.py)."""
+    add_quantize_flag(parser)
+    add_threads_flag(parser)
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="compile the one-token step with torch.compile (needs a C++ compiler; the first run on a "
+        "machine compiles for a minute or more, later runs reuse the cache)",
+    )
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def load_with_flags(path: str | Path, args: argparse.Namespace) -> nn.Module:
+    """The model at ``path`` as --device, --dtype and --quantize say, then run as --threads and
+    --compile say. Loading runs on one thread unless --threads says otherwise: its copies and
+    checks are memory-bound, and on a machine whose other core is busy two OpenMP threads made
+    loading the bundled model 5-15x slower (0.1 s against 0.4-1.5 s) while gaining nothing when quiet."""
+    set_cpu_threads(args.threads or 1)
+    model = load_model(path, device=args.device, dtype=DTYPES[args.dtype], quantize=args.quantize)
+    return apply_speed_flags(model, args)
+
+
+def apply_speed_flags(model: nn.Module, args: argparse.Namespace) -> nn.Module:
+    """--threads (or the default for this model and machine) and --compile, on a loaded model."""
+    set_cpu_threads(args.threads or default_threads(model))
+    if args.compile:
+        compile_step(model)
+    return model
 
 
 def add_tokenizer_flag(parser: argparse.ArgumentParser, default: str | None = None) -> None:
@@ -177,17 +220,22 @@ def add_quantize_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--quantize",
         choices=QUANTIZE_MODES,
-        help="store the matrices as weight-only int8 (default: none, the --dtype weights)",
+        help="store the matrices as weight-only int8 (per-row scales) or int4 (groups of 64 inputs) "
+        "(default: none, the --dtype weights)",
     )
 
 
-def add_threads_flag(parser: argparse.ArgumentParser, default: int | None = None) -> None:
+def add_threads_flag(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup, default: int | None = None
+) -> None:
+    """--threads N (N >= 1): declared here for every verb that takes it."""
     parser.add_argument(
         "--threads",
-        type=integer(1),
+        type=positive_int,
         default=default,
         metavar="N",
-        help="torch CPU threads" + ("" if default else " (default: PyTorch's choice)"),
+        help="torch CPU threads"
+        + ("" if default else " (default: chosen from the model's size and this machine's cores)"),
     )
 
 
@@ -289,12 +337,7 @@ def default_model() -> Path:
 
 
 def load_model_and_tokenizer(args: argparse.Namespace) -> tuple[nn.Module, Tokenizer]:
-    """The model of --model (or the bundled one) on --device in --dtype (and --quantize, for the
-    verbs that have it), and its tokenizer."""
-    model = load_model(
-        args.model or default_model(),
-        device=args.device,
-        dtype=DTYPES[args.dtype],
-        quantize=getattr(args, "quantize", None),
-    )
+    """The model of --model (or the bundled one) on --device in --dtype (--quantize, --threads,
+    --compile: see load_with_flags), and its tokenizer."""
+    model = load_with_flags(args.model or default_model(), args)
     return model, tokenizer_for_model(model, args.tokenizer)

@@ -15,14 +15,7 @@ from types import FrameType
 from ..defaults import default_model_path
 from ..device import set_cpu_threads
 from ..errors import RwkvkitError
-from .flags import (
-    add_model_flags,
-    add_quantize_flag,
-    add_threads_flag,
-    load_model_and_tokenizer,
-    nonempty_text,
-    path_text,
-)
+from .flags import add_model_flags, load_model_and_tokenizer, nonempty_text, path_text
 
 BUNDLED_NAME = "rwkvkit-default"
 MAX_TOKENS_HELP = "most tokens one choice may generate (and chat's default max_tokens)"
@@ -55,8 +48,7 @@ def port(text: str) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_model_flags(parser)
-    add_quantize_flag(parser)
+    add_model_flags(parser)  # with --quantize, --threads and --compile
     g = parser.add_argument_group("network")
     g.add_argument(
         "--host",
@@ -100,7 +92,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--prefill-chunk", type=at_least(1), default=256, metavar="N", help="prompt tokens per model call"
     )
     g = parser.add_argument_group("process")
-    add_threads_flag(g)
     g.add_argument(
         "--chat-template",
         metavar="FILE",

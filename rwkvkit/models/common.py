@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError, InputError, StateError
+from ..ops.linear import linear
 from ..state import RecurrentState
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "check_config",
     "check_state_shapes",
     "count_layers",
+    "lowrank",
     "prepare_step_constants",
     "run_blocks",
     "token_shift",
@@ -156,6 +158,27 @@ def run_blocks(blocks: nn.ModuleList, x: Tensor, state: RecurrentState, *, step:
     return x, type(state).stack(layers)
 
 
+def lowrank(x: Tensor, down: Tensor, up: Tensor, inner: Any = None) -> Tensor:
+    """A low-rank projection ``inner(x @ down^T) @ up^T``, down (D, C) and up (C', D) held as
+    linear layers hold their weights. Computed in the matrices' dtype, returned in x's."""
+    h = linear(x.to(down.dtype), down)
+    return linear(h if inner is None else inner(h), up).to(x.dtype)
+
+
+def head_norm(y: Tensor, n_head: int, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
+    """GroupNorm over heads (``ln_x`` of RWKV-5/6/7): each head's channels normalised on their own,
+    then scaled and shifted per channel. y: (M, C). The numbers of ``F.group_norm``, from plain
+    reductions: the CPU ``group_norm`` and ``layer_norm`` split even one token's 12 groups across
+    OpenMP threads, and beside a busy core their barrier waits for a descheduled thread (~1-3 ms a
+    call instead of 12-26 us at 2 threads; RWKV-7 0.1B decode fell from 7 to 2.5 tokens/s), while
+    reductions this small run on the calling thread."""
+    M, C = y.shape
+    h = y.view(M, n_head, C // n_head)
+    centred = h - h.mean(dim=-1, keepdim=True)
+    normed = centred * torch.rsqrt((centred * centred).mean(dim=-1, keepdim=True) + eps)
+    return torch.addcmul(bias, normed.view(M, C), weight)
+
+
 def zeros(shape: tuple[int, ...], device: torch.device | str) -> Tensor:
     return torch.zeros(shape, dtype=torch.float32, device=device)
 
@@ -179,6 +202,7 @@ class StepConstants(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self._prepared: Any = None
+        self._lowrank_dtype: torch.dtype | None = None
         self.register_load_state_dict_post_hook(_rederive_after_load)
 
     def derive_constants(self) -> Any:
@@ -186,13 +210,26 @@ class StepConstants(nn.Module):
         raise NotImplementedError
 
     @torch.no_grad()
-    def prepare(self) -> None:
+    def prepare(self, lowrank_dtype: torch.dtype | None = None) -> None:
+        """Store the constants. Fields the constants class names in its ``lowrank`` attribute (the
+        low-rank projections, float32 when derived) are stored in ``lowrank_dtype`` if given: what
+        ``optimize_for_inference`` picks for the kernels that will read them. It is remembered
+        for later re-preparations (moves, loads) until ``train()``."""
+        if lowrank_dtype is not None:
+            self._lowrank_dtype = lowrank_dtype
         # A parameter itself (what .float() of a float32 one returns) is kept: it is the live
-        # tensor. Anything derived is cloned, so none is a view of storage that may be replaced.
+        # tensor. Anything derived is cloned, so none is a view of storage that may be replaced,
+        # and made contiguous: a transposed view becomes the (out, in) matrix the kernels read.
         derived = self.derive_constants()
-        self._prepared = derived._make(
-            t if t is None or isinstance(t, nn.Parameter) else t.detach().clone() for t in derived
-        )
+        lowrank = set(getattr(derived, "lowrank", ()))
+        stored = []
+        for name, t in zip(derived._fields, derived, strict=True):
+            if t is not None and name in lowrank and self._lowrank_dtype is not None:
+                t = t.to(self._lowrank_dtype)
+            if t is not None and not isinstance(t, nn.Parameter):
+                t = t.detach().clone(memory_format=torch.contiguous_format)
+            stored.append(t)
+        self._prepared = derived._make(stored)
 
     @property
     def prepared(self) -> bool:
@@ -207,6 +244,7 @@ class StepConstants(nn.Module):
     def train(self, mode: bool = True) -> StepConstants:
         if mode:
             self._prepared = None
+            self._lowrank_dtype = None
         return super().train(mode)
 
     def _apply(self, fn: Any, recurse: bool = True) -> StepConstants:
@@ -224,9 +262,9 @@ def _rederive_after_load(module: nn.Module, incompatible_keys: Any) -> None:
         module.prepare()
 
 
-def prepare_step_constants(model: nn.Module) -> nn.Module:
+def prepare_step_constants(model: nn.Module, lowrank_dtype: torch.dtype | None = None) -> nn.Module:
     """Derive every mixing module's step constants once (see :class:`StepConstants`); returns model."""
     for module in model.modules():
         if isinstance(module, StepConstants):
-            module.prepare()
+            module.prepare(lowrank_dtype)
     return model

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from ..errors import ConfigError
 from ..ops.wkv5 import wkv5
 from ..state import RecurrentState
-from .common import StepConstants, check_config, count_layers, token_shift, zeros
+from .common import StepConstants, check_config, count_layers, head_norm, token_shift, zeros
 from .rwkv4 import RWKV4, ChannelMix  # channel mixing ("ffn") and the layer loop are RWKV-4's
 
 
@@ -163,7 +163,7 @@ class TimeMix(StepConstants):
     def _mix_output(self, y: Tensor, g_input: Tensor | None, dtype: torch.dtype) -> Tensor:
         """GroupNorm over heads (in float32), the optional SiLU gate, the output projection.
         y: (M, A) float32 for M tokens; g_input: the gate's input, (M, C)."""
-        y = F.group_norm(y, self.n_head, self.ln_x.weight.float(), self.ln_x.bias.float(), self.ln_x_eps)
+        y = head_norm(y, self.n_head, self.ln_x.weight.float(), self.ln_x.bias.float(), self.ln_x_eps)
         y = y.to(dtype)
         if g_input is not None:
             y = y * F.silu(self.gate(g_input))

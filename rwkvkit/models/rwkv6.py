@@ -23,9 +23,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ConfigError
+from ..ops.exp import exp
+from ..ops.linear import linear
 from ..ops.wkv5 import wkv5
 from ..state import RecurrentState
-from .common import StepConstants, check_config, count_layers, token_shift
+from .common import StepConstants, check_config, count_layers, head_norm, lowrank, token_shift
 from .rwkv5 import RWKV5, RWKV5State
 
 
@@ -97,10 +99,12 @@ class TimeMixConstants(NamedTuple):
     bonus: Tensor  # (H, N) float32 u
     # The low-rank matrices in float32 whatever the model's dtype: one-row products with small
     # 16-bit matrices are several times slower on the CPU than in float32 (see models/rwkv7.py).
-    maa_w1: Tensor
-    maa_w2: Tensor
-    decay_w1: Tensor
-    decay_w2: Tensor
+    # maa_w1, decay_w1 and decay_w2 transposed to (out, in), like a linear layer's weight.
+    maa_w1: Tensor  # (5 D, C)
+    maa_w2: Tensor  # (5, D, C), as stored: one batched product gives the five offsets
+    decay_w1: Tensor  # (D, C)
+    decay_w2: Tensor  # (A, D)
+    lowrank = ("maa_w1", "maa_w2", "decay_w1", "decay_w2")  # what prepare() may store narrower
 
 
 class TimeMix(StepConstants):
@@ -131,9 +135,8 @@ class TimeMix(StepConstants):
 
     def derive_constants(self) -> TimeMixConstants:
         maa = torch.cat([self.time_maa_w, self.time_maa_k, self.time_maa_v, self.time_maa_r, self.time_maa_g])
-        lora = (
-            t.float() for t in (self.time_maa_w1, self.time_maa_w2, self.time_decay_w1, self.time_decay_w2)
-        )
+        lora = (self.time_maa_w1.float().t(), self.time_maa_w2.float(), self.time_decay_w1.float().t(),
+                self.time_decay_w2.float().t())  # fmt: skip
         return TimeMixConstants(
             maa.float().view(5, 1, -1), self.time_decay.float().view(-1), self.time_faaaa.float(), *lora
         )
@@ -142,17 +145,18 @@ class TimeMix(StepConstants):
         """r, log_w, k, v (float32) and the gate g for M tokens: x, delta = x_prev - x, (M, C)."""
         M = x.shape[0]
         # Data-dependent lerp offsets, (5, M, C) for w, k, v, r, g; the low-rank parts in float32.
-        lora = torch.tanh(torch.addcmul(x, delta, self.time_maa_x.view(-1)).float() @ c.maa_w1)
-        offsets = torch.bmm(lora.view(M, 5, -1).transpose(0, 1), c.maa_w2)
+        xx = torch.addcmul(x, delta, self.time_maa_x.view(-1)).to(c.maa_w1.dtype)
+        h = torch.tanh(linear(xx, c.maa_w1))  # (M, 5 D)
+        offsets = torch.bmm(h.view(M, 5, -1).transpose(0, 1), c.maa_w2).float()  # (5, M, C)
         mix = (c.maa + offsets).to(x.dtype)
         xw, xk, xv, xr, xg = torch.addcmul(x, delta, mix)  # x + delta * (time_maa_? + m_?)
-        log_w = -torch.exp(c.decay + torch.tanh(xw.float() @ c.decay_w1) @ c.decay_w2)
+        log_w = -exp(c.decay + lowrank(xw.float(), c.decay_w1, c.decay_w2, torch.tanh))
         r, k, v = self.receptance(xr).float(), self.key(xk).float(), self.value(xv).float()
         return r, log_w, k, v, F.silu(self.gate(xg))
 
     def _mix_output(self, y: Tensor, g: Tensor) -> Tensor:
         """GroupNorm over heads (in float32), the gate, the output projection. y: (M, A) float32."""
-        y = F.group_norm(y, self.n_head, self.ln_x.weight.float(), self.ln_x.bias.float(), self.ln_x_eps)
+        y = head_norm(y, self.n_head, self.ln_x.weight.float(), self.ln_x.bias.float(), self.ln_x_eps)
         return self.output(y.to(g.dtype) * g)
 
     def forward(self, x: Tensor, state: RWKV5State) -> tuple[Tensor, RWKV5State]:

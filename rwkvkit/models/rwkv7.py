@@ -33,6 +33,8 @@ from .common import (
     check_config,
     check_state_shapes,
     count_layers,
+    head_norm,
+    lowrank,
     token_shift,
     zeros,
 )
@@ -125,13 +127,6 @@ class RWKV7State(RecurrentState):
         return cls(**{name: zeros(shape, device) for name, shape in cls.shapes(config, batch).items()})
 
 
-def lora(x: Tensor, down: Tensor, up: Tensor, inner: Any = None) -> Tensor:
-    """A low-rank projection ``inner(x @ down) @ up``; down (C, D), up (D, C). Computed in the
-    matrices' dtype (float32: see TimeMixConstants), returned in x's."""
-    h = x.to(down.dtype) @ down
-    return ((h if inner is None else inner(h)) @ up).to(x.dtype)
-
-
 class TimeMixConstants(NamedTuple):
     mix: Tensor  # (6, 1, C) x_r, x_w, x_k, x_v, x_a, x_g stacked: one addcmul gives every input
     w0: Tensor  # the (1, 1, C) vectors below as (C,), so they broadcast over (M, C) tokens
@@ -140,9 +135,10 @@ class TimeMixConstants(NamedTuple):
     k_k: Tensor
     k_a: Tensor
     r_k: Tensor  # (C,): the bonus weights r_k (H, N) flattened
-    # The low-rank matrices in float32 whatever the model's dtype: on the CPU a one-row product
-    # with a (768, 64) bf16 matrix takes ~55 us, in float32 ~7 us, and a 16-bit model's step makes
-    # eight of them per layer. The sums are only more precise for it.
+    # The low-rank matrices, transposed to (out, in) like a linear layer's weight (w1 is (D, C)),
+    # in float32 whatever the model's dtype: a one-row product with a (768, 64) bf16 matrix took
+    # ~55 us with torch's kernels, in float32 ~7 us. With the native kernels a 16-bit or quantized
+    # model stores them in bf16 instead (prepare()'s lowrank_dtype): half the bytes to stream.
     w1: Tensor
     w2: Tensor
     a1: Tensor
@@ -151,6 +147,7 @@ class TimeMixConstants(NamedTuple):
     v2: Tensor | None
     g1: Tensor
     g2: Tensor
+    lowrank = ("w1", "w2", "a1", "a2", "v1", "v2", "g1", "g2")  # what prepare() may store narrower
 
 
 class TimeMix(StepConstants):
@@ -197,10 +194,13 @@ class TimeMix(StepConstants):
     def derive_constants(self) -> TimeMixConstants:
         mix = torch.cat([self.x_r, self.x_w, self.x_k, self.x_v, self.x_a, self.x_g]).view(6, 1, -1)
         used = self.layer_id > 0  # layer 0's value-residual gate, if stored, is never used
-        v0, v1, v2 = (self.v0.view(-1), self.v1.float(), self.v2.float()) if used else (None, None, None)
+        v0, v1, v2 = (
+            (self.v0.view(-1), self.v1.float().t(), self.v2.float().t()) if used else (None, None, None)
+        )
         return TimeMixConstants(
             mix, self.w0.view(-1), self.a0.view(-1), v0, self.k_k.view(-1), self.k_a.view(-1), self.r_k.view(-1),
-            self.w1.float(), self.w2.float(), self.a1.float(), self.a2.float(), v1, v2, self.g1.float(), self.g2.float(),
+            self.w1.float().t(), self.w2.float().t(), self.a1.float().t(), self.a2.float().t(), v1, v2,
+            self.g1.float().t(), self.g2.float().t(),
         )  # fmt: skip
 
     def _wkv_inputs(
@@ -214,15 +214,15 @@ class TimeMix(StepConstants):
         r = self.receptance(xr)
         k = self.key(xk)
         v = self.value(xv)
-        w = c.w0 + lora(xw, c.w1, c.w2, torch.tanh)
-        a = torch.sigmoid(c.a0 + lora(xa, c.a1, c.a2))  # in-context learning rate, (0, 1)
-        g = lora(xg, c.g1, c.g2, torch.sigmoid)
+        w = c.w0 + lowrank(xw, c.w1, c.w2, torch.tanh)
+        a = torch.sigmoid(c.a0 + lowrank(xa, c.a1, c.a2))  # in-context learning rate, (0, 1)
+        g = lowrank(xg, c.g1, c.g2, torch.sigmoid)
         kk = F.normalize((k * c.k_k).view(M, self.n_head, -1), dim=-1, p=2.0).view(M, C)
         k = k * (1 + (a - 1) * c.k_a)
         if v_first is None:  # layer 0: its value is every later layer's v_first
             v_first = v
         else:
-            v = v + (v_first - v) * torch.sigmoid(c.v0 + lora(xv, c.v1, c.v2))
+            v = v + (v_first - v) * torch.sigmoid(c.v0 + lowrank(xv, c.v1, c.v2))
         log_w = -MAX_LOG_DECAY_RATE * torch.sigmoid(w.float())  # (M, C), in (-0.61, 0)
         wkv_in = (r.float(), log_w, k.float(), v.float(), -kk.float(), (kk * a).float())
         return (*wkv_in, r, k, v, g, v_first)
@@ -233,7 +233,7 @@ class TimeMix(StepConstants):
         """GroupNorm over heads (float32), the current token's bonus, the gate, the output projection.
         y: (M, C) float32 WKV output; r, k, v, g: (M, C)."""
         M, C = r.shape
-        y = F.group_norm(y, self.n_head, self.ln_x.weight.float(), self.ln_x.bias.float(), self.ln_x_eps)
+        y = head_norm(y, self.n_head, self.ln_x.weight.float(), self.ln_x.bias.float(), self.ln_x_eps)
         # The current token's own contribution, weighted per channel by r_k.
         bonus = (r * k * c.r_k).view(M, self.n_head, -1).sum(dim=-1, keepdim=True) * v.view(
             M, self.n_head, -1

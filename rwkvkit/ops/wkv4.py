@@ -26,6 +26,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .exp import exp
 from .registry import Backend, BackendRegistry
 
 WKVState = tuple[Tensor, Tensor, Tensor]  # (num, den, max), each (B, C) float32
@@ -49,12 +50,12 @@ def wkv4_step(w: Tensor, u: Tensor, k: Tensor, v: Tensor, state: WKVState) -> tu
     # Output: the stored sum plus the current token with its bonus u.
     bonus = u + k
     m = torch.maximum(mx, bonus)
-    e_state, e_cur = torch.exp(mx - m), torch.exp(bonus - m)
+    e_state, e_cur = exp(mx - m), exp(bonus - m)
     out = (e_state * num + e_cur * v) / (e_state * den + e_cur)
     # State update: decay the stored sum by one step and add the current token (no bonus).
     decayed = mx + w
     m = torch.maximum(decayed, k)
-    e_state, e_cur = torch.exp(decayed - m), torch.exp(k - m)
+    e_state, e_cur = exp(decayed - m), exp(k - m)
     return out, (e_state * num + e_cur * v, e_state * den + e_cur, m)
 
 

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from .decay import MAX_FACTORISED_SPAN, chunk_span, decayed_scores
+from .exp import exp
 from .registry import Backend, BackendRegistry
 
 # log w below this is w = 0 to float32 (e^-1e4); clamping keeps -inf (exp of a huge time_decay)
@@ -42,7 +43,7 @@ def wkv5_step(
     Returns y (B, H, N) and the new state (a new tensor: the given one is not changed)."""
     kv = k[..., :, None] * v[..., None, :]  # (B, H, N, N)
     y = (r[..., None, :] @ (state + u[..., :, None] * kv))[..., 0, :]
-    return y, kv + torch.exp(log_w)[..., :, None] * state
+    return y, kv + exp(log_w)[..., :, None] * state
 
 
 def wkv5_reference(

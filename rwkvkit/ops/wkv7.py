@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from .decay import MAX_FACTORISED_SPAN, chunk_span, decayed_scores
+from .exp import exp
 from .registry import Backend, BackendRegistry
 
 # Every RWKV-7 decay is >= e^-0.61 per token (models/rwkv7.py), so a chunk of this many tokens or fewer
@@ -41,7 +42,7 @@ def wkv7_step(
 ) -> tuple[Tensor, Tensor]:
     """One token. r, log_w, k, v, alpha, beta: (B, H, N) float32; state (B, H, N, N).
     Returns y (B, H, N) and the new state (a new tensor: the given one is not changed)."""
-    w = torch.exp(log_w)
+    w = exp(log_w)
     removed = state @ alpha[..., :, None]  # (B, H, N, 1): S alpha, what the delta rule takes away
     state = state * w[..., None, :] + removed * beta[..., None, :] + v[..., :, None] * k[..., None, :]
     return (state @ r[..., :, None])[..., 0], state

@@ -1,8 +1,9 @@
-"""What weight-only int8 costs in accuracy, on real text and on the 169M shape.
+"""What weight-only int8 and int4 (and bf16) cost in accuracy, on real text and on the 169M shape.
 
-1. Real text: by default rwkvkit's bundled byte-level model (trained on Shakespeare; the eval
-   plays are part of its training text, so this measures how far int8 moves a trained model's
-   predictions). With ``--model train`` (or without a bundled model) this script trains a small
+1. Real text: by default rwkvkit's bundled byte-level model (trained on Shakespeare by
+   scripts/train_default_model.sh, whose ``prepare --val-fraction 0.05`` holds out the last 5% of
+   the corpus files joined in name order: bits per byte are measured on bytes from inside that
+   held-out tail, never trained on). With ``--model train`` (or without a bundled model) this script trains a small
    byte-level RWKV-4 (vocabulary 256, 2 layers x 128, ffn 512) on Shakespeare
    (/work/shared/corpora/shakespeare, or --corpus) for a few minutes with plain PyTorch autograd
    through rwkvkit's model, then measures bits per byte on held-out plays (never trained on) with
@@ -10,10 +11,12 @@
    briefly trained: the int8 cost on large trained models may differ (it is usually smaller
    relative to their bits per byte, as their weights are smoother); this measures that the int8
    path keeps a trained model's predictions, not the cost for every model.
-2. Random 169M-shaped weights (labelled as such): max logit error and KL(fp32 || int8) per
+2. Random 169M-shaped weights (labelled as such): max logit error and KL(fp32 || quantized) per
    token over a random prompt. Not a perplexity: random weights have nothing to lose.
 
-    python benchmarks/int8_quality.py --json benchmarks/results/int8_quality.json
+The issue's bounds: int8 costs <= 0.005 bits/byte, int4 <= 0.05.
+
+    python benchmarks/quant_quality.py --json benchmarks/results/quant_quality.json
 """
 
 from __future__ import annotations
@@ -48,6 +51,17 @@ def read_corpus(folder: Path) -> tuple[bytes, bytes]:
     train = b"\n".join(f.read_bytes() for f in files if f.name not in EVAL_WORKS)
     held = b"\n".join(f.read_bytes() for f in files if f.name in EVAL_WORKS) or files[-1].read_bytes()
     return train, held
+
+
+def bundled_held_out(folder: Path) -> bytes:
+    """Text from inside the bundled model's validation split: the last 5% of the corpus files
+    joined in name order (what ``rwkvkit prepare`` held out); starting at the last 4.5% leaves a
+    margin for the end-of-text separators and the directory order prepare used."""
+    files = sorted(folder.glob("*.txt"))
+    if not files:
+        raise SystemExit(f"no .txt files in {folder}; pass --corpus")
+    joined = b"\n".join(f.read_bytes() for f in files)
+    return joined[len(joined) - int(0.045 * len(joined)) :]
 
 
 def train_byte_model(train: bytes, seconds: float, out: Path, seed: int = 0) -> dict:
@@ -127,23 +141,29 @@ def main() -> int:
     if args.model == "bundled" and default_model_path() is not None:
         ckpt = default_model_path()
         result["model"] = "rwkvkit's bundled default model (byte-level RWKV-4, trained on Shakespeare)"
+        held = bundled_held_out(Path(args.corpus))
+        eval_text = "the bundled model's validation split (last 4.5% of the corpus)"
     elif args.model in ("bundled", "train"):
         ckpt = workdir / "shakespeare-byte-rwkv4.pth"
         result["training"] = train_byte_model(train, args.train_seconds, ckpt)
         print("trained:", result["training"], flush=True)
+        eval_text = f"held-out plays {', '.join(EVAL_WORKS)}"
     else:
         ckpt = Path(args.model)
         result["model"] = str(ckpt)
+        eval_text = f"plays {', '.join(EVAL_WORKS)}"
     rows = {}
     for name, kw in {
         "fp32": {},
         "bf16": {"dtype": torch.bfloat16},
         "int8": {"quantize": "int8"},
+        "int4": {"quantize": "int4"},
     }.items():
         rows[name] = bits_per_byte(load_model(ckpt, **kw), held, args.eval_bytes)
         print(f"{name}: {rows[name]:.4f} bits/byte on {args.eval_bytes} held-out bytes", flush=True)
     result["shakespeare_bits_per_byte"] = rows
-    result["eval"] = {"works": list(EVAL_WORKS), "bytes": args.eval_bytes}
+    result["eval"] = {"text": eval_text, "bytes": args.eval_bytes}
+    result["bits_per_byte_cost"] = {k: v - rows["fp32"] for k, v in rows.items() if k != "fp32"}
 
     # The 169M shape, random weights: how far int8 moves the logits.
     path = random_checkpoint("169m", workdir)
@@ -151,7 +171,12 @@ def main() -> int:
     with torch.inference_mode():
         ref, _ = load_model(path)(prompt)
         out = {}
-        for name, kw in {"bf16": {"dtype": torch.bfloat16}, "int8": {"quantize": "int8"}}.items():
+        variants = {
+            "bf16": {"dtype": torch.bfloat16},
+            "int8": {"quantize": "int8"},
+            "int4": {"quantize": "int4"},
+        }
+        for name, kw in variants.items():
             got, _ = load_model(path, **kw)(prompt)
             kl = F.kl_div(got.log_softmax(-1), ref.log_softmax(-1), log_target=True, reduction="none")
             out[name] = {

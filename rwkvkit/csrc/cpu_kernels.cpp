@@ -1,0 +1,800 @@
+// CPU kernels for one-token decode: matrix-vector products for every weight format rwkvkit stores,
+// and the WKV state updates, each in one pass over memory.
+//
+// Why this file exists (measured on the project's 2-core Xeon, AVX-512 with BF16 and VNNI; see
+// rwkvkit/ops/native.py and BENCHMARKS.md): decoding streams every weight once per token, and the
+// ATen kernels do not stream 16-bit or 8-bit weights at memory speed for one row: torch.mv in bf16
+// reads ~16 GB/s where fp32 F.linear reads ~25, fp16 F.linear ~15, _weight_int8pack_mm ~14 GB/s
+// of int8. The loops below reach 22-24 GB/s for bf16/fp16 and ~35 GB/s of int8, so 16-bit weights
+// decode faster than fp32 and int8 faster than 16-bit, as their sizes promise. torch.compile
+// (inductor, default and max-autotune modes) did not close the gap for 16-bit weights.
+//
+// Every op has a plain PyTorch sibling in rwkvkit/ops/linear.py or rwkvkit/ops/wkv*.py, and the
+// tests compare them. Ops are registered with the dispatcher (namespace "rwkvkit") so that
+// torch.compile can trace through them; rwkvkit/ops/native.py registers their shapes for tracing.
+//
+// Threads: the row loops run on a small pool of our own (see Pool) sized by at::get_num_threads(),
+// in which the calling thread never waits for a helper that has not started: when another process
+// takes a core, OpenMP's barriers make every parallel region wait for the descheduled thread
+// (decode fell from 118 to 2 tokens/s); here the caller simply does the remaining rows itself, and
+// after waiting long for a helper that was descheduled mid-chunk it works alone for a while.
+//
+// Built with -O3 -march=native by rwkvkit/ops/native.py, only on CPUs with AVX-512 F/BW/VL, VNNI
+// and BF16; elsewhere the PyTorch paths run.
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <immintrin.h>
+#include <pthread.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <condition_variable>
+#include <cstdint>
+#include <cstring>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace {
+
+// ---------------------------------------------------------------------------------------------
+// The thread pool.
+//
+// A job is n chunks. The state of the current job lives in one 64-bit atomic: epoch (16 bits),
+// number of chunks (24 bits), next chunk to claim (24 bits). Claiming is one fetch_add, so a
+// claim is valid exactly when the returned index is below the returned count, whatever else
+// happened meanwhile; the caller does not return (and so does not change the job) until every
+// claimed chunk is done. Helpers spin briefly after a job, then sleep on a condition variable.
+
+using ChunkFn = void (*)(const void* ctx, int64_t chunk);
+
+constexpr int kIndexBits = 24;
+constexpr uint64_t kIndexMask = (uint64_t(1) << kIndexBits) - 1;
+constexpr int kSpinRounds = 2000;  // ~100 us of pause instructions before a helper sleeps
+// Waiting this long for a helper's last chunk means it was descheduled: the next kSoloJobs jobs
+// (a few tokens' worth) then run on the calling thread alone before helpers are tried again.
+constexpr std::chrono::microseconds kDescheduled{200};
+constexpr int kSoloJobs = 256;
+
+inline uint64_t pack(uint64_t epoch, uint64_t n, uint64_t index) {
+  return (epoch << (2 * kIndexBits)) | (n << kIndexBits) | index;
+}
+inline uint64_t epoch_of(uint64_t v) { return v >> (2 * kIndexBits); }
+inline int64_t count_of(uint64_t v) { return int64_t((v >> kIndexBits) & kIndexMask); }
+inline int64_t index_of(uint64_t v) { return int64_t(v & kIndexMask); }
+
+class Pool {
+ public:
+  // Run fn(ctx, i) for i in [0, n) on up to `threads` threads (the caller is one of them).
+  void run(int threads, int64_t n, ChunkFn fn, const void* ctx) {
+    if (threads <= 1 || n <= 1 || n > int64_t(kIndexMask) / 2 || solo_left_.load(std::memory_order_relaxed) > 0) {
+      if (threads > 1 && n > 1) solo_left_.fetch_sub(1, std::memory_order_relaxed);
+      for (int64_t i = 0; i < n; i++) fn(ctx, i);
+      return;
+    }
+    std::lock_guard<std::mutex> serial(run_mutex_);  // one job at a time across caller threads
+    ensure_helpers(threads - 1);
+    fn_ = fn;
+    ctx_ = ctx;
+    wanted_.store(threads - 1, std::memory_order_relaxed);
+    done_.store(0, std::memory_order_relaxed);
+    const uint64_t epoch = (epoch_of(state_.load(std::memory_order_relaxed)) + 1) & 0xFFFF;
+    state_.store(pack(epoch, uint64_t(n), 0), std::memory_order_seq_cst);
+    if (sleepers_.load(std::memory_order_seq_cst) > 0) {
+      std::lock_guard<std::mutex> lk(sleep_mutex_);
+      wake_.notify_all();
+    }
+    work();
+    if (done_.load(std::memory_order_acquire) < n) {
+      // A helper still holds a chunk. Chunks take microseconds; a long wait means the helper was
+      // descheduled (another process wants the core): then the next jobs run on this thread alone.
+      const auto start = std::chrono::steady_clock::now();
+      while (done_.load(std::memory_order_acquire) < n) _mm_pause();
+      if (std::chrono::steady_clock::now() - start > kDescheduled) solo_left_.store(kSoloJobs, std::memory_order_relaxed);
+    }
+  }
+
+  // After fork() only the calling thread exists in the child: forget the helpers.
+  void forget_helpers() {
+    new (&run_mutex_) std::mutex();
+    new (&sleep_mutex_) std::mutex();
+    new (&wake_) std::condition_variable();
+    helpers_ = 0;
+    sleepers_.store(0);
+  }
+
+ private:
+  void ensure_helpers(int k) {
+    while (helpers_ < k) {
+      const int id = helpers_++;
+      std::thread([this, id] { helper_loop(id); }).detach();
+    }
+  }
+
+  void work() {
+    for (;;) {
+      const uint64_t v = state_.fetch_add(1, std::memory_order_acq_rel);
+      const int64_t i = index_of(v);
+      if (i >= count_of(v)) return;
+      fn_(ctx_, i);
+      done_.fetch_add(1, std::memory_order_release);
+    }
+  }
+
+  void helper_loop(int id) {
+    uint64_t seen = epoch_of(state_.load(std::memory_order_acquire));
+    for (;;) {
+      uint64_t v;
+      int spins = 0;
+      while (epoch_of(v = state_.load(std::memory_order_acquire)) == seen) {
+        if (++spins < kSpinRounds) {
+          _mm_pause();
+          continue;
+        }
+        std::unique_lock<std::mutex> lk(sleep_mutex_);
+        sleepers_.fetch_add(1, std::memory_order_seq_cst);
+        wake_.wait(lk, [&] { return epoch_of(state_.load(std::memory_order_seq_cst)) != seen; });
+        sleepers_.fetch_sub(1, std::memory_order_seq_cst);
+        spins = 0;
+      }
+      seen = epoch_of(v);
+      if (id < wanted_.load(std::memory_order_relaxed)) work();
+    }
+  }
+
+  std::atomic<uint64_t> state_{pack(0, 0, 0)};
+  std::atomic<int64_t> done_{0};
+  std::atomic<int> wanted_{0};
+  std::atomic<int> sleepers_{0};
+  std::atomic<int> solo_left_{0};
+  ChunkFn fn_ = nullptr;
+  const void* ctx_ = nullptr;
+  int helpers_ = 0;
+  std::mutex run_mutex_;
+  std::mutex sleep_mutex_;
+  std::condition_variable wake_;
+};
+
+Pool& pool() {
+  static Pool* p = [] {
+    auto* created = new Pool();  // never destroyed: helpers may still wait on it at exit
+    pthread_atfork(nullptr, nullptr, [] { pool().forget_helpers(); });
+    return created;
+  }();
+  return *p;
+}
+
+// Split `rows` into chunks of whole tiles for the pool: enough chunks to balance two to a few
+// threads, none smaller than `min_rows`.
+template <typename F>
+void parallel_rows(int64_t rows, int64_t min_rows, int64_t work_per_row, const F& body) {
+  const int threads = at::get_num_threads();
+  // Below ~256k multiply-adds (a 512 x 512 product) a parallel region costs more than it saves.
+  const bool parallel = threads > 1 && rows * work_per_row >= (1 << 18);
+  int64_t chunk = rows;
+  if (parallel) {
+    chunk = std::max<int64_t>(min_rows, (rows + 8 * threads - 1) / (8 * threads));
+    chunk = (chunk + min_rows - 1) / min_rows * min_rows;
+  }
+  const int64_t n = (rows + chunk - 1) / chunk;
+  struct Ctx {
+    const F* body;
+    int64_t chunk, rows;
+  } ctx{&body, chunk, rows};
+  pool().run(parallel ? threads : 1, n, [](const void* c, int64_t i) {
+    const Ctx& x = *static_cast<const Ctx*>(c);
+    const int64_t lo = i * x.chunk;
+    (*x.body)(lo, std::min(x.rows, lo + x.chunk));
+  }, &ctx);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Matrix-vector (few rows) products: y (M, N) = x (M, K) @ W^T, W (N, K) row-major.
+//
+// A tile is R weight rows times up to 4 input rows: each weight vector is loaded once and used
+// for every input row, so B sequences decoding together read the weights once.
+
+inline float bf16_to_float(uint16_t h) {
+  uint32_t bits = uint32_t(h) << 16;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+constexpr int kTileRows = 4;
+constexpr int kTileInputs = 4;
+
+// Where a product's rows go: an (M, ld) output of the input's dtype (float32, bfloat16 or
+// float16), written as the sums come out, so no float32 copy is made and converted afterwards.
+struct OutRows {
+  void* base;
+  at::ScalarType dtype;
+  int64_t ld;
+
+  static uint16_t to_bf16(float v) {  // round to nearest even, as at::BFloat16 does
+    uint32_t bits;
+    std::memcpy(&bits, &v, 4);
+    if (std::isnan(v)) return 0x7FC0;
+    return uint16_t((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16);
+  }
+  void put(int64_t m, int64_t n, float v) const {
+    const int64_t i = m * ld + n;
+    if (dtype == at::kFloat) static_cast<float*>(base)[i] = v;
+    else if (dtype == at::kBFloat16) static_cast<uint16_t*>(base)[i] = to_bf16(v);
+    else static_cast<uint16_t*>(base)[i] = _cvtss_sh(v, _MM_FROUND_TO_NEAREST_INT);
+  }
+  // 16 consecutive outputs n..n+15 of row m, the first `count` of them kept.
+  void put16(int64_t m, int64_t n, __m512 v, int count) const {
+    const __mmask16 mask = count >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << count) - 1);
+    const int64_t i = m * ld + n;
+    if (dtype == at::kFloat) {
+      _mm512_mask_storeu_ps(static_cast<float*>(base) + i, mask, v);
+    } else {
+      const __m256i h = dtype == at::kBFloat16 ? (__m256i)_mm512_cvtneps_pbh(v)
+                                               : _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT);
+      _mm256_mask_storeu_epi16(static_cast<uint16_t*>(base) + i, mask, h);
+    }
+  }
+};
+
+at::Tensor output_for(const at::Tensor& x, int64_t M, int64_t N, OutRows* out) {
+  at::Tensor y = at::empty({M, N}, x.options());
+  *out = OutRows{y.data_ptr(), y.scalar_type(), N};
+  return y;
+}
+
+// float32 weights.
+template <int R, int MT>
+inline void tile_f32(const float* x, int64_t K, const float* w, const OutRows& out, int64_t m0, int64_t n0) {
+  __m512 acc[MT][R];
+  for (int m = 0; m < MT; m++)
+    for (int r = 0; r < R; r++) acc[m][r] = _mm512_setzero_ps();
+  int64_t k = 0;
+  for (; k + 16 <= K; k += 16) {
+    __m512 wv[R];
+    for (int r = 0; r < R; r++) wv[r] = _mm512_loadu_ps(w + r * K + k);
+    for (int m = 0; m < MT; m++) {
+      const __m512 xv = _mm512_loadu_ps(x + m * K + k);
+      for (int r = 0; r < R; r++) acc[m][r] = _mm512_fmadd_ps(xv, wv[r], acc[m][r]);
+    }
+  }
+  if (k < K) {
+    const __mmask16 mask = __mmask16((1u << (K - k)) - 1);
+    __m512 wv[R];
+    for (int r = 0; r < R; r++) wv[r] = _mm512_maskz_loadu_ps(mask, w + r * K + k);
+    for (int m = 0; m < MT; m++) {
+      const __m512 xv = _mm512_maskz_loadu_ps(mask, x + m * K + k);
+      for (int r = 0; r < R; r++) acc[m][r] = _mm512_fmadd_ps(xv, wv[r], acc[m][r]);
+    }
+  }
+  for (int m = 0; m < MT; m++)
+    for (int r = 0; r < R; r++) out.put(m0 + m, n0 + r, _mm512_reduce_add_ps(acc[m][r]));
+}
+
+// bfloat16 weights, bfloat16 inputs: vdpbf16ps multiplies pairs exactly and sums in float32.
+template <int R, int MT>
+inline void tile_bf16(const uint16_t* x, int64_t K, const uint16_t* w, const OutRows& out, int64_t m0, int64_t n0) {
+  __m512 acc[MT][R];
+  for (int m = 0; m < MT; m++)
+    for (int r = 0; r < R; r++) acc[m][r] = _mm512_setzero_ps();
+  int64_t k = 0;
+  for (; k + 32 <= K; k += 32) {
+    __m512bh wv[R];
+    for (int r = 0; r < R; r++) wv[r] = (__m512bh)_mm512_loadu_si512(w + r * K + k);
+    for (int m = 0; m < MT; m++) {
+      const __m512bh xv = (__m512bh)_mm512_loadu_si512(x + m * K + k);
+      for (int r = 0; r < R; r++) acc[m][r] = _mm512_dpbf16_ps(acc[m][r], xv, wv[r]);
+    }
+  }
+  if (k < K) {
+    const __mmask32 mask = __mmask32((uint64_t(1) << (K - k)) - 1);
+    __m512bh wv[R];
+    for (int r = 0; r < R; r++) wv[r] = (__m512bh)_mm512_maskz_loadu_epi16(mask, w + r * K + k);
+    for (int m = 0; m < MT; m++) {
+      const __m512bh xv = (__m512bh)_mm512_maskz_loadu_epi16(mask, x + m * K + k);
+      for (int r = 0; r < R; r++) acc[m][r] = _mm512_dpbf16_ps(acc[m][r], xv, wv[r]);
+    }
+  }
+  for (int m = 0; m < MT; m++)
+    for (int r = 0; r < R; r++) out.put(m0 + m, n0 + r, _mm512_reduce_add_ps(acc[m][r]));
+}
+
+// float16 weights widened to float32 in registers; float32 inputs.
+template <int R, int MT>
+inline void tile_f16(const float* x, int64_t K, const uint16_t* w, const OutRows& out, int64_t m0, int64_t n0) {
+  __m512 acc[MT][R];
+  for (int m = 0; m < MT; m++)
+    for (int r = 0; r < R; r++) acc[m][r] = _mm512_setzero_ps();
+  int64_t k = 0;
+  for (; k + 16 <= K; k += 16) {
+    __m512 wv[R];
+    for (int r = 0; r < R; r++)
+      wv[r] = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + r * K + k)));
+    for (int m = 0; m < MT; m++) {
+      const __m512 xv = _mm512_loadu_ps(x + m * K + k);
+      for (int r = 0; r < R; r++) acc[m][r] = _mm512_fmadd_ps(xv, wv[r], acc[m][r]);
+    }
+  }
+  if (k < K) {
+    const __mmask16 mask = __mmask16((1u << (K - k)) - 1);
+    __m512 wv[R];
+    for (int r = 0; r < R; r++) wv[r] = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, w + r * K + k));
+    for (int m = 0; m < MT; m++) {
+      const __m512 xv = _mm512_maskz_loadu_ps(mask, x + m * K + k);
+      for (int r = 0; r < R; r++) acc[m][r] = _mm512_fmadd_ps(xv, wv[r], acc[m][r]);
+    }
+  }
+  for (int m = 0; m < MT; m++)
+    for (int r = 0; r < R; r++) out.put(m0 + m, n0 + r, _mm512_reduce_add_ps(acc[m][r]));
+}
+
+// Activations quantized for the integer kernels: per block of 64 inputs, a scale (absmax / 127),
+// the int8 values, and their sum (for the unsigned-offset correction of vpdpbusd).
+constexpr int64_t kQBlock = 64;
+
+struct QuantizedRows {
+  std::vector<int8_t> q;     // (M, K)
+  std::vector<float> scale;  // (M, K / 64)
+  std::vector<int32_t> sum;  // (M, K / 64): sum of q over the block
+};
+
+QuantizedRows quantize_rows(const float* x, int64_t M, int64_t K) {
+  const int64_t nb = K / kQBlock;
+  QuantizedRows out{std::vector<int8_t>(M * K), std::vector<float>(M * nb), std::vector<int32_t>(M * nb)};
+  for (int64_t m = 0; m < M; m++) {
+    for (int64_t b = 0; b < nb; b++) {
+      const float* src = x + m * K + b * kQBlock;
+      __m512 amax = _mm512_setzero_ps();
+      for (int j = 0; j < kQBlock; j += 16) amax = _mm512_max_ps(amax, _mm512_abs_ps(_mm512_loadu_ps(src + j)));
+      const float absmax = _mm512_reduce_max_ps(amax);
+      const float scale = absmax / 127.0f;
+      const __m512 inv = _mm512_set1_ps(scale > 0 ? 1.0f / scale : 0.0f);
+      int8_t* dst = out.q.data() + m * K + b * kQBlock;
+      __m512i total = _mm512_setzero_si512();
+      for (int j = 0; j < kQBlock; j += 16) {
+        const __m512i qi = _mm512_cvtps_epi32(_mm512_roundscale_ps(
+            _mm512_mul_ps(_mm512_loadu_ps(src + j), inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+        total = _mm512_add_epi32(total, qi);
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + j), _mm512_cvtsepi32_epi8(qi));
+      }
+      out.scale[m * nb + b] = scale;
+      out.sum[m * nb + b] = _mm512_reduce_add_epi32(total);
+    }
+  }
+  return out;
+}
+
+// The integer kernels read weights interleaved by tiles of 16 output rows, so that one 64-byte
+// load holds 4 consecutive inputs' weights for each of 16 rows: vpdpbusd then accumulates 16 rows
+// at once against one broadcast group of 4 activations, with no horizontal sums and the scales
+// applied as vectors (1.1-1.6x the row-major loops here). See rwkvkit/ops/linear.py for the
+// layouts: int8 (N/16, K/4, 16, 4); int4 (N/16, K/8, 16, 4) bytes, the low nibble for input
+// k0 + j and the high one for k0 + 4 + j, with per-64-input-group (scale, min) pairs as bf16
+// (N/16, K/64, 2, 16).
+constexpr int64_t kRowTile = 16;
+
+inline __m512 bf16x16_to_float(const uint16_t* p) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16));
+}
+
+// int8 weights (per-row scale) against int8 activations (per-block scales). vpdpbusd wants one
+// unsigned operand: the weights are offset by 128 (an XOR of the sign bit) and the offset's
+// contribution, 128 * sum(x_q) per block, is taken off at the end (the same for every row).
+template <int MT>
+inline void tile16_q8(const QuantizedRows& xq, int64_t m0, int64_t K, const int8_t* w, const float* scale,
+                      const OutRows& out, int64_t n0, int count) {
+  const int64_t nb = K / kQBlock;
+  const __m512i flip = _mm512_set1_epi8(char(0x80));
+  __m512 acc[MT];
+  float offset[MT];
+  for (int m = 0; m < MT; m++) {
+    acc[m] = _mm512_setzero_ps();
+    offset[m] = 0;
+  }
+  for (int64_t b = 0; b < nb; b++) {
+    __m512i d[MT];
+    for (int m = 0; m < MT; m++) d[m] = _mm512_setzero_si512();
+    const int8_t* wb = w + b * kQBlock * kRowTile;
+#pragma GCC unroll 16
+    for (int q = 0; q < 16; q++) {
+      const __m512i wv = _mm512_xor_si512(_mm512_loadu_si512(wb + q * 64), flip);
+      for (int m = 0; m < MT; m++) {
+        const int32_t* xr = reinterpret_cast<const int32_t*>(xq.q.data() + (m0 + m) * K + b * kQBlock);
+        d[m] = _mm512_dpbusd_epi32(d[m], wv, _mm512_set1_epi32(xr[q]));
+      }
+    }
+    for (int m = 0; m < MT; m++) {
+      const float s = xq.scale[(m0 + m) * nb + b];
+      offset[m] += s * float(xq.sum[(m0 + m) * nb + b]);
+      acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d[m]), _mm512_set1_ps(s), acc[m]);
+    }
+  }
+  const __m512 sv = _mm512_loadu_ps(scale);
+  for (int m = 0; m < MT; m++)
+    out.put16(m0 + m, n0, _mm512_mul_ps(_mm512_sub_ps(acc[m], _mm512_set1_ps(128.0f * offset[m])), sv), count);
+}
+
+// int4 weights, groups of 64 inputs with a scale s and a minimum mn each: w = s q + mn, q in
+// [0, 15]. Per group: sum_k x_k w_k = xs (s sum q x_q) + mn (xs sum x_q).
+template <int MT>
+inline void tile16_q4(const QuantizedRows& xq, int64_t m0, int64_t K, const uint8_t* w, const uint16_t* sm,
+                      const OutRows& out, int64_t n0, int count) {
+  const int64_t nb = K / kQBlock;
+  const __m512i low = _mm512_set1_epi8(0x0F);
+  __m512 acc[MT];
+  for (int m = 0; m < MT; m++) acc[m] = _mm512_setzero_ps();
+  for (int64_t b = 0; b < nb; b++) {
+    __m512i d[MT];
+    for (int m = 0; m < MT; m++) d[m] = _mm512_setzero_si512();
+    const uint8_t* wb = w + b * (kQBlock / 2) * kRowTile;
+#pragma GCC unroll 8
+    for (int q = 0; q < 8; q++) {
+      const __m512i v = _mm512_loadu_si512(wb + q * 64);
+      const __m512i lo = _mm512_and_si512(v, low);
+      const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
+      for (int m = 0; m < MT; m++) {
+        const int32_t* xr = reinterpret_cast<const int32_t*>(xq.q.data() + (m0 + m) * K + b * kQBlock);
+        d[m] = _mm512_dpbusd_epi32(d[m], lo, _mm512_set1_epi32(xr[2 * q]));
+        d[m] = _mm512_dpbusd_epi32(d[m], hi, _mm512_set1_epi32(xr[2 * q + 1]));
+      }
+    }
+    const __m512 s = bf16x16_to_float(sm + b * 2 * kRowTile);
+    const __m512 mn = bf16x16_to_float(sm + b * 2 * kRowTile + kRowTile);
+    for (int m = 0; m < MT; m++) {
+      const float xs = xq.scale[(m0 + m) * nb + b];
+      acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d[m]), _mm512_mul_ps(s, _mm512_set1_ps(xs)), acc[m]);
+      acc[m] = _mm512_fmadd_ps(mn, _mm512_set1_ps(xs * float(xq.sum[(m0 + m) * nb + b])), acc[m]);
+    }
+  }
+  for (int m = 0; m < MT; m++) out.put16(m0 + m, n0, acc[m], count);
+}
+
+#define RWKVKIT_DISPATCH_INPUTS(MT, CALL)                    \
+  do {                                                       \
+    switch (MT) {                                            \
+      case 1: { constexpr int MT_ = 1; CALL; } break;        \
+      case 2: { constexpr int MT_ = 2; CALL; } break;        \
+      case 3: { constexpr int MT_ = 3; CALL; } break;        \
+      case 4: { constexpr int MT_ = 4; CALL; } break;        \
+    }                                                        \
+  } while (0)
+
+// Run a tile function over all (row tile, input group) pairs of an (M, N) output, in parallel over
+// rows: tile(R, MT, n0, m0) computes rows n0..n0+R of inputs m0..m0+MT.
+template <typename Tile>
+void for_tiles(int64_t M, int64_t N, int64_t K, const Tile& tile) {
+  parallel_rows(N, 16, K * M, [&](int64_t lo, int64_t hi) {
+    for (int64_t n = lo; n < hi; n += kTileRows) {
+      const int64_t R = std::min<int64_t>(kTileRows, hi - n);
+      for (int64_t m = 0; m < M; m += kTileInputs) tile(R, std::min<int64_t>(kTileInputs, M - m), n, m);
+    }
+  });
+}
+
+// Expands a runtime (R, MT) into the template instances.
+#define RWKVKIT_DISPATCH_TILE(R, MT, CALL)                     \
+  do {                                                         \
+    switch ((R) * 8 + (MT)) {                                  \
+      case 4 * 8 + 1: { constexpr int R_ = 4, MT_ = 1; CALL; } break; \
+      case 4 * 8 + 2: { constexpr int R_ = 4, MT_ = 2; CALL; } break; \
+      case 4 * 8 + 3: { constexpr int R_ = 4, MT_ = 3; CALL; } break; \
+      case 4 * 8 + 4: { constexpr int R_ = 4, MT_ = 4; CALL; } break; \
+      case 3 * 8 + 1: { constexpr int R_ = 3, MT_ = 1; CALL; } break; \
+      case 3 * 8 + 2: { constexpr int R_ = 3, MT_ = 2; CALL; } break; \
+      case 3 * 8 + 3: { constexpr int R_ = 3, MT_ = 3; CALL; } break; \
+      case 3 * 8 + 4: { constexpr int R_ = 3, MT_ = 4; CALL; } break; \
+      case 2 * 8 + 1: { constexpr int R_ = 2, MT_ = 1; CALL; } break; \
+      case 2 * 8 + 2: { constexpr int R_ = 2, MT_ = 2; CALL; } break; \
+      case 2 * 8 + 3: { constexpr int R_ = 2, MT_ = 3; CALL; } break; \
+      case 2 * 8 + 4: { constexpr int R_ = 2, MT_ = 4; CALL; } break; \
+      case 1 * 8 + 1: { constexpr int R_ = 1, MT_ = 1; CALL; } break; \
+      case 1 * 8 + 2: { constexpr int R_ = 1, MT_ = 2; CALL; } break; \
+      case 1 * 8 + 3: { constexpr int R_ = 1, MT_ = 3; CALL; } break; \
+      case 1 * 8 + 4: { constexpr int R_ = 1, MT_ = 4; CALL; } break; \
+    }                                                          \
+  } while (0)
+
+void check_linear(const at::Tensor& x, const at::Tensor& w, const char* op) {
+  TORCH_CHECK(x.device().is_cpu() && w.device().is_cpu(), op, ": CPU tensors only");
+  TORCH_CHECK(x.dim() == 2 && w.dim() == 2, op, ": x must be (M, K) and the weight 2-D");
+  TORCH_CHECK(w.is_contiguous(), op, ": the weight must be contiguous");
+}
+
+at::Tensor linear_f32(const at::Tensor& x_in, const at::Tensor& w) {
+  check_linear(x_in, w, "linear_f32");
+  TORCH_CHECK(w.scalar_type() == at::kFloat && w.size(1) == x_in.size(1), "linear_f32: float32 weight (N, K)");
+  const at::Tensor x = x_in.to(at::kFloat).contiguous();
+  const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
+  OutRows out;
+  at::Tensor y = output_for(x_in, M, N, &out);
+  const float* xp = x.data_ptr<float>();
+  const float* wp = w.data_ptr<float>();
+  for_tiles(M, N, K, [&](int64_t R, int64_t MT, int64_t n, int64_t m) {
+    RWKVKIT_DISPATCH_TILE(R, MT, (tile_f32<R_, MT_>(xp + m * K, K, wp + n * K, out, m, n)));
+  });
+  return y;
+}
+
+at::Tensor linear_bf16(const at::Tensor& x_in, const at::Tensor& w) {
+  check_linear(x_in, w, "linear_bf16");
+  TORCH_CHECK(w.scalar_type() == at::kBFloat16 && w.size(1) == x_in.size(1), "linear_bf16: bfloat16 weight (N, K)");
+  const at::Tensor x = x_in.to(at::kBFloat16).contiguous();
+  const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
+  OutRows out;
+  at::Tensor y = output_for(x_in, M, N, &out);
+  const auto* xp = reinterpret_cast<const uint16_t*>(x.data_ptr<at::BFloat16>());
+  const auto* wp = reinterpret_cast<const uint16_t*>(w.data_ptr<at::BFloat16>());
+  for_tiles(M, N, K, [&](int64_t R, int64_t MT, int64_t n, int64_t m) {
+    RWKVKIT_DISPATCH_TILE(R, MT, (tile_bf16<R_, MT_>(xp + m * K, K, wp + n * K, out, m, n)));
+  });
+  return y;
+}
+
+at::Tensor linear_f16(const at::Tensor& x_in, const at::Tensor& w) {
+  check_linear(x_in, w, "linear_f16");
+  TORCH_CHECK(w.scalar_type() == at::kHalf && w.size(1) == x_in.size(1), "linear_f16: float16 weight (N, K)");
+  const at::Tensor x = x_in.to(at::kFloat).contiguous();
+  const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
+  OutRows out;
+  at::Tensor y = output_for(x_in, M, N, &out);
+  const float* xp = x.data_ptr<float>();
+  const auto* wp = reinterpret_cast<const uint16_t*>(w.data_ptr<at::Half>());
+  for_tiles(M, N, K, [&](int64_t R, int64_t MT, int64_t n, int64_t m) {
+    RWKVKIT_DISPATCH_TILE(R, MT, (tile_f16<R_, MT_>(xp + m * K, K, wp + n * K, out, m, n)));
+  });
+  return y;
+}
+
+// Quantized layers: x (M, K) of any float dtype, the output (M, n_out) of x's dtype. The weights
+// are padded to whole tiles of 16 rows; n_out says how many rows are real.
+void check_float_input(const at::Tensor& x, const char* op) {
+  TORCH_CHECK(x.device().is_cpu() && x.dim() == 2, op, ": x must be (M, K) on the CPU");
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kHalf,
+              op, ": x must be float32, bfloat16 or float16");
+}
+
+at::Tensor linear_q8(const at::Tensor& x_in, const at::Tensor& packed, const at::Tensor& scale, int64_t n_out) {
+  check_float_input(x_in, "linear_q8");
+  const int64_t M = x_in.size(0), K = x_in.size(1);
+  TORCH_CHECK(packed.scalar_type() == at::kChar && packed.is_contiguous() && packed.dim() == 4 &&
+                  packed.size(1) * 4 == K && packed.size(2) == kRowTile && packed.size(3) == 4,
+              "linear_q8: int8 weight packed (N / 16, K / 4, 16, 4)");
+  TORCH_CHECK(K % kQBlock == 0, "linear_q8: K must be a multiple of 64");
+  const int64_t tiles = packed.size(0);
+  TORCH_CHECK(n_out > (tiles - 1) * kRowTile && n_out <= tiles * kRowTile, "linear_q8: n_out does not fit the tiles");
+  TORCH_CHECK(scale.scalar_type() == at::kFloat && scale.numel() == tiles * kRowTile && scale.is_contiguous(),
+              "linear_q8: float32 scale, one per (padded) row");
+  const at::Tensor x = x_in.to(at::kFloat).contiguous();
+  const QuantizedRows xq = quantize_rows(x.data_ptr<float>(), M, K);
+  OutRows out;
+  at::Tensor y = output_for(x_in, M, n_out, &out);
+  const int8_t* wp = packed.data_ptr<int8_t>();
+  const float* sp = scale.data_ptr<float>();
+  parallel_rows(tiles, 1, K * M * kRowTile, [&](int64_t lo, int64_t hi) {
+    for (int64_t t = lo; t < hi; t++) {
+      const int count = int(std::min<int64_t>(kRowTile, n_out - t * kRowTile));
+      for (int64_t m = 0; m < M; m += kTileInputs)
+        RWKVKIT_DISPATCH_INPUTS(std::min<int64_t>(kTileInputs, M - m),
+                                (tile16_q8<MT_>(xq, m, K, wp + t * kRowTile * K, sp + t * kRowTile, out,
+                                                t * kRowTile, count)));
+    }
+  });
+  return y;
+}
+
+at::Tensor linear_q4(const at::Tensor& x_in, const at::Tensor& packed, const at::Tensor& scale_min, int64_t n_out) {
+  check_float_input(x_in, "linear_q4");
+  const int64_t M = x_in.size(0), K = x_in.size(1);
+  TORCH_CHECK(packed.scalar_type() == at::kByte && packed.is_contiguous() && packed.dim() == 4 &&
+                  packed.size(1) * 8 == K && packed.size(2) == kRowTile && packed.size(3) == 4,
+              "linear_q4: uint8 weight packed (N / 16, K / 8, 16, 4)");
+  TORCH_CHECK(K % kQBlock == 0, "linear_q4: K must be a multiple of 64");
+  const int64_t tiles = packed.size(0), nb = K / kQBlock;
+  TORCH_CHECK(n_out > (tiles - 1) * kRowTile && n_out <= tiles * kRowTile, "linear_q4: n_out does not fit the tiles");
+  TORCH_CHECK(scale_min.scalar_type() == at::kBFloat16 && scale_min.is_contiguous() &&
+                  scale_min.numel() == tiles * kRowTile * nb * 2,
+              "linear_q4: bfloat16 scale_min (N / 16, K / 64, 2, 16)");
+  const at::Tensor x = x_in.to(at::kFloat).contiguous();
+  const QuantizedRows xq = quantize_rows(x.data_ptr<float>(), M, K);
+  OutRows out;
+  at::Tensor y = output_for(x_in, M, n_out, &out);
+  const uint8_t* wp = packed.data_ptr<uint8_t>();
+  const auto* smp = reinterpret_cast<const uint16_t*>(scale_min.data_ptr<at::BFloat16>());
+  parallel_rows(tiles, 1, K * M * kRowTile / 2, [&](int64_t lo, int64_t hi) {
+    for (int64_t t = lo; t < hi; t++) {
+      const int count = int(std::min<int64_t>(kRowTile, n_out - t * kRowTile));
+      for (int64_t m = 0; m < M; m += kTileInputs)
+        RWKVKIT_DISPATCH_INPUTS(std::min<int64_t>(kTileInputs, M - m),
+                                (tile16_q4<MT_>(xq, m, K, wp + t * kRowTile * K / 2, smp + t * nb * 2 * kRowTile,
+                                                out, t * kRowTile, count)));
+    }
+  });
+  return y;
+}
+
+// ---------------------------------------------------------------------------------------------
+// WKV state updates for one token, one pass over each head's N x N state. `out` may be `state`
+// itself (an in-place update) or another tensor of its shape.
+
+// e^x for 16 floats: Cephes' expf (range reduction by ln 2, degree-6 polynomial), within 2 ulp;
+// 0 below e^-104 (the WKV-4 state's empty maximum, -1e38, must give exactly 0).
+inline __m512 exp512(__m512 x) {
+  x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(88.72f)), _mm512_set1_ps(-150.0f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 y = _mm512_set1_ps(1.9875691500e-4f);
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.3981999507e-3f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(8.3334519073e-3f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(4.1665795894e-2f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.6666665459e-1f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(5.0000001201e-1f));
+  y = _mm512_add_ps(_mm512_fmadd_ps(y, _mm512_mul_ps(r, r), r), _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(y, n);
+}
+
+// RWKV-4 (ops/wkv4.py's wkv4_step): the decayed average of past values with a bonus for the
+// current token, its sums kept as (num, den, max) with S = num e^max. Elementwise over (B, C).
+std::vector<at::Tensor> wkv4_step(const at::Tensor& w, const at::Tensor& u, const at::Tensor& k, const at::Tensor& v,
+                                  const at::Tensor& num, const at::Tensor& den, const at::Tensor& mx) {
+  const int64_t C = w.numel(), BC = k.numel();
+  for (const auto& t : {w, u, k, v, num, den, mx})
+    TORCH_CHECK(t.scalar_type() == at::kFloat && t.is_contiguous() && t.device().is_cpu(),
+                "wkv4_step: contiguous float32 CPU tensors only");
+  TORCH_CHECK(u.numel() == C && C % 16 == 0 && BC % C == 0 && v.numel() == BC && num.numel() == BC &&
+                  den.numel() == BC && mx.numel() == BC,
+              "wkv4_step: w, u (C,) with C a multiple of 16; k, v, num, den, max (B, C)");
+  at::Tensor out = at::empty_like(k), num2 = at::empty_like(num), den2 = at::empty_like(den), mx2 = at::empty_like(mx);
+  const float *wp = w.data_ptr<float>(), *up = u.data_ptr<float>(), *kp = k.data_ptr<float>(),
+              *vp = v.data_ptr<float>(), *np = num.data_ptr<float>(), *dp = den.data_ptr<float>(),
+              *mp = mx.data_ptr<float>();
+  float *op = out.data_ptr<float>(), *n2 = num2.data_ptr<float>(), *d2 = den2.data_ptr<float>(),
+        *m2 = mx2.data_ptr<float>();
+  for (int64_t i = 0; i < BC; i += 16) {
+    const int64_t c = i % C;
+    const __m512 kk = _mm512_loadu_ps(kp + i), vv = _mm512_loadu_ps(vp + i), nn = _mm512_loadu_ps(np + i),
+                 dd = _mm512_loadu_ps(dp + i), mm = _mm512_loadu_ps(mp + i);
+    // output: the stored sums plus the current token with its bonus u
+    const __m512 bonus = _mm512_add_ps(_mm512_loadu_ps(up + c), kk);
+    __m512 m = _mm512_max_ps(mm, bonus);
+    __m512 es = exp512(_mm512_sub_ps(mm, m)), ec = exp512(_mm512_sub_ps(bonus, m));
+    _mm512_storeu_ps(op + i, _mm512_div_ps(_mm512_fmadd_ps(es, nn, _mm512_mul_ps(ec, vv)), _mm512_fmadd_ps(es, dd, ec)));
+    // state: decay the stored sums by one step, add the current token (no bonus)
+    const __m512 decayed = _mm512_add_ps(mm, _mm512_loadu_ps(wp + c));
+    m = _mm512_max_ps(decayed, kk);
+    es = exp512(_mm512_sub_ps(decayed, m));
+    ec = exp512(_mm512_sub_ps(kk, m));
+    _mm512_storeu_ps(n2 + i, _mm512_fmadd_ps(es, nn, _mm512_mul_ps(ec, vv)));
+    _mm512_storeu_ps(d2 + i, _mm512_fmadd_ps(es, dd, ec));
+    _mm512_storeu_ps(m2 + i, m);
+  }
+  return {out, num2, den2, mx2};
+}
+
+void check_wkv(const at::Tensor& state, const at::Tensor& out, std::initializer_list<at::Tensor> vecs, int64_t B,
+               int64_t H, int64_t N, const char* op) {
+  TORCH_CHECK(state.scalar_type() == at::kFloat && state.is_contiguous() && state.dim() == 4 &&
+                  state.size(2) == N && state.size(3) == N,
+              op, ": state must be contiguous float32 (B, H, N, N)");
+  TORCH_CHECK(out.scalar_type() == at::kFloat && out.is_contiguous() && out.sizes() == state.sizes(), op,
+              ": out must be contiguous float32 shaped like state");
+  for (const auto& t : vecs)
+    TORCH_CHECK(t.scalar_type() == at::kFloat && t.is_contiguous() && t.numel() == B * H * N, op,
+                ": every vector must be contiguous float32 (B, H, N)");
+}
+
+// RWKV-7: S <- S diag(w) + (S a) b^T + v k^T, y = S r. State rows are value channels.
+at::Tensor wkv7_step(const at::Tensor& r, const at::Tensor& log_w, const at::Tensor& k, const at::Tensor& v,
+                     const at::Tensor& a, const at::Tensor& b, const at::Tensor& state, at::Tensor out) {
+  const int64_t B = state.size(0), H = state.size(1), N = state.size(2);
+  check_wkv(state, out, {r, log_w, k, v, a, b}, B, H, N, "wkv7_step");
+  TORCH_CHECK(N % 16 == 0, "wkv7_step: head size must be a multiple of 16");
+  at::Tensor y = at::empty({B, H, N}, r.options());
+  const float *rp = r.data_ptr<float>(), *lwp = log_w.data_ptr<float>(), *kp = k.data_ptr<float>(),
+              *vp = v.data_ptr<float>(), *ap = a.data_ptr<float>(), *bp = b.data_ptr<float>();
+  const float* sp = state.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  parallel_rows(B * H, 1, N * N, [&](int64_t lo, int64_t hi) {
+    std::vector<float> w(N);
+    for (int64_t bh = lo; bh < hi; bh++) {
+      const int64_t o = bh * N;
+      for (int64_t j = 0; j < N; j += 16) _mm512_storeu_ps(w.data() + j, exp512(_mm512_loadu_ps(lwp + o + j)));
+      for (int64_t i = 0; i < N; i++) {
+        const float* row = sp + (bh * N + i) * N;
+        float* dst = op + (bh * N + i) * N;
+        __m512 sa = _mm512_setzero_ps();
+        for (int64_t j = 0; j < N; j += 16) sa = _mm512_fmadd_ps(_mm512_loadu_ps(row + j), _mm512_loadu_ps(ap + o + j), sa);
+        const __m512 sav = _mm512_set1_ps(_mm512_reduce_add_ps(sa));
+        const __m512 vi = _mm512_set1_ps(vp[o + i]);
+        __m512 acc = _mm512_setzero_ps();
+        for (int64_t j = 0; j < N; j += 16) {
+          __m512 s = _mm512_mul_ps(_mm512_loadu_ps(row + j), _mm512_loadu_ps(w.data() + j));
+          s = _mm512_fmadd_ps(sav, _mm512_loadu_ps(bp + o + j), s);
+          s = _mm512_fmadd_ps(vi, _mm512_loadu_ps(kp + o + j), s);
+          _mm512_storeu_ps(dst + j, s);
+          acc = _mm512_fmadd_ps(s, _mm512_loadu_ps(rp + o + j), acc);
+        }
+        yp[o + i] = _mm512_reduce_add_ps(acc);
+      }
+    }
+  });
+  return y;
+}
+
+// RWKV-5/6: y = r^T (S + diag(u) k v^T), S <- diag(w) S + k v^T. State rows are key channels.
+at::Tensor wkv5_step(const at::Tensor& r, const at::Tensor& log_w, const at::Tensor& k, const at::Tensor& v,
+                     const at::Tensor& u, const at::Tensor& state, at::Tensor out) {
+  const int64_t B = state.size(0), H = state.size(1), N = state.size(2);
+  check_wkv(state, out, {r, k, v}, B, H, N, "wkv5_step");
+  TORCH_CHECK(N % 16 == 0, "wkv5_step: head size must be a multiple of 16");
+  TORCH_CHECK(u.scalar_type() == at::kFloat && u.is_contiguous() && u.numel() == H * N, "wkv5_step: u must be (H, N) float32");
+  // RWKV-5's decay is the same for every sequence, (H, N); RWKV-6's is per token, (B, H, N).
+  TORCH_CHECK(log_w.scalar_type() == at::kFloat && log_w.is_contiguous() &&
+                  (log_w.numel() == H * N || log_w.numel() == B * H * N),
+              "wkv5_step: log_w must be (H, N) or (B, H, N) float32");
+  const int64_t w_batch_stride = log_w.numel() == H * N ? 0 : H * N;
+  at::Tensor y = at::empty({B, H, N}, r.options());
+  const float *rp = r.data_ptr<float>(), *lwp = log_w.data_ptr<float>(), *kp = k.data_ptr<float>(),
+              *vp = v.data_ptr<float>(), *up = u.data_ptr<float>();
+  const float* sp = state.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  parallel_rows(B * H, 1, N * N, [&](int64_t lo, int64_t hi) {
+    std::vector<float> acc(N), decay(N);
+    for (int64_t bh = lo; bh < hi; bh++) {
+      const int64_t o = bh * N, h = bh % H, wo = (bh / H) * w_batch_stride + h * N;
+      std::fill(acc.begin(), acc.end(), 0.0f);
+      for (int64_t j = 0; j < N; j += 16) _mm512_storeu_ps(decay.data() + j, exp512(_mm512_loadu_ps(lwp + wo + j)));
+      for (int64_t i = 0; i < N; i++) {
+        const float* row = sp + (bh * N + i) * N;
+        float* dst = op + (bh * N + i) * N;
+        const float ki = kp[o + i], ri = rp[o + i];
+        const __m512 rv = _mm512_set1_ps(ri), kv = _mm512_set1_ps(ki);
+        const __m512 ruk = _mm512_set1_ps(ri * up[h * N + i] * ki);
+        const __m512 wi = _mm512_set1_ps(decay[i]);
+        for (int64_t j = 0; j < N; j += 16) {
+          const __m512 s = _mm512_loadu_ps(row + j);
+          const __m512 vj = _mm512_loadu_ps(vp + o + j);
+          __m512 a = _mm512_loadu_ps(acc.data() + j);
+          a = _mm512_fmadd_ps(rv, s, a);
+          a = _mm512_fmadd_ps(ruk, vj, a);
+          _mm512_storeu_ps(acc.data() + j, a);
+          _mm512_storeu_ps(dst + j, _mm512_fmadd_ps(wi, s, _mm512_mul_ps(kv, vj)));
+        }
+      }
+      std::copy(acc.begin(), acc.end(), yp + o);
+    }
+  });
+  return y;
+}
+
+}  // namespace
+
+TORCH_LIBRARY(rwkvkit, m) {
+  m.def("linear_f32(Tensor x, Tensor w) -> Tensor");
+  m.def("linear_bf16(Tensor x, Tensor w) -> Tensor");
+  m.def("linear_f16(Tensor x, Tensor w) -> Tensor");
+  m.def("linear_q8(Tensor x, Tensor packed, Tensor scale, int n_out) -> Tensor");
+  m.def("linear_q4(Tensor x, Tensor packed, Tensor scale_min, int n_out) -> Tensor");
+  m.def("wkv7_step(Tensor r, Tensor log_w, Tensor k, Tensor v, Tensor a, Tensor b, Tensor state, Tensor(a!) out) -> Tensor");
+  m.def("wkv4_step(Tensor w, Tensor u, Tensor k, Tensor v, Tensor num, Tensor den, Tensor max) -> Tensor[]");
+  m.def("wkv5_step(Tensor r, Tensor log_w, Tensor k, Tensor v, Tensor u, Tensor state, Tensor(a!) out) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(rwkvkit, CPU, m) {
+  m.impl("linear_f32", &linear_f32);
+  m.impl("linear_bf16", &linear_bf16);
+  m.impl("linear_f16", &linear_f16);
+  m.impl("linear_q8", &linear_q8);
+  m.impl("linear_q4", &linear_q4);
+  m.impl("wkv7_step", &wkv7_step);
+  m.impl("wkv4_step", &wkv4_step);
+  m.impl("wkv5_step", &wkv5_step);
+}
