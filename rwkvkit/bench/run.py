@@ -8,6 +8,7 @@ from typing import Any
 
 from ..checkpoint import read_checkpoint
 from ..device import set_cpu_threads
+from ..errors import RwkvkitError
 from .contenders import build_contenders
 from .machine import machine_info
 from .table import check_reference
@@ -31,6 +32,8 @@ def run_bench(
     name one of them, checked before any timing. ``llama_cpp``: where llama.cpp's converter is."""
     set_cpu_threads(threads)
     contenders, notes = build_contenders(path, names, workdir, threads, llama_cpp)
+    if not contenders:  # every one named is missing here: nothing to time
+        raise RwkvkitError(f"no contender can run on this machine: {'; '.join(notes)}")
     try:
         check_reference(reference, [c.name for c in contenders])
         vocab = read_checkpoint(path).state_dict["emb.weight"].shape[0]
