@@ -45,7 +45,7 @@ def serve_main(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str
         (["--max-prompt-tokens", "many"], "not an integer"),
         (["--shutdown-timeout", "soon"], "not a number"),
         (["--quantize", "int3"], "invalid choice"),
-        (["--threads", "0"], ">= 1"),
+        (["--threads", "0"], "at least 1"),
         (["--model", "/nonexistent/model.pth", "--port", "0"], "/nonexistent/model.pth"),
     ],
 )
