@@ -18,6 +18,10 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "load_model": "checkpoint",
     "CheckpointError": "errors",
+    "ConfigError": "errors",
+    "FileAccessError": "errors",
+    "InputError": "errors",
+    "NonFiniteError": "errors",
     "RwkvkitError": "errors",
     "StateError": "errors",
     "TokenizerError": "errors",
@@ -37,8 +41,12 @@ _EXPORTS = {
 
 __all__ = [
     "CheckpointError",
+    "ConfigError",
+    "FileAccessError",
     "Generation",
     "GenerationResult",
+    "InputError",
+    "NonFiniteError",
     "Prefix",
     "RwkvkitError",
     "SamplingParams",
@@ -59,7 +67,17 @@ __all__ = [
 if TYPE_CHECKING:
     from .checkpoint import load_model
     from .engine import Prefix
-    from .errors import CheckpointError, RwkvkitError, StateError, TokenizerError, UnsupportedVersionError
+    from .errors import (
+        CheckpointError,
+        ConfigError,
+        FileAccessError,
+        InputError,
+        NonFiniteError,
+        RwkvkitError,
+        StateError,
+        TokenizerError,
+        UnsupportedVersionError,
+    )
     from .generate import (
         Generation,
         GenerationResult,

@@ -20,15 +20,14 @@ import torch
 from torch import Tensor
 
 from .chat import ChatTemplate
-from .checkpoint import RawCheckpoint, build_model, read_checkpoint, tokenizer_name_for_source
+from .checkpoint import RawCheckpoint, build_model, model_config, read_checkpoint, tokenizer_name_for_source
 from .dtypes import DTYPES, dtype_from_name
-from .errors import RwkvkitError
-from .fileio import atomic_path, atomic_write
+from .errors import FileAccessError, RwkvkitError
+from .fileio import atomic_path, atomic_write, check_writable, os_problem
 from .formats import fla, hf, time_state
 from .formats.gguf import WRITE_DTYPES as GGUF_DTYPES
 from .formats.gguf import write_gguf
 from .formats.rwkvcpp import rwkvcpp_version, write_rwkvcpp
-from .models import model_classes
 from .tokenizer import GPT20B_JSON_PATH, Tokenizer, WorldTokenizerRef, load_tokenizer
 
 TARGETS = ("pth", "safetensors", "hf", "rwkvcpp", "gguf", "onnx")
@@ -119,7 +118,10 @@ def save_hf(
         raise RwkvkitError(f"there is no Hugging Face form of RWKV-{version} models; convert to safetensors")
     if version != "4":
         _check_ln_x_eps_fits(config)
-    dst.mkdir(parents=True, exist_ok=True)
+    try:
+        dst.mkdir(exist_ok=True)
+    except OSError as e:
+        raise FileAccessError(dst, f"cannot create the folder: {os_problem(e)}") from None
     cfg["torch_dtype"] = str(DTYPES[dtype_name]).removeprefix("torch.")  # "float32", "bfloat16", ...
     atomic_write(
         dst / "model.safetensors",
@@ -197,26 +199,53 @@ def _save_gguf(raw: RawCheckpoint, dst: Path, dtype: str) -> None:
                chat_template=ChatTemplate().jinja(), name=dst.stem)  # fmt: skip
 
 
-def convert(src: str | Path, dst: str | Path, to: str, dtype: str = "fp32") -> Path:
-    """Read ``src`` in any supported form and write it to ``dst`` as ``to``."""
+def check_destination(dst: Path, to: str, force: bool) -> None:
+    """Refuse, before reading anything, a destination that cannot be written or would be replaced
+    without ``force``: a file for the file formats, a folder (new, empty or ``force``) for hf."""
+    if to != "hf":
+        if dst.is_dir():
+            raise FileAccessError(dst, f"is a folder; --to {to} writes one file: name the file")
+        if dst.exists() and not force:
+            raise FileAccessError(dst, "already exists; pass --force to replace it")
+        check_writable(dst)
+        return
+    if dst.exists() and not dst.is_dir():
+        raise FileAccessError(dst, "is a file; --to hf writes a folder: name a new or existing folder")
+    if (
+        dst.is_dir()
+        and any((dst / name).exists() for name in ("config.json", "model.safetensors"))
+        and not force
+    ):
+        raise FileAccessError(dst, "already holds a model; pass --force to replace it")
+    check_writable(dst / "config.json" if dst.is_dir() else dst)
+
+
+def convert(
+    src: str | Path, dst: str | Path, to: str, dtype: str | None = None, *, force: bool = False
+) -> Path:
+    """Read ``src`` in any supported form and write it to ``dst`` as ``to``.
+
+    ``dtype``: one of OUTPUT_DTYPES; None keeps the source's (fp32 where the target cannot hold it:
+    a bf16 source to rwkv.cpp, anything to ONNX). An existing ``dst`` is replaced only with ``force``.
+    """
     if to not in TARGETS:
         raise RwkvkitError(f"unknown target format {to!r}; choose one of {', '.join(TARGETS)}")
-    if dtype not in OUTPUT_DTYPES:
+    if dtype is not None and dtype not in OUTPUT_DTYPES:
         raise RwkvkitError(f"unknown dtype {dtype!r}; choose one of {', '.join(OUTPUT_DTYPES)}")
-    if dtype not in DTYPES and to != "gguf":
+    if dtype is not None and dtype not in DTYPES and to != "gguf":
         raise RwkvkitError(f"{dtype} is a GGUF file type; --to {to} takes {', '.join(DTYPES)}")
-    if to == "onnx" and dtype != "fp32":
+    if to == "onnx" and dtype not in (None, "fp32"):
         raise RwkvkitError("ONNX export writes fp32 weights; pass --dtype fp32")
     dst = Path(dst)
-    if to == "hf" and dst.exists() and not dst.is_dir():
-        raise RwkvkitError(f"{dst} is a file; --to hf writes a folder: name a new or existing folder")
-    if to != "hf" and dst.is_dir():
-        raise RwkvkitError(f"{dst} is a folder; --to {to} writes one file: name the file")
+    check_destination(dst, to, force)
     raw = read_checkpoint(src)
+    if dtype is None:
+        cannot_hold = to == "onnx" or (to == "rwkvcpp" and raw.dtype == "bf16")
+        dtype = "fp32" if cannot_hold else raw.dtype
     try:
         _write(raw, dst, to, dtype)
     except OSError as e:  # the destination, not the source: read_checkpoint reports its own
-        raise RwkvkitError(f"cannot write {dst}: {e.strerror or e}") from None
+        raise FileAccessError(dst, f"cannot write it: {os_problem(e)}") from None
     return dst
 
 
@@ -231,8 +260,7 @@ def _write(raw: RawCheckpoint, dst: Path, to: str, dtype: str) -> None:
         export_onnx(build_model(raw), dst)
         return
     torch_dtype = dtype_from_name(dtype)
-    config_cls, _ = model_classes(raw.version, raw.path)
-    config = config_cls.from_state_dict(raw.state_dict, **raw.config_overrides)
+    config = model_config(raw)
     if to == "rwkvcpp":
         if dtype == "bf16":
             raise RwkvkitError("rwkv.cpp files hold fp32 or fp16 weights; pass --dtype fp32 or fp16")

@@ -34,3 +34,25 @@ class TokenizerError(RwkvkitError):
 
 class EvalDataError(RwkvkitError):
     """An evaluation file or request cannot be used as given."""
+
+
+class FileAccessError(RwkvkitError):
+    """A file or folder cannot be read or written: missing, a directory, not permitted, disk full."""
+
+    def __init__(self, path: str | Path, problem: str) -> None:
+        self.path = Path(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+class ConfigError(RwkvkitError, ValueError):
+    """A configuration value (a flag, a config.json or metadata field) has the wrong type or range."""
+
+
+class InputError(RwkvkitError, ValueError):
+    """Something handed to a model or a generation call that it cannot take, e.g. token ids
+    outside the vocabulary."""
+
+
+class NonFiniteError(RwkvkitError):
+    """NaN or infinity where numbers must be finite: logits, a loss, a gradient, a saved state."""

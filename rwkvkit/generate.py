@@ -27,10 +27,11 @@ import torch
 from torch import Tensor, nn
 
 from .engine import DEFAULT_PREFILL_CHUNK, Engine, Prefix, Request, RowResult, prefill
-from .errors import RwkvkitError
+from .errors import InputError, RwkvkitError
+from .fileio import check_utf8
 from .sampling import SamplingParams, make_generator
 from .state import RecurrentState
-from .tokenizer import IncrementalDecoder
+from .tokenizer import IncrementalDecoder, check_vocab_fits
 
 SAMPLING_FIELDS = {f.name for f in dataclasses.fields(SamplingParams)}
 
@@ -192,7 +193,10 @@ def _stream(
 
 
 def _encode(tokenizer: Any, prompt: str | Sequence[int]) -> list[int]:
-    return tokenizer.encode(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
+    """Ids of a text prompt (refusing lone surrogates, which no tokenizer can encode) or the ids given."""
+    if isinstance(prompt, str):
+        return tokenizer.encode(check_utf8(prompt, "the prompt", InputError))
+    return [int(t) for t in prompt]
 
 
 def _prefill_chunk(prefill_chunk: int | None, chunk_len: int | None) -> int:
@@ -230,6 +234,8 @@ def _start(
     params = SamplingParams(**sampling)
     if not prompts:
         raise RwkvkitError("no prompts to generate from")
+    if any(isinstance(p, str) for p in prompts):  # text: the tokenizer's ids must all be the model's
+        check_vocab_fits(tokenizer, model)
     if stop_token_ids is None:
         eos = getattr(tokenizer, "eos_id", None)
         stop_token_ids = [] if eos is None else [eos]

@@ -14,6 +14,8 @@ The order, per step and per batch row (logits are (B, V) float32):
 4. :func:`sample` draws from the probabilities with an explicit ``torch.Generator``, or
    :func:`greedy` takes the arg-max when the temperature is 0.
 
+Logits with a NaN or +inf (or a row of -inf only) are refused first (:func:`check_logits`).
+
 Nothing here reads global random state: the same generator seed and the same logits give the
 same tokens.
 """
@@ -23,13 +25,14 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import operator
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from .errors import RwkvkitError
+from .errors import InputError, NonFiniteError, RwkvkitError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -266,13 +269,27 @@ def _penalize_rows(penalties: Sequence[Penalties | None], logits: Tensor) -> Ten
     return torch.cat(rows)
 
 
+def check_logits(logits: Tensor) -> Tensor:
+    """Refuse logits (B, V) with a NaN or +inf, or a row of nothing but -inf: sampling from them
+    would pick an arbitrary token (token 0, as often as not) and carry on as if nothing happened."""
+    top = logits.amax(dim=-1)  # NaN anywhere in a row makes its max NaN
+    if not bool(torch.isfinite(top).all()):
+        row = int((~torch.isfinite(top)).nonzero()[0, 0])
+        what = "NaN" if bool(torch.isnan(logits[row]).any()) else "infinite"
+        raise NonFiniteError(
+            f"the model's logits are {what} (batch row {row}), so no token can be sampled: the weights, the "
+            "state or the input are broken (e.g. a state from a diverged run, or a 16-bit overflow: try --dtype fp32)"
+        )
+    return logits
+
+
 def _pick(
     logits: Tensor,
     params: SamplingParams,
     penalize: Callable[[Tensor], Tensor] | None,
     generator: torch.Generator | Sequence[torch.Generator] | None,
 ) -> Tensor:
-    logits = apply_logit_bias(logits, params.logit_bias, params.banned_tokens)
+    logits = apply_logit_bias(check_logits(logits), params.logit_bias, params.banned_tokens)
     if penalize is not None:
         logits = penalize(logits)
     if params.greedy:
@@ -287,5 +304,11 @@ def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torc
     if seed is None:
         g.seed()
     else:
-        g.manual_seed(int(seed))
+        try:
+            value = operator.index(seed)  # ints, numpy ints, 0-d integer tensors
+        except TypeError:
+            value = -1
+        if isinstance(seed, bool) or not 0 <= value < 2**64:
+            raise InputError(f"seed must be an integer in [0, 2**64), got {seed!r}")
+        g.manual_seed(value)
     return g

@@ -33,7 +33,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from .errors import StateError
-from .fileio import atomic_write
+from .fileio import atomic_write, check_regular_file, os_problem, parse_json
 from .formats import time_state
 from .formats.run import STATE_FILE, is_run_folder
 from .state import RecurrentState
@@ -138,18 +138,18 @@ def load_state(path: str | Path, model: nn.Module) -> SavedState:
 
     The tensors are moved to the model's device; the state stays float32 whatever the weights' dtype.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise StateError(f"{path}: no such state file")
+    path = check_regular_file(path, StateError, "state file")
     with open(path, "rb") as f:
-        head = f.read(4)
-    if head == b"PK\x03\x04" or head[:1] == b"\x80":  # a torch.save file: an official state
+        head = f.read(9)
+    if time_state.is_torch_file(head):  # a torch.save file: an official state
         return _load_official(path, model)
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is no dict)
-    except (SafetensorError, OSError, ValueError) as e:
+    except OSError as e:
+        raise StateError(f"{path}: {os_problem(e)}") from None
+    except (SafetensorError, ValueError) as e:
         raise StateError(
             f"{path}: not a readable safetensors state file; it is truncated or corrupt ({e})"
         ) from None
@@ -165,16 +165,25 @@ def load_state(path: str | Path, model: nn.Module) -> SavedState:
             f"{path}: state file format version {meta.get('format_version')!r}; this rwkvkit reads "
             f"version {FORMAT_VERSION} (upgrade rwkvkit or re-create the state)"
         )
+    damaged = f"{path}: the state file's metadata is incomplete or damaged"
     try:
+        samples = parse_json(meta["model_samples"], "model_samples", StateError)
+        config = parse_json(meta["model_config"], "model_config", StateError)
+        if not isinstance(samples, list) or not isinstance(config, dict):
+            raise ValueError("model_samples must be a list and model_config an object")
         saved = ModelIdentity(
             version=meta["rwkv_version"],
             shapes_sha256=meta["model_shapes_sha256"],
-            samples=[float(x) for x in json.loads(meta["model_samples"])],
-            config=json.loads(meta["model_config"]),
+            samples=[float(x) for x in samples],
+            config=config,
         )
         tokens_consumed = int(meta["tokens_consumed"])
+    except StateError as e:
+        raise StateError(f"{damaged} ({e})") from None
     except (KeyError, ValueError, TypeError) as e:
-        raise StateError(f"{path}: the state file's metadata is incomplete or damaged ({e})") from None
+        raise StateError(f"{damaged} ({e})") from None
+    if tokens_consumed < 0:
+        raise StateError(f"{damaged} (tokens_consumed is {tokens_consumed}, below 0)")
     why = saved.mismatch(ModelIdentity.of(model))
     if why is not None:
         raise StateError(
@@ -184,7 +193,22 @@ def load_state(path: str | Path, model: nn.Module) -> SavedState:
     if meta.get("state_class") != cls.__name__:
         raise StateError(f"{path}: holds a {meta.get('state_class')}, this model uses {cls.__name__}")
     device = next(model.parameters()).device
-    fields = {k.removeprefix("state."): v.to(device) for k, v in tensors.items() if k.startswith("state.")}
+    for name, t in tensors.items():
+        if not t.is_floating_point():
+            raise StateError(f"{path}: {name} holds {t.dtype}, not floating-point numbers")
+        if not bool(torch.isfinite(t).all()):
+            bad = "NaN" if bool(torch.isnan(t).any()) else "infinite"
+            raise StateError(
+                f"{path}: {name} holds {bad} values; the state is broken and cannot be continued"
+            )
+    fields = {k.removeprefix("state."): v for k, v in tensors.items() if k.startswith("state.")}
+    # The batch size comes from the file: checked before a state of that batch is made to compare.
+    if (
+        any(t.dim() < 2 or t.numel() == 0 for t in fields.values())
+        or len({t.shape[1] for t in fields.values()}) > 1
+    ):
+        raise StateError(f"{path}: the state tensors are empty or disagree on the batch size (dimension 1)")
+    fields = {k: v.to(device) for k, v in fields.items()}
     state = cls.from_tensors(fields)
     expected = model.initial_state(state.batch_size).tensors()  # type: ignore[operator]
     for name, t in state.tensors().items():

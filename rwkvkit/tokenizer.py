@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from .errors import TokenizerError
+from .fileio import os_problem
 
 VOCAB_DIR = Path(__file__).parent / "data" / "vocab"
 WORLD_VOCAB_PATH = VOCAB_DIR / "rwkv_vocab_v20230424.txt"
@@ -51,6 +52,33 @@ class Tokenizer(Protocol):
     def decode(self, ids: Iterable[int]) -> str: ...
 
     def decode_bytes(self, ids: Iterable[int]) -> bytes: ...
+
+
+# A vocabulary's ids may skip a few numbers, but its largest id sizes the decoding table: a file
+# whose ids go far beyond its number of tokens is refused before that table is made.
+MAX_ID_SLACK = 4096
+
+
+def check_id_range(largest: int, count: int, where: str) -> None:
+    """Refuse a vocabulary of ``count`` tokens whose largest id is absurdly large (a 1e12 id
+    would otherwise allocate a terabyte-sized table)."""
+    if largest >= 2 * count + MAX_ID_SLACK:
+        raise TokenizerError(
+            f"{where}: the largest token id is {largest}, but the vocabulary has only {count} tokens; "
+            "its ids must run from 0 (or 1) to about the number of tokens"
+        )
+
+
+def check_vocab_fits(tokenizer: Tokenizer, model: Any) -> None:
+    """Refuse a tokenizer that can produce ids a model has no embedding for (``model``: a model
+    with ``config.vocab_size``, or the vocabulary size itself)."""
+    vocab = model if isinstance(model, int) else getattr(getattr(model, "config", None), "vocab_size", None)
+    size = getattr(tokenizer, "vocab_size", None)
+    if vocab is not None and size is not None and size > vocab:
+        raise TokenizerError(
+            f"the {getattr(tokenizer, 'name', '')} tokenizer has {size} tokens but the model only {vocab}; "
+            "pass the model's own tokenizer with --tokenizer"
+        )
 
 
 def _as_id_list(ids: Any) -> list[int]:
@@ -108,8 +136,12 @@ def _parse_world_vocab(path: Path) -> tuple[dict[int, bytes], bool]:
     try:
         # Universal newlines, then "\n" only, as the rwkv package reads the file.
         lines = path.read_text(encoding="utf-8").split("\n")
-    except (OSError, UnicodeDecodeError) as e:
-        raise TokenizerError(f"cannot read World vocabulary {path}: {e}; {_NAME_HINT}") from e
+    except OSError as e:
+        raise TokenizerError(f"cannot read World vocabulary {path}: {os_problem(e)}") from None
+    except UnicodeDecodeError as e:
+        raise TokenizerError(
+            f"World vocabulary {path} is not valid UTF-8 (byte offset {e.start}); {_NAME_HINT}"
+        ) from None
     vocab: dict[int, bytes] = {}
     seen: dict[bytes, int] = {}
     rust_readable = True
@@ -138,6 +170,8 @@ def _parse_world_vocab(path: Path) -> tuple[dict[int, bytes], bool]:
             raise TokenizerError(f"{path}:{lineno}: duplicate id {idx} or token {token!r}")
         vocab[idx] = token
         seen[token] = idx
+    if vocab:
+        check_id_range(max(vocab), len(vocab), str(path))
     _check_single_bytes(seen, path)
     return vocab, rust_readable
 
@@ -373,8 +407,11 @@ class HFTokenizer(_TableDecoder):
         except Exception as e:  # the library raises plain Exception on bad files
             raise TokenizerError(
                 f"cannot load {self.path} as a Hugging Face tokenizers JSON file: {e}"
-            ) from e
-        self.vocab_size = self._hf.get_vocab_size(with_added_tokens=True)
+            ) from None
+        ids = self._hf.get_vocab(with_added_tokens=True).values()
+        check_id_range(max(ids, default=0), len(ids), str(self.path))
+        # Ids may skip numbers: the size is the largest id + 1, what a model's embedding needs.
+        self.vocab_size = max(self._hf.get_vocab_size(with_added_tokens=True), max(ids, default=-1) + 1)
         if eos_id is None:
             found = (self._hf.token_to_id(t) for t in ("<|endoftext|>", "</s>", "<|end_of_text|>", "<eos>"))
             eos_id = next((i for i in found if i is not None), None)
@@ -487,15 +524,23 @@ def load_tokenizer(name_or_path: str | os.PathLike[str]) -> Tokenizer:
     if key.lower() in BUILTIN_TOKENIZERS:
         return _builtin(key.lower())
     path = Path(key).expanduser()
-    if path.is_file() and _starts_with(path, b"GGUF"):  # a GGUF file, whatever its name
+    try:
+        is_gguf = path.is_file() and _starts_with(path, b"GGUF")
+    except OSError as e:
+        raise TokenizerError(f"tokenizer file {path}: {os_problem(e)}") from None
+    if is_gguf:  # a GGUF file, whatever its name
         from .formats.gguf import gguf_vocabulary
 
         vocab = gguf_vocabulary(path)
         return WorldTokenizer.from_vocab(vocab, name=str(path), vocab_size=max(vocab) + 1)
     if path.suffix.lower() not in (".txt", ".json"):
         raise TokenizerError(f"unknown tokenizer {key!r}: {_NAME_HINT}")
-    if not path.is_file():
-        raise TokenizerError(f"tokenizer file {path} does not exist: {_NAME_HINT}")
+    try:
+        if not path.is_file():
+            problem = "is not a regular file" if path.exists() else "does not exist"
+            raise TokenizerError(f"tokenizer file {path} {problem}: {_NAME_HINT}")
+    except OSError as e:
+        raise TokenizerError(f"tokenizer file {path}: {os_problem(e)}") from None
     if path.suffix.lower() == ".txt":
         return WorldTokenizer(path)
     if path.resolve() == GPT20B_JSON_PATH.resolve():

@@ -37,3 +37,8 @@ def rwkvkit_cli(*args: str, stdin: str | None = None, check: bool = True) -> sub
 def save_tiny_model(path: Path, seed: int = 23) -> Path:
     torch.save(random_rwkv4_state_dict(CONFIG, seed=seed), path)
     return path
+
+
+def printed(text: str) -> str:
+    """What ``rwkvkit generate`` prints for a generated ``text``: it ends with a newline."""
+    return text + "\n" if text and not text.endswith("\n") else text

@@ -228,3 +228,48 @@ def test_tokenizer_for_model_checks_the_vocabulary(tmp_path: Path) -> None:
     assert tokenizer_for_model(model, "byte").name == "byte"
     with pytest.raises(TokenizerError, match="the world tokenizer has 65536 tokens but the model only 256"):
         tokenizer_for_model(model, "world")
+
+
+def test_hf_folder_weight_files_must_be_unambiguous(tmp_path: Path, small_pth: Path) -> None:
+    from safetensors.torch import load_file
+
+    hf = convert(small_pth, tmp_path / "hf", "hf")
+    want = rwkvkit.load_model(hf)([1, 2, 3])[0]
+    save_file({"x": torch.ones(1)}, str(hf / "stray.safetensors"))
+    with pytest.raises(
+        CheckpointError, match=r"several weight files .*'model\.safetensors', 'stray\.safetensors'"
+    ):
+        rwkvkit.load_model(hf)
+    (hf / "stray.safetensors").unlink()
+    # sharded, with the index transformers writes: loads the same model
+    sd = load_file(hf / "model.safetensors")
+    names = sorted(sd)
+    half = len(names) // 2
+    shards = {
+        "model-00001-of-00002.safetensors": names[:half],
+        "model-00002-of-00002.safetensors": names[half:],
+    }
+    for file, keys in shards.items():
+        save_file({k: sd[k] for k in keys}, str(hf / file))
+    (hf / "model.safetensors").unlink()
+    index = {"weight_map": {k: f for f, keys in shards.items() for k in keys}}
+    (hf / "model.safetensors.index.json").write_text(json.dumps(index))
+    assert torch.equal(rwkvkit.load_model(hf)([1, 2, 3])[0], want)
+    (hf / "model.safetensors.index.json").unlink()  # numbered shards that are all there: fine too
+    assert torch.equal(rwkvkit.load_model(hf)([1, 2, 3])[0], want)
+    (hf / "model-00002-of-00002.safetensors").rename(hf / "model-00002-of-00003.safetensors")
+    with pytest.raises(CheckpointError, match="several weight files"):
+        rwkvkit.load_model(hf)
+
+
+def test_safetensors_that_look_like_a_pickle_are_still_safetensors(tmp_path: Path) -> None:
+    """A header of 640 + k bytes begins with b"\\x80\\x02", a pickle's first two bytes."""
+    from rwkvkit.checkpoint import sniff_format
+
+    for pad in range(40):
+        path = tmp_path / "m.safetensors"
+        save_file({"a" * pad: torch.ones(1)}, str(path), metadata={"x": "y" * 560})
+        if path.read_bytes()[:2] == b"\x80\x02":
+            assert sniff_format(path) == "safetensors"
+            return
+    pytest.fail("no header length came out as 0x02xx")

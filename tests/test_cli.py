@@ -156,3 +156,20 @@ def test_library_error_is_one_line_exit_2(tmp_path: Path) -> None:
         "rwkvkit generate: error: the world tokenizer has 65536 tokens but the model only 256; "
         "pass the model's own tokenizer with --tokenizer\n"
     )
+
+
+def test_a_reader_that_stops_early_ends_the_command_quietly(tmp_path: Path) -> None:
+    """``rwkvkit generate ... | head -c 10``: the closed pipe ends the command as SIGPIPE would (141),
+    with nothing on stderr, not as an "internal error". (The reader here is gone before the first
+    token: whenever head leaves, the next write fails the same way.)"""
+    import os
+
+    model = save_tiny_model(tmp_path / "m.pth")
+    read, write = os.pipe()
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "rwkvkit", "generate", "--model", str(model), "--prompt", "x", "--seed", "0"]
+    proc = subprocess.Popen(cmd, stdout=write, stderr=subprocess.PIPE, env=env)
+    os.close(write)
+    os.close(read)
+    _, err = proc.communicate(timeout=300)
+    assert (proc.returncode, err) == (141, b"")

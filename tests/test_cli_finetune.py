@@ -44,6 +44,7 @@ def test_state_run_is_what_generate_chat_and_eval_run(state_run: Path, tmp_path:
         "loss.png",
         "metrics.jsonl",
         "rwkvkit-run.json",
+        "rwkvkit-run.lock",
         "samples.txt",
         "state.safetensors",
     ]  # fmt: skip  (the bundled model is an RWKV-4: no official state.pth)
@@ -54,7 +55,7 @@ def test_state_run_is_what_generate_chat_and_eval_run(state_run: Path, tmp_path:
                                  max_tokens=16, temperature=0).text  # fmt: skip
     got = rwkvkit_cli("generate", "--model", str(state_run), "--prompt", "Who", "--temperature", "0",
                       "--max-tokens", "16").stdout  # fmt: skip
-    assert got == want and got != base
+    assert got == want + "\n" and got != base + "\n"  # generate ends its output with a newline
     with torch.no_grad():
         reply = Chat(model, tok, temperature=0, max_tokens=20).reply("Hello")
     chat = rwkvkit_cli(
@@ -78,7 +79,9 @@ def test_bad_flags_and_files_are_one_line_errors(chat_data: Path, state_run: Pat
     run = ["finetune", "--data", str(chat_data), "--out", str(tmp_path / "o"), *FAST]
     assert "the following arguments are required: --method" in one_line_error(*run)
     assert "invalid choice: 'qlora'" in one_line_error(*run, "--method", "qlora")
-    assert "--lora-rank must be at least 1" in one_line_error(*run, "--method", "lora", "--lora-rank", "0")
+    assert "--lora-rank must be an integer >= 1" in one_line_error(
+        *run, "--method", "lora", "--lora-rank", "0"
+    )
     err = one_line_error(*run, "--method", "lora", "--lora-targets", "attention")
     assert "--lora-targets: attention names no linear layer of this model" in err
     assert "no such file or folder" in one_line_error(

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from cli_run import rwkvkit_cli, save_tiny_model
+from cli_run import printed, rwkvkit_cli, save_tiny_model
 
 import rwkvkit
 from rwkvkit.defaults import default_model_path
@@ -19,13 +19,13 @@ def test_generate_streams_only_the_continuation(model_path: Path, loaded) -> Non
         "generate", "--model", str(model_path), "--prompt", "To be, or", "--temperature", "0", "--max-tokens", "24",
         "--stats",
     )  # fmt: skip
-    assert proc.stdout == expected.text
+    assert proc.stdout == printed(expected.text)
     assert "tok/s" in proc.stderr and "prompt: 9 tokens" in proc.stderr
     from_stdin = rwkvkit_cli(
         "generate", "--model", str(model_path), "--prompt", "-", "--temperature", "0", "--max-tokens", "24",
         stdin="To be, or",
     )  # fmt: skip
-    assert from_stdin.stdout == expected.text and from_stdin.stderr == ""
+    assert from_stdin.stdout == printed(expected.text) and from_stdin.stderr == ""
 
 
 def test_generate_sampling_flags_and_seed(model_path: Path, loaded) -> None:
@@ -37,7 +37,7 @@ def test_generate_sampling_flags_and_seed(model_path: Path, loaded) -> None:
         model, tok, "Hi", temperature=0.8, top_p=0.9, top_k=50, min_p=0.01, presence_penalty=0.5,
         frequency_penalty=0.5, seed=4, max_tokens=30,
     )  # fmt: skip
-    assert a == expected.text
+    assert a == printed(expected.text)
 
 
 def test_generate_stop_string(model_path: Path, loaded) -> None:
@@ -48,7 +48,7 @@ def test_generate_stop_string(model_path: Path, loaded) -> None:
         "generate", "--model", str(model_path), "--prompt", "abc", "--temperature", "0", "--stop", stop,
         "--max-tokens", "40",
     )  # fmt: skip
-    assert proc.stdout == full[: full.index(stop)]
+    assert proc.stdout == printed(full[: full.index(stop)])
 
 
 def test_generate_save_and_continue_state(model_path: Path, loaded, tmp_path: Path) -> None:
@@ -74,7 +74,7 @@ def test_generate_save_and_continue_state(model_path: Path, loaded, tmp_path: Pa
     py_rest = rwkvkit.generate_text(model, tok, "", state=py_first.prefix(), temperature=0, max_tokens=12)
     assert len(whole.token_ids) == 20  # no end-of-text token cut it short
     assert py_first.token_ids + py_rest.token_ids == whole.token_ids
-    assert (first.stdout, rest.stdout) == (py_first.text, py_rest.text)
+    assert (first.stdout, rest.stdout) == (printed(py_first.text), printed(py_rest.text))
     assert rwkvkit.load_state(state, model).tokens_consumed == 4 + 8
     other = save_tiny_model(tmp_path / "other.pth", seed=24)
     refused = rwkvkit_cli(

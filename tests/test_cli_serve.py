@@ -56,7 +56,8 @@ def test_bad_flags_fail_in_one_line(capsys: pytest.CaptureFixture[str], args: li
 def test_bad_chat_templates_fail_in_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     bad = tmp_path / "bad.json"
     for content, words in [
-        ("{", "cannot read it as JSON"),
+        ("{", "--chat-template"),
+        ("{", "not valid JSON"),
         ('{"user": ""}', "non-empty string"),
         ('{"usr": "Q"}', "fields among"),
     ]:

@@ -110,11 +110,38 @@ def test_hf_output_config(tmp_path: Path, small_pth: Path, small_config: RWKV4Co
     )
 
 
+def test_convert_keeps_the_source_dtype_and_refuses_to_overwrite(tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    from rwkvkit.errors import FileAccessError
+    from rwkvkit.testing import random_rwkv4_state_dict
+
+    src = tmp_path / "half.pth"
+    torch.save({k: v.half() for k, v in random_rwkv4_state_dict(RWKV4Config(64, 1, 16, 32)).items()}, src)
+    dst = convert(src, tmp_path / "out.safetensors", "safetensors")
+    assert {t.dtype for t in load_file(dst).values()} == {torch.float16}
+    with pytest.raises(FileAccessError, match="already exists; pass --force"):
+        convert(src, dst, "safetensors", "fp32")
+    convert(src, dst, "safetensors", "fp32", force=True)
+    assert {t.dtype for t in load_file(dst).values()} == {torch.float32}
+    hf = convert(src, tmp_path / "hf", "hf")
+    with pytest.raises(FileAccessError, match="already holds a model"):
+        convert(src, hf, "hf")
+    bf16 = tmp_path / "bf16.pth"
+    torch.save(
+        {k: v.bfloat16() for k, v in random_rwkv4_state_dict(RWKV4Config(64, 1, 16, 32)).items()}, bf16
+    )
+    from rwkvkit.formats.rwkvcpp import read_rwkvcpp
+
+    header, _ = read_rwkvcpp(convert(bf16, tmp_path / "m.bin", "rwkvcpp"))  # rwkv.cpp has no bf16: fp32
+    assert header.data_type_name == "FP32"
+
+
 @pytest.mark.parametrize(
     ("to", "dst", "match"),
     [("onnx", ".", "is a folder; --to onnx writes one file"), ("pth", ".", "is a folder"),
-     ("hf", "small.pth", "is a file; --to hf writes a folder"), ("hf", "small.pth/sub", "cannot write"),
-     ("safetensors", "/proc/no/such/place.safetensors", "cannot write")],
+     ("hf", "small.pth", "is a file; --to hf writes a folder"), ("hf", "small.pth/sub", "is not a directory"),
+     ("safetensors", "/proc/no/such/place.safetensors", "does not exist")],
 )  # fmt: skip
 def test_a_destination_that_cannot_be_written_is_named(
     small_pth: Path, to: str, dst: str, match: str

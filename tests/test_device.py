@@ -10,7 +10,7 @@ import torch
 from cli_run import rwkvkit_cli
 
 import rwkvkit
-from rwkvkit.device import resolve_device
+from rwkvkit.device import THREADS_PER_CPU, resolve_device, set_cpu_threads, usable_cpus
 from rwkvkit.errors import RwkvkitError
 
 NO_GPU = not torch.cuda.is_available()
@@ -85,3 +85,22 @@ def test_training_ranks_take_their_own_gpu(monkeypatch: pytest.MonkeyPatch) -> N
     assert device("cpu") == torch.device("cpu")
     with pytest.raises(RwkvkitError, match="cuda:2"):
         device("cuda:2")
+
+
+@pytest.mark.parametrize("threads", [0, -1, 10**9])
+def test_thread_counts_no_machine_can_use_are_refused(threads: int) -> None:
+    before = torch.get_num_threads()
+    with pytest.raises(RwkvkitError, match=f"--threads {threads}: this machine has"):
+        set_cpu_threads(threads)
+    assert torch.get_num_threads() == before
+
+
+def test_thread_counts_up_to_the_bound_are_set() -> None:
+    before = torch.get_num_threads()
+    try:
+        set_cpu_threads(THREADS_PER_CPU * usable_cpus())
+        assert torch.get_num_threads() == THREADS_PER_CPU * usable_cpus()
+        set_cpu_threads(1)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

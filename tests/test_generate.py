@@ -378,3 +378,14 @@ def test_generate_and_state_files(version: str, tmp_path: Path) -> None:
     assert token_ids == whole.token_ids
     with pytest.raises(StateError):
         load_state(path, MODELS[version](1))  # same shapes, other weights
+
+
+def test_a_prompt_that_is_not_utf8_text_is_refused_with_the_byte(byte_model, byte_tok) -> None:
+    """Lone surrogates (what invalid UTF-8 becomes in a Python str) reach no tokenizer: every text path
+    (generate, prefill_text, hence chat) goes through one check naming the byte and where it is."""
+    from rwkvkit.errors import InputError
+
+    with pytest.raises(InputError, match=r"the prompt is not valid UTF-8 text \(byte 0xff at character 2\)"):
+        generate_text(byte_model, byte_tok, "hi\udcff")
+    with pytest.raises(InputError, match="the prompt"):
+        prefill_text(byte_model, byte_tok, "\udce9")

@@ -210,7 +210,7 @@ def test_the_command_line_shows_a_progress_bar_and_one_line_errors(hub: HubServe
     for ref, message in [("hf://me/nope/x.pth", "no such repository"), ("hf://me", "not a Hugging Face Hub reference"),
                          ("hf://me/tiny/../x", "not a file path"), ("nobody/nothing", "is no local file or folder")]:  # fmt: skip
         proc = subprocess.run(
-            [sys.executable, "-m", "rwkvkit", "convert", ref, str(out), "--to", "pth"],
+            [sys.executable, "-m", "rwkvkit", "convert", ref, str(out), "--to", "pth", "--force"],
             env=env, cwd=REPO, capture_output=True, text=True, timeout=300,
         )  # fmt: skip
         lines = proc.stderr.strip().splitlines()

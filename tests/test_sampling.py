@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -230,3 +232,25 @@ def test_rows_with_their_own_params_sample_as_they_would_alone() -> None:
 def test_invalid_params_are_refused_with_the_name(bad: dict) -> None:
     with pytest.raises(RwkvkitError, match=next(iter(bad))):
         SamplingParams(**bad)
+
+
+def test_non_finite_logits_are_refused() -> None:
+    """NaN would otherwise become token 0 (or any token) without a word."""
+    from rwkvkit.errors import NonFiniteError
+
+    params = SamplingParams(temperature=0.8)
+    ok = torch.tensor([[0.0, 1.0, -math.inf]])  # -inf is a banned token, nothing wrong
+    assert next_token(ok, params, None, make_generator(0)).item() in (0, 1)
+    for bad in ([0.0, math.nan, 1.0], [0.0, math.inf, 1.0], [-math.inf, -math.inf, -math.inf]):
+        for p in (params, SamplingParams(temperature=0)):
+            with pytest.raises(NonFiniteError, match="batch row 1"):
+                next_token(torch.tensor([[0.0, 1.0, 2.0], bad]), p, None, make_generator(0))
+
+
+def test_seeds_out_of_range_are_refused() -> None:
+    from rwkvkit.errors import InputError
+
+    assert make_generator(2**64 - 1).initial_seed() == 2**64 - 1
+    for bad in (-1, 2**64, 1.5, "3", True):
+        with pytest.raises(InputError, match="seed must be an integer"):
+            make_generator(bad)  # type: ignore[arg-type]

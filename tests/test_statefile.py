@@ -74,3 +74,13 @@ def test_bad_files_are_refused_clearly(model, tmp_path: Path) -> None:
     garbage.write_bytes(b"hello, I am not a state")
     with pytest.raises(StateError, match="truncated or corrupt"):
         load_state(garbage, model)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_states_are_refused(tmp_path: Path, value: float) -> None:
+    model = random_rwkv4(RWKV4Config(vocab_size=64, n_layer=1, n_embd=16, ffn_dim=32))
+    _, state = model([1, 2])
+    state.wkv_num[0, 0, 3] = value
+    path = save_state(tmp_path / "s.state", state, model, tokens_consumed=2)
+    with pytest.raises(StateError, match="NaN" if value != value else "infinite"):
+        load_state(path, model)

@@ -145,7 +145,7 @@ def test_generate_cli_reads_an_official_state(tmp_path: Path) -> None:
     model = rwkvkit.load_model(base, state=tmp_path / "state.pth")
     tok = rwkvkit.load_tokenizer("byte")
     want = rwkvkit.generate_text(model, tok, "ab", max_tokens=12, temperature=0).text
-    assert with_state == want and with_state != rwkvkit_cli(*args).stdout
+    assert with_state == want + "\n" and with_state != rwkvkit_cli(*args).stdout
 
 
 def test_bad_official_states_are_refused(tmp_path: Path) -> None:

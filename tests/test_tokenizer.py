@@ -317,3 +317,20 @@ def test_incremental_decoder_equals_decode_on_random_bytes() -> None:
     decoder = IncrementalDecoder(tok)
     assert decoder.push([0xF0, 0x9F]) == "" and decoder.flush() == "\ufffd"
     assert decoder.push(np.array([0x41])) == "A"  # starts afresh after flush
+
+
+def test_vocabulary_ids_are_bounded_before_the_table_is_made(tmp_path: Path) -> None:
+    path = tmp_path / "v.txt"
+    lines = [f"{i + 1} {bytes([i])!r} 1" for i in range(256)] + ["1000000000000 'ab' 2"]
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(TokenizerError, match="largest token id is 1000000000000"):
+        load_tokenizer(path)
+
+
+def test_generate_refuses_a_tokenizer_larger_than_the_model() -> None:
+    import rwkvkit
+    from rwkvkit.defaults import DEFAULT_MODEL
+
+    model = rwkvkit.load_model(DEFAULT_MODEL)  # 256 ids
+    with pytest.raises(TokenizerError, match="65536 tokens but the model only 256"):
+        rwkvkit.generate_text(model, load_tokenizer("world"), "Hi", max_tokens=2)

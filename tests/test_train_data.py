@@ -14,7 +14,7 @@ from rwkvkit.train.data import DataError, TokenData, prepare, read_binidx, write
 def test_prepare_text_jsonl_and_manifest(data_dir: Path) -> None:
     d = TokenData.open(data_dir)
     m = d.manifest
-    assert m["tokenizer"] == "byte" and m["dtype"] == "uint16" and m["vocab_size"] == 256
+    assert m["tokenizer"] == "byte" and m["dtype"] == "uint8" and m["vocab_size"] == 256
     assert len(d.train) == m["train_tokens"] and len(d.val) == m["val_tokens"]
     assert abs(m["val_tokens"] / (m["train_tokens"] + m["val_tokens"]) - 0.2) < 0.01
     ids = np.concatenate([d.train, d.val])
@@ -44,3 +44,19 @@ def test_bad_inputs_name_the_problem(tmp_path: Path) -> None:
         read_binidx(tmp_path / "x.idx")
     with pytest.raises(DataError, match="rwkvkit prepare"):
         TokenData.open(tmp_path)
+
+
+def test_byte_tokens_are_uint8_and_old_uint16_folders_still_read(tmp_path: Path) -> None:
+    import json
+
+    (tmp_path / "a.txt").write_text(TEXT)
+    m = prepare([str(tmp_path / "a.txt")], tmp_path / "new", "byte", 0.1, progress=False)
+    assert m["dtype"] == "uint8" and (tmp_path / "new" / "train.bin").stat().st_size == m["train_tokens"]
+    old = tmp_path / "old"  # as prepare wrote byte tokens before: uint16
+    old.mkdir()
+    new = TokenData.open(tmp_path / "new")
+    for name in ("train", "val"):
+        np.asarray(getattr(new, name), dtype=np.uint16).tofile(old / f"{name}.bin")
+    (old / "manifest.json").write_text(json.dumps({**m, "dtype": "uint16"}))
+    data = TokenData.open(old)
+    assert np.array_equal(data.train, new.train) and data.train.dtype == np.uint16

@@ -266,4 +266,4 @@ def test_state_run_converts_to_a_model_file_with_its_time_state(chat_dir: Path, 
     v4 = save_random("4", tmp_path / "v4.pth", vocab_size=256)
     finetune(tune(chat_dir, tmp_path / "v4run", v4, "state", steps=1, eval_every=0, save_every=1))
     with pytest.raises(RwkvkitError, match="RWKV-4 has no official layout for a tuned state"):
-        convert(tmp_path / "v4run", tmp_path / "v4.pth", "pth")
+        convert(tmp_path / "v4run", tmp_path / "v4-merged.pth", "pth")

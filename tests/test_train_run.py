@@ -72,3 +72,96 @@ def test_run_folder_written_before_the_rename_resumes_exactly(data_dir: Path, tm
     a = load_file(layout.latest_checkpoint(tmp_path / "straight"))
     b = load_file(layout.latest_checkpoint(out))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def cli(*args: str) -> int:
+    from rwkvkit.cli import main
+
+    return main(["train", *args])
+
+
+TINY_FLAGS = ("--n-layer", "1", "--n-embd", "16", "--ctx-len", "32", "--bptt-len", "16", "--chunk-len", "8",
+              "--batch-size", "2", "--steps", "4", "--warmup", "1", "--save-every", "2", "--eval-every", "2",
+              "--eval-windows", "2", "--sample-len", "4", "--log-every", "1", "--threads", "1", "--no-progress")  # fmt: skip
+
+
+def test_resume_repeats_no_flag_and_matches_the_uninterrupted_run(data_dir: Path, tmp_path: Path) -> None:
+    """--ctx-len 32 and --bptt-len 16 are not the defaults: a resume that derived anything from the
+    defaults before reading the run's config would compute another segment and other weights."""
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert cli("--data", str(data_dir), "--out", str(straight), *TINY_FLAGS) == 0
+    assert cli("--data", str(data_dir), "--out", str(resumed), *TINY_FLAGS, "--stop-after", "2") == 0
+    samples = (resumed / runfiles.SAMPLES).read_text()
+    (resumed / runfiles.SAMPLES).write_text(samples + "=== step 4 (a sample of the lost future)\nx\n\n")
+    assert cli("--out", str(resumed), "--resume") == 0
+    a = load_file(layout.latest_checkpoint(straight))
+    b = load_file(layout.latest_checkpoint(resumed))
+    assert layout.latest_checkpoint(resumed).name == "step-0000004.safetensors"
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert (straight / runfiles.METRICS).read_text().count("loss") == (
+        resumed / runfiles.METRICS
+    ).read_text().count("loss")
+    assert (resumed / runfiles.SAMPLES).read_text().count("=== step 4") == 1
+
+
+def test_overwrite_starts_clean(data_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    assert cli("--data", str(data_dir), "--out", str(out), *TINY_FLAGS, "--steps", "2") == 0
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(runfiles.RunFolderError, match="already holds a training run"):
+        train(tiny(data_dir, out, steps=1))
+    train(tiny(data_dir, out, n_embd=32, steps=1, save_every=1, eval_every=0, overwrite=True))
+    assert layout.complete_steps(out) == [1]  # the old run's step-2 checkpoint of width 16 is gone
+    assert rwkvkit.load_model(out).config.n_embd == 32 and (out / "notes.txt").read_text() == "mine"
+
+
+def test_run_folder_tidy_and_torn_metrics(tmp_path: Path) -> None:
+    ck = tmp_path / layout.CKPT_DIR
+    ck.mkdir()
+    for step in (2, 4):
+        layout.weights_path(tmp_path, step).write_bytes(b"w")
+        layout.train_state_path(tmp_path, step).write_bytes(b"s")
+    layout.train_state_path(tmp_path, 6).write_bytes(b"orphan")  # killed before its weights
+    (ck / ".step-0000006.safetensors.0badf00d.tmp").write_bytes(b"half")
+    (tmp_path / ".metrics.jsonl.0badf00d.tmp").write_bytes(b"half")
+    runfiles.tidy(tmp_path)
+    assert sorted(p.name for p in ck.iterdir()) == [
+        "step-0000002.safetensors", "step-0000002.train.pt", "step-0000004.safetensors", "step-0000004.train.pt",
+    ]  # fmt: skip
+    assert not list(tmp_path.glob(".*.tmp"))
+    metrics = tmp_path / runfiles.METRICS
+    metrics.write_text('{"step": 1, "loss": 2}\n{"step": 5, "loss": 1}\n{"step": 6, "lo')
+    runfiles.truncate_metrics(metrics, 4)
+    assert metrics.read_text() == '{"step": 1, "loss": 2}\n'
+    metrics.write_text('{"step": 1}\n{"ste\n{"step": 2}\n')
+    with pytest.raises(Exception, match="line 2 is damaged"):
+        runfiles.truncate_metrics(metrics, 4)
+
+
+def test_one_writer_per_run_folder(tmp_path: Path) -> None:
+    import fcntl
+
+    with open(tmp_path / runfiles.LOCK_FILE, "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        held.write("4242\n")
+        held.flush()
+        with (
+            pytest.raises(runfiles.RunFolderError, match=r"another training \(process 4242\)"),
+            runfiles.run_lock(tmp_path),
+        ):
+            pass
+    (tmp_path / runfiles.LOCK_FILE).write_text("999999\n")  # a lock file left by a killed run
+    with runfiles.run_lock(tmp_path):
+        assert (tmp_path / runfiles.LOCK_FILE).read_text().strip() == str(__import__("os").getpid())
+
+
+def test_training_stops_at_the_first_non_finite_loss(data_dir: Path, tmp_path: Path) -> None:
+    """--lr 1e30 makes the weights explode after one step; the run stops there, naming the step,
+    and every checkpoint it wrote is finite."""
+    from rwkvkit.errors import NonFiniteError
+
+    out = tmp_path / "run"
+    with pytest.raises(NonFiniteError, match="not finite"):
+        train(tiny(data_dir, out, lr=1e30, warmup=0, save_every=1, eval_every=0, steps=5))
+    for step in layout.complete_steps(out):
+        assert all(torch.isfinite(t).all() for t in load_file(layout.weights_path(out, step)).values())

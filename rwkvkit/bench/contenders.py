@@ -94,6 +94,26 @@ def rwkvkit_contender(path: Path, variant: str, *, plain: bool = False, compiled
     return Contender(name, make_step, prefill, batches=(1, 8))
 
 
+def check_names(names: list[str]) -> None:
+    """Refuse unknown contender names before anything is built (a random checkpoint takes a while)."""
+    unknown = [
+        n
+        for n in names
+        if not (
+            n in OURS
+            or n in PEERS
+            or (n.startswith("plain-") and n[6:] in OURS)
+            or (n.endswith("-compiled") and n[: -len("-compiled")] in OURS)
+        )
+    ]
+    if unknown or not names:
+        raise RwkvkitError(
+            f"unknown contender {unknown[0]!r}; choose from {', '.join(OURS + PEERS)}"
+            if unknown
+            else "--contenders names none"
+        )
+
+
 def build_contenders(
     path: Path, names: list[str], workdir: Path, threads: int, llama_cpp: Path | None = None
 ) -> tuple[list[Contender], list[str]]:

@@ -6,9 +6,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from ..checkpoint import read_checkpoint
+from ..device import set_cpu_threads
+from ..errors import RwkvkitError
 from .contenders import build_contenders
 from .machine import machine_info
 from .table import check_reference
@@ -30,8 +30,10 @@ def run_bench(
 ) -> dict[str, Any]:
     """Every named contender timed in interleaved rounds; ``reference`` (a contender's name) must
     name one of them, checked before any timing. ``llama_cpp``: where llama.cpp's converter is."""
-    torch.set_num_threads(threads)
+    set_cpu_threads(threads)
     contenders, notes = build_contenders(path, names, workdir, threads, llama_cpp)
+    if not contenders:  # every one named is missing here: nothing to time
+        raise RwkvkitError(f"no contender can run on this machine: {'; '.join(notes)}")
     try:
         check_reference(reference, [c.name for c in contenders])
         vocab = read_checkpoint(path).state_dict["emb.weight"].shape[0]

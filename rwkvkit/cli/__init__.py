@@ -5,12 +5,16 @@ A verb's module is imported only when that verb runs or its help is asked for, s
 ``add_arguments(parser)`` (its flags, declared once; the shared ones from :mod:`.flags`) and
 ``run(args) -> int``. A failure the user can fix is one line on stderr,
 ``rwkvkit VERB: error: ...``, and exit status 2, for a bad flag and for an RwkvkitError alike.
+Anything else is a bug in rwkvkit: one line saying so, exit status 1 (``RWKVKIT_TRACEBACK=1``
+shows the traceback).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import io
+import os
 import sys
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -97,15 +101,43 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.parse_args(argv)  # --help and --version exit 0 here; anything else is a usage error
         return 2
     name = argv[0]
+    # A file name that is not UTF-8 reaches Python as lone surrogates; printing it ("wrote NAME")
+    # writes its bytes back as they were, instead of failing after the work is done.
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(errors="surrogateescape")
     args = verb_parser(name).parse_args(argv[1:])
     module = sys.modules[VERBS[name].module]
     try:
         return int(module.run(args) or 0)
     except RwkvkitError as e:
-        print(f"rwkvkit {name}: error: {e}", file=sys.stderr)
+        print(f"rwkvkit {name}: error: {one_line(str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `rwkvkit generate ... | head`: the reader has all it wanted
+        quiet_stdout()
+        return 141  # what a shell reports for a process ended by SIGPIPE
+    except Exception as e:  # the last resort: every failure a user can cause is an RwkvkitError
+        if os.environ.get("RWKVKIT_TRACEBACK"):
+            raise
+        print(
+            f"rwkvkit {name}: error: internal error ({type(e).__name__}: {one_line(str(e))}); this is a bug, "
+            "please report it with the command you ran (RWKVKIT_TRACEBACK=1 shows the traceback)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def quiet_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's final flush into the closed pipe does not
+    print "Exception ignored ... BrokenPipeError" (the recipe of Python's signal module docs)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+
+
+def one_line(message: str) -> str:
+    """A message as one line: an error on stderr is one line, whatever the exception text holds."""
+    return " ".join(message.split()) if "\n" in message or "\r" in message else message
 
 
 if __name__ == "__main__":

@@ -9,16 +9,19 @@ from pathlib import Path
 import torch
 
 from ..bench import WORKDIR
-from ..bench.contenders import OURS, SHAPES, random_checkpoint
+from ..bench.contenders import OURS, SHAPES, check_names, random_checkpoint
 from ..bench.peers import LLAMA_CPP_DIR, PEERS
 from ..bench.run import run_bench
 from ..bench.table import format_table
-from ..fileio import atomic_write_bytes
-from .flags import add_json_flag, add_threads_flag, positive_int
+from ..errors import FileAccessError
+from ..fileio import atomic_write_bytes, check_writable, os_problem
+from .flags import add_json_flag, add_threads_flag, integer, path_text, positive_int
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", nargs="?", help="checkpoint to measure (default: random weights of --shape)")
+    parser.add_argument(
+        "model", nargs="?", type=path_text, help="checkpoint to measure (default: random weights of --shape)"
+    )
     parser.add_argument("--shape", default="169m", choices=tuple(SHAPES), help="random model shape")
     parser.add_argument(
         "--contenders",
@@ -32,16 +35,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--rounds", type=positive_int, default=5, help="interleaved rounds; the median is reported"
     )
     parser.add_argument("--decode-tokens", type=positive_int, default=16, help="tokens decoded per round")
-    parser.add_argument("--prefill", type=int, default=512, help="prompt length (0: skip prefill)")
+    parser.add_argument("--prefill", type=integer(0), default=512, help="prompt length (0: skip prefill)")
     parser.add_argument("--no-batch", action="store_true", help="skip batched decode (B=8)")
     parser.add_argument(
         "--reference",
         help='row whose speed the ratios divide by, e.g. "llama.cpp q8_0" (default: none, no ratios)',
     )
-    parser.add_argument("--workdir", default=str(WORKDIR), help="where random checkpoints and conversions go")
+    parser.add_argument(
+        "--workdir", default=str(WORKDIR), type=path_text, help="where random checkpoints and conversions go"
+    )
     parser.add_argument(
         "--llama-cpp",
         metavar="DIR",
+        type=path_text,
         default=str(LLAMA_CPP_DIR),
         help="llama.cpp's converter (convert_hf_to_gguf.py and its folders; benchmarks/setup.sh puts it here)",
     )
@@ -49,9 +55,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.json:
+        check_writable(args.json, "--json file")
     workdir = Path(args.workdir)
-    path = Path(args.model) if args.model else random_checkpoint(args.shape, workdir)
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # a file of that name, a parent that is a file, no permission
+        problem = "is a file, not a folder" if isinstance(e, FileExistsError) else os_problem(e)
+        raise FileAccessError(workdir, f"--workdir: {problem}") from None
     names = [n.strip() for n in args.contenders.split(",") if n.strip()]
+    check_names(names)
+    path = Path(args.model) if args.model else random_checkpoint(args.shape, workdir)
     result = run_bench(
         path,
         names,

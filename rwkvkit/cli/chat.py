@@ -9,18 +9,20 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Iterator
-from typing import TextIO
+from typing import BinaryIO, TextIO
 
 import torch
 
 from ..chat import Chat
 from ..errors import RwkvkitError
+from ..fileio import check_utf8, decode_utf8
 from .flags import (
     add_model_flags,
     add_sampling_flags,
     add_state_flag,
     load_model_and_tokenizer,
     sampling_from_args,
+    text,
 )
 
 COMMANDS = """commands:
@@ -34,25 +36,37 @@ COMMANDS = """commands:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_flags(parser)
     parser.add_argument(
-        "--system", metavar="TEXT", help="a system prompt, fed once before the first turn (default: none)"
+        "--system",
+        type=text,
+        metavar="TEXT",
+        help="a system prompt, fed once before the first turn (default: none)",
     )
     add_state_flag(parser, "continue a conversation saved with /save (default: a new one)")
     add_sampling_flags(parser, max_tokens=500)
 
 
-def read_messages(stdin: TextIO, interactive: bool, user: str) -> Iterator[str]:
+def read_messages(stdin: BinaryIO, interactive: bool, user: str) -> Iterator[str | RwkvkitError]:
+    """The lines typed or piped in; a line that is not UTF-8 comes as the error saying so, for the
+    session to report and go on (the conversation so far is not lost to one bad line)."""
+    n = 0
     while True:
-        if interactive:
-            try:
-                line = input(f"{user}: ")
-            except EOFError:
-                print(file=sys.stderr)
-                return
-        else:
-            line = stdin.readline()
-            if not line:
-                return
-        yield line.rstrip("\n")
+        n += 1
+        try:
+            if interactive:
+                try:
+                    line = check_utf8(input(f"{user}: "), "this line")
+                except EOFError:
+                    print(file=sys.stderr)
+                    return
+            else:
+                raw = stdin.readline()
+                if not raw:
+                    return
+                line = decode_utf8(raw, f"line {n}")
+        except RwkvkitError as e:
+            yield e
+            continue
+        yield line.rstrip("\r\n")
 
 
 def command(chat: Chat, line: str, err: TextIO) -> bool:
@@ -84,6 +98,7 @@ def command(chat: Chat, line: str, err: TextIO) -> bool:
 
 def run(args: argparse.Namespace) -> int:
     """Chat on standard input and output; scripts can pipe messages in, one per line."""
+    sampling = sampling_from_args(args)
     model, tokenizer = load_model_and_tokenizer(args)
     chat = Chat(
         model,
@@ -91,15 +106,20 @@ def run(args: argparse.Namespace) -> int:
         system=args.system,
         max_tokens=args.max_tokens,
         seed=args.seed,
-        **sampling_from_args(args),
+        **sampling,
     )
     if args.state:
         chat.load(args.state)
     interactive = sys.stdin.isatty()
     out, err = sys.stdout, sys.stderr
     if interactive:
+        # input() would end the session on bytes that are not UTF-8: let them through, then refuse them
+        sys.stdin.reconfigure(errors="surrogateescape")  # type: ignore[attr-defined]
         print("rwkvkit chat: /help lists the commands, /quit or Ctrl-D leaves", file=err)
-    for line in read_messages(sys.stdin, interactive, chat.user):
+    for line in read_messages(sys.stdin.buffer, interactive, chat.user):
+        if isinstance(line, RwkvkitError):
+            print(f"error: {line}; the message was not sent", file=err)
+            continue
         if not line.strip():
             continue
         if line.startswith("/"):

@@ -6,11 +6,18 @@ import argparse
 import json
 
 from ..checkpoint import tokenizer_for_model
-from ..errors import EvalDataError
 from ..eval.table import column_names, format_table
 from ..eval.tasks import TASKS, evaluate
-from ..fileio import atomic_write_bytes
-from .flags import add_json_flag, add_model_flags, add_progress_flag, default_model, load_with_flags
+from ..fileio import atomic_write_bytes, check_writable
+from .flags import (
+    add_json_flag,
+    add_model_flags,
+    add_progress_flag,
+    default_model,
+    integer,
+    load_with_flags,
+    path_text,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,21 +26,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data",
         required=True,
+        type=path_text,
         metavar="FILE",
         help="perplexity: .txt or JSONL {text}; lambada: JSONL {text}; "
         "multiple-choice: JSONL {goal,sol1,sol2,label} or {context,choices,label}",
     )
     parser.add_argument(
         "--limit",
-        type=int,
+        type=integer(1),
         default=None,
         metavar="N",
         help="only the first N examples or documents (default: all)",
     )
-    parser.add_argument("--batch-size", type=int, default=8, metavar="B", help="rows per forward call")
+    parser.add_argument("--batch-size", type=integer(1), default=8, metavar="B", help="rows per forward call")
     parser.add_argument(
         "--ctx-len",
-        type=int,
+        type=integer(1),
         default=None,
         metavar="N",
         help="read in windows of N tokens, as a transformer with an N-token context does "
@@ -44,8 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.limit is not None and args.limit < 1:
-        raise EvalDataError(f"--limit must be >= 1, got {args.limit}")
+    if args.json:
+        check_writable(args.json, "--json file")
     paths = args.model or [str(default_model())]
     results = []
     for path, name in zip(paths, column_names(paths), strict=True):

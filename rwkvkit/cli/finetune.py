@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import argparse
 
-from ..train.config import ARCH_FIELDS, METHOD_LR, FinetuneConfig
+from ..train.config import ARCH_FIELDS, METHOD_LR, FinetuneConfig, config_from_flags
 from ..train.finetune import finetune
 from .train import HELP as TRAIN_HELP
-from .train import add_config_flags, config_from_args
+from .train import add_config_flags, given_flags
 
 HELP = {
     **TRAIN_HELP,
@@ -44,7 +44,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = config_from_args(FinetuneConfig, args)
+    cfg = config_from_flags(given_flags(FinetuneConfig, args), FinetuneConfig)
     summary = finetune(cfg)
     print(f"{cfg.out}: step {summary['step']}, loss {summary['loss']:.4f}")
     return 0

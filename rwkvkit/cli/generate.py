@@ -7,6 +7,7 @@ import sys
 
 from ..engine import Prefix
 from ..errors import RwkvkitError
+from ..fileio import check_writable
 from ..generate import generate
 from ..statefile import load_state, save_state
 from .flags import (
@@ -14,7 +15,10 @@ from .flags import (
     add_sampling_flags,
     add_state_flag,
     load_model_and_tokenizer,
+    path_text,
+    read_stdin_text,
     sampling_from_args,
+    text,
     unescape,
 )
 
@@ -22,7 +26,11 @@ from .flags import (
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_flags(parser)
     parser.add_argument(
-        "--prompt", default="", metavar="TEXT", help='the text to continue; "-" reads standard input'
+        "--prompt",
+        default="",
+        type=text,
+        metavar="TEXT",
+        help='the text to continue; "-" reads standard input',
     )
     add_sampling_flags(parser, max_tokens=200)
     parser.add_argument(
@@ -30,6 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="extend",
         nargs="+",
         default=[],
+        type=text,
         metavar="S",
         help=r"stop before any of these strings (never printed); \n and \t are understood (default: none)",
     )
@@ -37,13 +46,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--save-state",
         metavar="FILE",
+        type=path_text,
         help="save the state after the prompt and the generated text (default: not saved)",
     )
 
 
 def run(args: argparse.Namespace) -> int:
-    """Stream the continuation of --prompt to stdout."""
-    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    """Stream the continuation of --prompt to stdout; the text ends with a newline (unless it ends
+    with one already, or nothing was generated), so a shell prompt never lands on its last line."""
+    sampling = sampling_from_args(args)
+    if args.save_state:
+        check_writable(args.save_state, "--save-state file")  # now, not after the generation
+    prompt = read_stdin_text() if args.prompt == "-" else args.prompt
     model, tokenizer = load_model_and_tokenizer(args)
     start: Prefix | None = None
     if args.state:
@@ -60,14 +74,17 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         state=start,
         keep_state=bool(args.save_state),
-        **sampling_from_args(args),
+        **sampling,
     )
     out = sys.stdout
+    last = ""
     for piece in gen:
         out.write(piece)
         out.flush()
-    if out.isatty():
+        last = piece
+    if last and not last.endswith("\n"):
         out.write("\n")
+        out.flush()
     result = gen.result
     assert result is not None
     if args.save_state:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..train.data import prepare
-from .flags import add_progress_flag, add_tokenizer_flag
+from .flags import add_progress_flag, add_tokenizer_flag, path_text
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -13,9 +13,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "inputs",
         nargs="+",
         metavar="INPUT",
+        type=path_text,
         help="text files, .jsonl files ({'text': ...} per line), binidx .bin/.idx, or folders of them",
     )
-    p.add_argument("--out", required=True, help="folder for train.bin, val.bin and manifest.json")
+    p.add_argument(
+        "--out", required=True, type=path_text, help="folder for train.bin, val.bin and manifest.json"
+    )
     add_tokenizer_flag(p, default="byte")
     p.add_argument(
         "--val-fraction",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import signal
 import socket
@@ -12,11 +13,17 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-import torch
-
 from ..defaults import default_model_path
+from ..device import set_cpu_threads
 from ..errors import RwkvkitError
-from .flags import add_model_flags, add_state_flag, load_model_and_tokenizer, named_path
+from .flags import (
+    add_model_flags,
+    add_state_flag,
+    load_model_and_tokenizer,
+    named_path,
+    nonempty_text,
+    path_text,
+)
 
 BUNDLED_NAME = "rwkvkit-default"
 MAX_TOKENS_HELP = "most tokens one choice may generate (and chat's default max_tokens)"
@@ -31,6 +38,8 @@ def at_least(lo: int | float, kind: type = int) -> Callable[[str], int | float]:
             raise argparse.ArgumentTypeError(
                 f"{text!r} is not a{'n integer' if kind is int else ' number'}"
             ) from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text} is not a finite number")
         if value < lo:
             raise argparse.ArgumentTypeError(f"{text} is below {lo}")
         return value
@@ -68,7 +77,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     g = parser.add_argument_group("network")
     g.add_argument(
-        "--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 opens it to the network"
+        "--host",
+        default="127.0.0.1",
+        type=nonempty_text,
+        help="address to listen on; 0.0.0.0 opens it to the network",
     )
     g.add_argument(
         "--port", type=port, default=8000, help="port; 0 picks a free one (the address is printed)"
@@ -76,12 +88,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--api-key",
         metavar="KEY",
-        default=os.environ.get("RWKVKIT_API_KEY"),
+        type=nonempty_text,  # `--api-key "$UNSET"` must not open the server to everyone
+        default=os.environ.get("RWKVKIT_API_KEY") or None,
         help="require 'Authorization: Bearer KEY' on /v1/* (default: $RWKVKIT_API_KEY, else no key)",
     )
     g.add_argument(
         "--model-name",
         metavar="NAME",
+        type=nonempty_text,
         help=f"the model's name in the API (default: the checkpoint's file name, or {BUNDLED_NAME})",
     )
     g = parser.add_argument_group("limits")
@@ -107,6 +121,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--chat-template",
         metavar="FILE",
+        type=path_text,
         help='a JSON file of chat names, e.g. {"user": "Q", "assistant": "A", "turn_end": "\\n\\n"} '
         "(default: the RWKV World format, User:/Assistant:)",
     )
@@ -165,10 +180,8 @@ def run(args: argparse.Namespace) -> int:
     from ..serve.schemas import read_template
 
     template = read_template(args.chat_template) if args.chat_template else None
-    if args.threads is not None and args.threads < 1:
-        raise RwkvkitError(f"--threads {args.threads}: give at least 1")
     if args.threads:
-        torch.set_num_threads(args.threads)
+        set_cpu_threads(args.threads)
     sock = listen(args.host, args.port)  # before loading: a busy port fails fast
     model, tokenizer = load_model_and_tokenizer(args)
     name = args.model_name or (

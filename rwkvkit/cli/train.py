@@ -15,12 +15,12 @@ from collections.abc import Collection
 from typing import Any
 
 from ..train.arch import ARCHITECTURES
-from ..train.config import METHODS, TrainConfig
+from ..train.config import DECAYS, METHODS, PRECISIONS, TrainConfig, config_from_flags
 from ..train.loop import train
-from .flags import add_device_flag, add_progress_flag
+from .flags import add_device_flag, add_progress_flag, path_text, text
 
-# fields whose flag takes one of a few words; those without a default must be given
-CHOICES = {"arch": tuple(ARCHITECTURES), "method": METHODS}
+# fields whose flag takes one of a few words
+CHOICES = {"arch": tuple(ARCHITECTURES), "decay": DECAYS, "precision": PRECISIONS, "method": METHODS}
 
 HELP = {
     "data": "folder made by `rwkvkit prepare`",
@@ -56,7 +56,9 @@ HELP = {
     "sample_prompt": "the text each sample continues (default: a newline; for chat or prompt/completion "
     "data, the first validation example's prompt)",
     "stop_after": "stop after N steps in this invocation, to resume later with --resume (0: run to --steps)",
-    "resume": "continue the run in --out from its last complete checkpoint",
+    "resume": "continue the run in --out from its last complete checkpoint, with its saved settings "
+    "(flags that would change the model or the data stream are refused)",
+    "overwrite": "start again in an --out that holds a run: its checkpoints, metrics and samples are deleted",
     "threads": "torch CPU threads (0: PyTorch's default)",
 }
 
@@ -83,33 +85,49 @@ def add_config_flags(
     p: argparse.ArgumentParser, cls: type, helps: dict[str, str], skip: Collection[str] = ()
 ) -> None:
     """One flag per field of a config dataclass (TrainConfig, FinetuneConfig), except ``skip``:
-    ``--n-layer`` for ``n_layer``, typed and defaulted by the field."""
+    ``--n-layer`` for ``n_layer``, typed by the field. Defaults are left out of the parsed
+    arguments (and written into the help), so that ``run`` knows which flags were given: on
+    --resume a given flag must agree with the saved run, and an absent one takes the saved value."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
         flag = "--" + f.name.replace("_", "-")
-        if f.name in ("data", "out"):
-            p.add_argument(flag, required=True, help=helps[f.name])
+        shown = " ".join(map(str, f.default)) if isinstance(f.default, tuple) else repr(f.default)
+        words = helps.get(f.name, "")
+        if "default:" not in words:  # a help that explains its default (finetune's --lr) keeps it
+            words += f" (default: {shown})"
+        given_only = {"default": argparse.SUPPRESS, "help": words}
+        if f.name == "out":
+            p.add_argument(flag, required=True, type=path_text, help=helps[f.name])
+        elif f.name == "data":
+            p.add_argument(
+                flag,
+                default=argparse.SUPPRESS,
+                type=path_text,
+                help=helps[f.name] + " (default: the run's own with --resume; required otherwise)",
+            )
         elif f.name == "progress":
             add_progress_flag(p)
         elif f.name == "device":
             add_device_flag(p, default=f.default)
-        elif f.name == "resume":
+        elif f.name in ("resume", "overwrite"):
             p.add_argument(flag, action="store_true", help=helps[f.name])
         elif f.name == "betas":
-            p.add_argument(flag, type=float, nargs=2, default=f.default, metavar="B", help=helps[f.name])
+            p.add_argument(flag, type=float, nargs=2, metavar="B", **given_only)
         elif f.name == "method":
             p.add_argument(flag, required=True, choices=CHOICES[f.name], help=helps[f.name])
         elif f.name in CHOICES:
-            p.add_argument(flag, default=f.default, choices=CHOICES[f.name], help=helps[f.name])
+            p.add_argument(flag, choices=CHOICES[f.name], **given_only)
+        elif f.name in ("sample_prompt", "model"):
+            p.add_argument(flag, type=text if f.name == "sample_prompt" else path_text, **given_only)
         else:
-            p.add_argument(flag, type=flag_type(hints[f.name]), default=f.default, help=helps[f.name])
+            p.add_argument(flag, type=flag_type(hints[f.name]), **given_only)
 
 
-def config_from_args(cls: type, args: argparse.Namespace) -> Any:
-    """The config the parsed flags describe (fields without a flag keep their defaults)."""
-    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)})
+def given_flags(cls: type, args: argparse.Namespace) -> dict[str, Any]:
+    """The config fields whose flags were given (absent ones take the defaults or the saved run's)."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -127,7 +145,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = config_from_args(TrainConfig, args)
+    cfg = config_from_flags(given_flags(TrainConfig, args))
     summary = train(cfg)
     print(f"{cfg.out}: step {summary['step']}, loss {summary['loss']:.4f}")
     return 0

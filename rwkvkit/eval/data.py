@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import EvalDataError
-from ..fileio import iter_jsonl
+from ..fileio import check_regular_file, iter_jsonl, os_problem, read_text
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,8 +25,7 @@ class Choice:
 
 
 def _read_jsonl(path: Path, limit: int | None) -> list[tuple[int, dict[str, Any]]]:
-    if not path.is_file():
-        raise EvalDataError(f"{path}: no such file")
+    check_regular_file(path, EvalDataError)
     rows = []
     for lineno, obj in iter_jsonl(path, EvalDataError):
         rows.append((lineno, obj))
@@ -41,7 +40,7 @@ def _field(path: Path, lineno: int, obj: dict[str, Any], key: str, kind: type) -
     if key not in obj:
         raise EvalDataError(f"{path}:{lineno}: missing the field {key!r} (fields: {sorted(obj)})")
     value = obj[key]
-    if kind is int and isinstance(value, str) and value.strip().lstrip("-").isdigit():
+    if kind is int and isinstance(value, str) and value.strip().lstrip("-").isdigit() and len(value) < 20:
         value = int(value)
     if not isinstance(value, kind) or isinstance(value, bool):
         raise EvalDataError(f"{path}:{lineno}: {key!r} must be a {kind.__name__}, got {value!r}")
@@ -51,25 +50,22 @@ def _field(path: Path, lineno: int, obj: dict[str, Any], key: str, kind: type) -
 def _is_jsonl(path: Path) -> bool:
     if path.suffix.lower() in (".jsonl", ".json"):
         return True
-    with open(path, encoding="utf-8", errors="replace") as f:
-        first = f.readline().strip()
     try:
-        return isinstance(json.loads(first), dict) and "text" in json.loads(first)
-    except json.JSONDecodeError:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            first = json.loads(f.readline(1 << 20).strip())
+    except OSError as e:
+        raise EvalDataError(f"{path}: {os_problem(e)}") from None
+    except (json.JSONDecodeError, RecursionError):
         return False
+    return isinstance(first, dict) and "text" in first
 
 
 def read_texts(path: str | Path, limit: int | None = None) -> list[str]:
     """Documents for perplexity: a JSONL file of ``{"text": ...}`` or a plain UTF-8 text file (one document)."""
-    path = Path(path)
-    if not path.is_file():
-        raise EvalDataError(f"{path}: no such file")
+    path = check_regular_file(path, EvalDataError)
     if _is_jsonl(path):
         return [_field(path, n, obj, "text", str) for n, obj in _read_jsonl(path, limit)]
-    try:
-        return [path.read_text(encoding="utf-8")]
-    except UnicodeDecodeError as e:
-        raise EvalDataError(f"{path}: not UTF-8 text ({e})") from None
+    return [read_text(path, EvalDataError)]
 
 
 def read_lambada(path: str | Path, limit: int | None = None) -> list[tuple[str, str]]:

@@ -324,4 +324,7 @@ def _token_bytes(tokenizer: Any, ids: list[int]) -> bytes:
 
 
 def _progress(total: int, desc: str, unit: str, enabled: bool) -> Any:
-    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=not enabled, leave=False)
+    # disable=None: a bar only on a terminal, never in a log file or a pipe
+    return tqdm(
+        total=total, desc=desc, unit=unit, file=sys.stderr, disable=None if enabled else True, leave=False
+    )

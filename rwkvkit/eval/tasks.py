@@ -24,6 +24,7 @@ from typing import Any
 from torch import nn
 
 from ..errors import EvalDataError
+from ..tokenizer import check_vocab_fits
 from .data import Choice, read_lambada, read_multiple_choice, read_texts
 from .scorer import Scorer
 
@@ -117,6 +118,7 @@ def evaluate(
     """Run one task on one data file; the model is any ``logits, state = model(tokens, state)``."""
     if task not in TASKS:
         raise EvalDataError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    check_vocab_fits(tokenizer, model)
     scorer = Scorer(model, tokenizer, ctx_len=ctx_len, batch_size=batch_size)
     start = time.perf_counter()
     if task == "perplexity":

@@ -16,7 +16,7 @@ from typing import Any
 from torch import Tensor
 
 from ..errors import CheckpointError
-from .hf import config_number
+from .values import config_number
 
 _TOP = {
     "emb.weight": "model.embeddings.weight",
@@ -152,11 +152,15 @@ def fla_config(config: Any) -> dict[str, Any]:
     }
 
 
-def config_overrides_from_fla(cfg: dict[str, Any]) -> dict[str, Any]:
-    """fla's norm_eps is its LayerNorms' eps; its GroupNorm ln_x uses head_dim * norm_eps (64e-5 at 64)."""
+def config_overrides_from_fla(cfg: dict[str, Any], where: Any = "config.json") -> dict[str, Any]:
+    """fla's norm_eps is its LayerNorms' eps; its GroupNorm ln_x uses head_dim * norm_eps (64e-5 at 64).
+    Values are checked (``where``: the file they come from)."""
     out: dict[str, Any] = {}
-    eps = config_number(cfg, "norm_eps", 1.0)
-    if eps is not None:
+    head_dim = 64
+    if cfg.get("head_dim") is not None:
+        head_dim = config_number(cfg, "head_dim", where, kind=int, low=1, high=1 << 16)
+    if "norm_eps" in cfg:
+        eps = config_number(cfg, "norm_eps", where, low=0.0, high=1.0)
         out["layer_norm_eps"] = eps
-        out["ln_x_eps"] = (config_number(cfg, "head_dim", 1 << 16) or 64) * eps
+        out["ln_x_eps"] = head_dim * eps
     return out

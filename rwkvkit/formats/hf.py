@@ -11,6 +11,7 @@ from typing import Any
 from torch import Tensor
 
 from ..errors import CheckpointError
+from .values import config_number
 
 # BlinkDL suffix inside a block -> transformers suffix (the rest of the name is the same).
 # The RWKV-5/6 remote-code folders (RWKV/rwkv-5-world-*, RWKV/v6-Finch-*-HF) use the same scheme; their
@@ -148,29 +149,12 @@ def remote_code_config(config: Any) -> dict[str, Any]:
     }
 
 
-def config_number(cfg: dict[str, Any], key: str, high: float) -> float | None:
-    """A number from config.json strictly between 0 and ``high``, or None when the key is absent; a
-    ValueError naming the key for anything else (text, NaN, a list, a huge value)."""
-    if key not in cfg:
-        return None
-    value = cfg[key]
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < high:
-        raise ValueError(f"{key!r} is {value!r}, not a number between 0 and {high:g}")
-    return float(value)
-
-
-def config_overrides_from_hf(cfg: dict[str, Any]) -> dict[str, Any]:
-    """What an HF config.json says that the weights' shapes do not (ValueError for a value that
-    cannot be what it names)."""
+def config_overrides_from_hf(cfg: dict[str, Any], where: Any = "config.json") -> dict[str, Any]:
+    """What an HF config.json says that the weights' shapes do not, checked (``where``: the file)."""
     out: dict[str, Any] = {}
-    eps = config_number(cfg, "layer_norm_epsilon", 1.0)
-    if eps is not None:
-        out["layer_norm_eps"] = eps
-    divisor = (
-        config_number(cfg, "head_size_divisor", 1000.0)
-        if cfg.get("model_type") in ("rwkv5", "rwkv6")
-        else None
-    )
-    if divisor is not None:
+    if "layer_norm_epsilon" in cfg:
+        out["layer_norm_eps"] = config_number(cfg, "layer_norm_epsilon", where, low=0.0, high=1.0)
+    if cfg.get("model_type") in ("rwkv5", "rwkv6") and "head_size_divisor" in cfg:
+        divisor = config_number(cfg, "head_size_divisor", where, low=0.0, high=1000.0)
         out["ln_x_eps"] = LN_X_EPS_UNIT * divisor**2
     return out

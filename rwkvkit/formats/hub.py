@@ -19,8 +19,10 @@ Hugging Face tools share.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -72,7 +74,10 @@ def is_hub_reference(path: object) -> bool:
         return False  # a Path object is always local
     if path.startswith(PREFIX):
         return True
-    if Path(path).expanduser().exists() or path.lower().endswith(_FILE_SUFFIXES):
+    try:
+        if Path(path).expanduser().exists() or path.lower().endswith(_FILE_SUFFIXES):
+            return False
+    except OSError:  # a name too long for the file system is local: its reader says what is wrong
         return False
     return _REPO.match(path) is not None and "/" not in path.split("@", 1)[0].split("/", 1)[1]
 
@@ -83,13 +88,28 @@ def resolve(path: str) -> Path:
     # A bare OWNER/REPO may be a mistyped local path: say that it was tried as one, too.
     local = "" if path.startswith(PREFIX) else f"{path!r} is no local file or folder; on the Hub, "
     try:
-        if ref.filename is not None:
-            return _download(ref, ref.filename)
-        return _resolve_repository(ref)
+        with _quiet_hub_log():
+            if ref.filename is not None:
+                return _download(ref, ref.filename)
+            return _resolve_repository(ref)
     except CheckpointError as e:
         raise CheckpointError(None, local + e.problem) from None
     except Exception as e:  # huggingface_hub's errors (and its HTTP client's), named for the user
         raise CheckpointError(None, f"{local}{ref}: {_explain(e)}") from None
+
+
+@contextlib.contextmanager
+def _quiet_hub_log() -> Iterator[None]:
+    """huggingface_hub logs each failed HTTP try as a warning ("... thrown while requesting HEAD
+    ..."); the one error line that follows says it all, so its warnings wait while we resolve."""
+    from huggingface_hub.utils import logging as hub_logging
+
+    level = hub_logging.get_verbosity()
+    hub_logging.set_verbosity(hub_logging.ERROR)
+    try:
+        yield
+    finally:
+        hub_logging.set_verbosity(level)
 
 
 def _download(ref: HubRef, filename: str) -> Path:

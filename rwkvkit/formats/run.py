@@ -23,13 +23,13 @@ uses it to find a run's newest weights, and the trainer to find where to resume.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
 
 from ..defaults import default_model_path
 from ..errors import CheckpointError
+from ..fileio import read_json
 
 RUN_FILE = "rwkvkit-run.json"
 # The run file's "format". Version 1 named the BPTT segment "chunk_len" and the WKV chunk
@@ -80,12 +80,9 @@ def latest_checkpoint(run_dir: str | Path) -> Path:
 def read_run_file(run_dir: str | Path) -> dict[str, Any]:
     """``rwkvkit-run.json`` as written (the trainer maps older key names: TrainConfig.from_saved)."""
     path = Path(run_dir) / RUN_FILE
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise CheckpointError(run_dir, f"not a training run: no {RUN_FILE}") from None
-    except json.JSONDecodeError as e:
-        raise CheckpointError(path, f"not valid JSON ({e})") from None
+    if not path.exists():
+        raise CheckpointError(run_dir, f"not a training run: no {RUN_FILE}")
+    return read_json(path, CheckpointError)
 
 
 def run_method(info: dict[str, Any]) -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import pickle
 import re
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -43,15 +44,26 @@ def split_time_state(sd: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str
     return weights, {k: v for k, v in sd.items() if _KEY.match(k)}
 
 
+def is_torch_file(head: bytes) -> bool:
+    """Whether a file's first 9 bytes open a torch.save file (a zip, or a pickle stream of protocol
+    2-5), not a safetensors one: whose 8-byte header length may start with 0x80 too, but whose
+    header itself starts with ``{``."""
+    if head[:4] == b"PK\x03\x04":
+        return True
+    return head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05") and head[8:9] != b"{"
+
+
 def read_file(path: str | Path) -> dict[str, Tensor]:
     """The tensors of a state file in the official layout: a .pth (read with ``weights_only``, so
     nothing in it runs) or a .safetensors."""
     path = Path(path)
     with open(path, "rb") as f:
-        head = f.read(4)
+        head = f.read(9)
     try:
-        if head == b"PK\x03\x04" or head[:1] == b"\x80":  # torch.save's zip or pickle stream
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+        if is_torch_file(head):
+            with warnings.catch_warnings():  # torch's warnings about odd files: the error says it
+                warnings.simplefilter("ignore")
+                obj = torch.load(path, map_location="cpu", weights_only=True)
         else:
             with safe_open(str(path), framework="pt") as f:
                 obj = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is no dict)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from ..errors import StateError
+from ..errors import ConfigError, InputError, StateError
 from ..ops.linear import linear
 from ..state import RecurrentState
 
@@ -15,7 +18,9 @@ __all__ = [
     "StepConstants",
     "as_token_batch",
     "as_token_column",
+    "check_config",
     "check_state_shapes",
+    "count_layers",
     "lowrank",
     "prepare_step_constants",
     "run_blocks",
@@ -29,20 +34,99 @@ def token_shift(x: Tensor, x_prev: Tensor) -> Tensor:
     return torch.cat([x_prev[:, None], x[:, :-1]], dim=1)
 
 
-def as_token_batch(tokens: Tensor | list[int], device: torch.device) -> Tensor:
-    """Accept (B, T) ids, a 1-D tensor or a list; return a (B, T) long tensor on the model's device."""
-    t = torch.as_tensor(tokens, dtype=torch.long, device=device)
+def count_layers(keys: Iterable[str], prefix: str = "blocks.") -> int:
+    """The number of layers of a state dict, whose blocks must be numbered 0..N-1 without gaps.
+
+    Checked before anything is built: a single stray ``blocks.99999999.*`` key must not make a
+    model of 10^8 layers, and a missing block must not go unnoticed. Raises :class:`ConfigError`.
+    """
+    indices: set[int] = set()
+    for key in keys:
+        if key.startswith(prefix):
+            index = key[len(prefix) :].split(".", 1)[0]
+            if not (index.isascii() and index.isdigit()):
+                raise ConfigError(f"key {key!r}: the block index {index!r} is not a number")
+            indices.add(int(index))
+    if not indices:
+        raise ConfigError(f"no {prefix}N.* keys: the checkpoint holds no layers")
+    n = len(indices)
+    if max(indices) != n - 1:
+        gap = next(i for i in range(n) if i not in indices)
+        raise ConfigError(
+            f"the layers must be {prefix}0..{prefix}{n - 1} without gaps, but {prefix}{gap} is missing "
+            f"and there is a {prefix}{max(indices)}; the checkpoint is damaged or not one model"
+        )
+    return n
+
+
+def check_config(config: Any) -> None:
+    """Type and range checks of a model config dataclass, by field type: every int is >= 1 (>= 0
+    where the default 0 means "derive it"), every bool a bool, every epsilon finite and in (0, 1).
+    Ints given as floats or floats as ints are converted when exact; anything else is a ConfigError."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+        if kind == "bool":
+            if not isinstance(value, bool):
+                raise ConfigError(f"{f.name} must be true or false, got {value!r}")
+        elif kind == "int":
+            if isinstance(value, float) and value.is_integer():
+                value = int(value)
+            least = 0 if f.default == 0 else 1
+            if not isinstance(value, int) or isinstance(value, bool) or value < least:
+                raise ConfigError(f"{f.name} must be an integer >= {least}, got {value!r}")
+        elif kind == "float":
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise ConfigError(f"{f.name} must be a number, got {value!r}")
+            value = float(value)
+            if f.name.endswith("eps") and not (math.isfinite(value) and 0 < value < 1):
+                raise ConfigError(f"{f.name} must be a finite number between 0 and 1, got {value!r}")
+        object.__setattr__(config, f.name, value)
+
+
+def as_token_batch(tokens: Tensor | list[int], device: torch.device, vocab_size: int) -> Tensor:
+    """Accept (B, T) ids, a 1-D tensor or a list; return a (B, T) long tensor on the model's device,
+    every id checked to be in 0..vocab_size-1 (an :class:`InputError` otherwise)."""
+    if isinstance(tokens, Tensor):
+        check_token_ids(tokens.reshape(-1)[:0], vocab_size)  # the dtype, before casting it away
+    try:
+        t = torch.as_tensor(tokens, dtype=torch.long, device=device)
+    except (TypeError, ValueError, RuntimeError, OverflowError) as e:
+        raise InputError(f"tokens must be integer ids, as a list or a tensor: {e}") from None
     if t.dim() == 1:
         t = t[None]
     if t.dim() != 2 or t.shape[1] == 0:
-        raise ValueError(f"tokens must be (B, T) with T >= 1, got shape {tuple(t.shape)}")
-    return t
+        raise InputError(f"tokens must be (B, T) with T >= 1, got shape {tuple(t.shape)}")
+    return check_token_ids(t, vocab_size)
 
 
-def as_token_column(tokens: Tensor) -> Tensor:
-    """The ids a model's ``step`` takes: one per sequence, (B,). Anything else is refused."""
-    if tokens.dim() != 1:
-        raise ValueError(f"step takes one token per sequence, shape (B,); got {tuple(tokens.shape)}")
+def as_token_column(tokens: Tensor, vocab_size: int) -> Tensor:
+    """The ids a model's ``step`` takes: one per sequence, (B,), each in the vocabulary.
+
+    The range check reads the ids on the host, so it runs only where that costs nothing: on the
+    CPU, outside torch.compile. A GPU decode step stays free of host syncs (its ids come from the
+    sampler, always in range; :meth:`forward` and the engine check what users pass in)."""
+    if not isinstance(tokens, Tensor) or tokens.dim() != 1:
+        shape = tuple(tokens.shape) if isinstance(tokens, Tensor) else type(tokens).__name__
+        raise InputError(f"step takes one token per sequence, a tensor of shape (B,); got {shape}")
+    if tokens.device.type != "cpu":
+        return tokens
+    return check_token_ids(tokens, vocab_size)
+
+
+def check_token_ids(tokens: Tensor, vocab_size: int) -> Tensor:
+    """``tokens`` if every id is in 0..vocab_size-1: one min and one max, not an IndexError deep
+    inside the embedding (or, on a GPU, a device-side assert that kills the process). Skipped
+    while torch.compile traces, where reading values on the host would break the graph."""
+    if tokens.is_floating_point() or tokens.is_complex() or tokens.dtype == torch.bool:
+        raise InputError(f"token ids must be integers, got a {tokens.dtype} tensor")
+    if tokens.numel() and not torch.compiler.is_compiling():
+        lo, hi = int(tokens.min()), int(tokens.max())
+        if lo < 0 or hi >= vocab_size:
+            raise InputError(
+                f"token id {lo if lo < 0 else hi} is outside this model's vocabulary (0..{vocab_size - 1}); "
+                "were the ids made by another model's tokenizer?"
+            )
     return tokens
 
 

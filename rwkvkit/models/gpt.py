@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import StateError
+from ..errors import ConfigError, StateError
 from ..state import RecurrentState
-from .common import as_token_batch, as_token_column, run_blocks
+from .common import as_token_batch, as_token_column, check_config, count_layers, run_blocks
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,10 +34,15 @@ class GPTConfig:
 
     version: ClassVar[str] = "gpt"
 
+    def __post_init__(self) -> None:
+        check_config(self)
+        if self.n_embd % self.n_head:
+            raise ConfigError(f"n_embd={self.n_embd} is not a multiple of n_head={self.n_head}")
+
     @classmethod
     def from_state_dict(cls, sd: dict[str, Tensor], **overrides: Any) -> GPTConfig:
         vocab_size, n_embd = sd["wte.weight"].shape
-        n_layer = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks."))
+        n_layer = count_layers(sd)
         ffn_dim = sd["blocks.0.mlp.fc.weight"].shape[0]
         n_ctx = sd["wpe.weight"].shape[0]
         n_head = int(overrides.pop("n_head", max(1, n_embd // 64)))
@@ -180,7 +185,7 @@ class GPT(nn.Module):
     ) -> tuple[Tensor, GPTState]:
         """tokens: (B, T) ids. Returns (B, T, V) float32 logits ((B, 1, V) with ``last_only``) and
         the grown cache; the given one is left untouched. One token (T = 1) takes :meth:`step`."""
-        tokens = as_token_batch(tokens, self.wte.weight.device)
+        tokens = as_token_batch(tokens, self.wte.weight.device, self.config.vocab_size)
         B, T = tokens.shape
         if T == 1:
             logits, state = self.step(tokens[:, 0], state)
@@ -195,7 +200,7 @@ class GPT(nn.Module):
 
     def step(self, tokens: Tensor, state: GPTState | None = None) -> tuple[Tensor, GPTState]:
         """tokens: (B,) ids, one per sequence. Returns (B, V) float32 logits and the grown cache."""
-        tokens = as_token_column(tokens)
+        tokens = as_token_column(tokens, self.config.vocab_size)
         state = self._checked(state, tokens.shape[0], 1)
         x = self.wte(tokens) + self.wpe.weight[state.length]  # (B, C)
         x, state = run_blocks(self.blocks, x, state, step=True)

@@ -22,7 +22,9 @@ from .common import (
     StepConstants,
     as_token_batch,
     as_token_column,
+    check_config,
     check_state_shapes,
+    count_layers,
     run_blocks,
     token_shift,
     zeros,
@@ -43,11 +45,14 @@ class RWKV4Config:
 
     version: ClassVar[str] = "4"
 
+    def __post_init__(self) -> None:
+        check_config(self)
+
     @classmethod
     def from_state_dict(cls, sd: dict[str, Tensor], **overrides: Any) -> RWKV4Config:
         """Read the shapes off a BlinkDL-named state dict."""
         vocab_size, n_embd = sd["emb.weight"].shape
-        n_layer = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks."))
+        n_layer = count_layers(sd)
         ffn_dim = sd["blocks.0.ffn.key.weight"].shape[0]
         return cls(vocab_size=vocab_size, n_layer=n_layer, n_embd=n_embd, ffn_dim=ffn_dim, **overrides)
 
@@ -261,7 +266,7 @@ class RWKV4(nn.Module):
         ``last_only=True`` returns the last position's logits only, (B, 1, V): prompt prefill needs
         no others, and the head is a large share of a small model's work (a third at 169M).
         One token (T = 1) takes :meth:`step`."""
-        tokens = as_token_batch(tokens, self.emb.weight.device)
+        tokens = as_token_batch(tokens, self.emb.weight.device, self.config.vocab_size)
         if tokens.shape[1] == 1:
             logits, state = self.step(tokens[:, 0], state)
             return logits[:, None], state
@@ -274,7 +279,7 @@ class RWKV4(nn.Module):
     def step(self, tokens: Tensor, state: RecurrentState | None = None) -> tuple[Tensor, RecurrentState]:
         """tokens: (B,) ids, one per sequence. Returns (B, V) float32 logits and the new state
         (the given one is left untouched): the recurrent mode, without a time axis."""
-        tokens = as_token_column(tokens)
+        tokens = as_token_column(tokens, self.config.vocab_size)
         state = self._checked(state, tokens.shape[0])
         x, state = run_blocks(self.blocks, self.emb(tokens), state, step=True)  # (B, C)
         return self.head(self.ln_out(x)).float(), state

@@ -27,9 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import ConfigError
 from ..ops.wkv5 import wkv5
 from ..state import RecurrentState
-from .common import StepConstants, head_norm, token_shift, zeros
+from .common import StepConstants, check_config, count_layers, head_norm, token_shift, zeros
 from .rwkv4 import RWKV4, ChannelMix  # channel mixing ("ffn") and the layer loop are RWKV-4's
 
 
@@ -63,14 +64,15 @@ class RWKV5Config:
         return "time_first" if self.log_bonus else "time_faaaa"
 
     def __post_init__(self) -> None:
+        check_config(self)
         if self.att_width % self.head_size:
-            raise ValueError(f"dim_att={self.att_width} is not a multiple of head_size={self.head_size}")
+            raise ConfigError(f"dim_att={self.att_width} is not a multiple of head_size={self.head_size}")
 
     @classmethod
     def from_state_dict(cls, sd: dict[str, Tensor], **overrides: Any) -> RWKV5Config:
         """Read the shapes and the sub-version's parameters off a BlinkDL-named state dict."""
         vocab_size, n_embd = sd["emb.weight"].shape
-        n_layer = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks."))
+        n_layer = count_layers(sd)
         a = "blocks.0.att."
         dim_att = sd[a + "key.weight"].shape[0]
         decay = sd[a + "time_decay"].squeeze()

@@ -22,11 +22,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import ConfigError
 from ..ops.exp import exp
 from ..ops.linear import linear
 from ..ops.wkv5 import wkv5
 from ..state import RecurrentState
-from .common import StepConstants, head_norm, lowrank, token_shift
+from .common import StepConstants, check_config, count_layers, head_norm, lowrank, token_shift
 from .rwkv5 import RWKV5, RWKV5State
 
 
@@ -55,14 +56,15 @@ class RWKV6Config:
         return self.att_width // self.head_size
 
     def __post_init__(self) -> None:
+        check_config(self)
         if self.att_width % self.head_size:
-            raise ValueError(f"dim_att={self.att_width} is not a multiple of head_size={self.head_size}")
+            raise ConfigError(f"dim_att={self.att_width} is not a multiple of head_size={self.head_size}")
 
     @classmethod
     def from_state_dict(cls, sd: dict[str, Tensor], **overrides: Any) -> RWKV6Config:
         """Read the shapes off a BlinkDL-named state dict."""
         vocab_size, n_embd = sd["emb.weight"].shape
-        n_layer = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks."))
+        n_layer = count_layers(sd)
         a = "blocks.0.att."
         faaaa = sd[a + "time_faaaa"]
         n_head = faaaa.shape[0] if faaaa.dim() >= 2 else 1

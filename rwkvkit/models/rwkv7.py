@@ -23,13 +23,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import ConfigError
 from ..ops.wkv7 import wkv7
 from ..state import RecurrentState
 from .common import (
     StepConstants,
     as_token_batch,
     as_token_column,
+    check_config,
     check_state_shapes,
+    count_layers,
     head_norm,
     lowrank,
     token_shift,
@@ -66,14 +69,15 @@ class RWKV7Config:
         return self.n_embd // self.head_size
 
     def __post_init__(self) -> None:
+        check_config(self)
         if self.n_embd % self.head_size:
-            raise ValueError(f"n_embd={self.n_embd} is not a multiple of head_size={self.head_size}")
+            raise ConfigError(f"n_embd={self.n_embd} is not a multiple of head_size={self.head_size}")
 
     @classmethod
     def from_state_dict(cls, sd: dict[str, Tensor], **overrides: Any) -> RWKV7Config:
         """Read the shapes off a BlinkDL-named state dict."""
         vocab_size, n_embd = sd["emb.weight"].shape
-        n_layer = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks."))
+        n_layer = count_layers(sd)
         n_head, head_size = sd["blocks.0.att.r_k"].reshape(-1, sd["blocks.0.att.r_k"].shape[-1]).shape
         if n_head * head_size != n_embd:
             raise ValueError(
@@ -365,7 +369,7 @@ class RWKV7(nn.Module):
         """tokens: (B, T) ids (a 1-D tensor or list means B = 1). Returns (B, T, V) float32 logits
         (the last position's only, (B, 1, V), with ``last_only``) and the state after the last
         token; the given state is left untouched. One token (T = 1) takes :meth:`step`."""
-        tokens = as_token_batch(tokens, self.emb.weight.device)
+        tokens = as_token_batch(tokens, self.emb.weight.device, self.config.vocab_size)
         if tokens.shape[1] == 1:
             logits, state = self.step(tokens[:, 0], state)
             return logits[:, None], state
@@ -383,7 +387,7 @@ class RWKV7(nn.Module):
     def step(self, tokens: Tensor, state: RWKV7State | None = None) -> tuple[Tensor, RWKV7State]:
         """tokens: (B,) ids, one per sequence. Returns (B, V) float32 logits and the new state
         (the given one is left untouched): the recurrent mode, without a time axis."""
-        tokens = as_token_column(tokens)
+        tokens = as_token_column(tokens, self.config.vocab_size)
         state = self._checked(state, tokens.shape[0])
         x = self.emb(tokens)  # (B, C)
         v_first: Tensor | None = None

@@ -16,6 +16,7 @@ from typing import Any
 
 from ..chat import ChatTemplate
 from ..errors import RwkvkitError
+from ..fileio import read_json
 from ..sampling import SamplingParams
 
 MAX_N = 16  # choices per request
@@ -347,11 +348,10 @@ def _json_mode(f: Fields) -> bool:
 def read_template(path: str) -> ChatTemplate:
     """A chat template from a JSON file of ChatTemplate's fields (user, assistant, system, turn_end)."""
     names = {field.name for field in dataclasses.fields(ChatTemplate)}
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except (OSError, ValueError) as e:
-        raise RwkvkitError(f"--chat-template {path}: cannot read it as JSON ({e})") from None
+    try:  # bounded in size and nesting, a FIFO refused rather than waited on
+        data = read_json(path, kind=object)
+    except RwkvkitError as e:
+        raise RwkvkitError(f"--chat-template {e}") from None
     if (
         not isinstance(data, dict)
         or set(data) - names

@@ -4,8 +4,12 @@ and its fine-tuning sibling, whose fields are ``rwkvkit finetune``'s."""
 from __future__ import annotations
 
 import dataclasses
+import math
+from pathlib import Path
 from typing import Any
 
+from ..errors import CheckpointError, ConfigError
+from ..formats.run import RUN_FILE, read_run_file, run_method
 from ..lora import DEFAULT_TARGETS, LoraSettings
 
 # rwkvkit-run-1 files named two fields otherwise: its "chunk_len" was the BPTT segment and its
@@ -13,16 +17,32 @@ from ..lora import DEFAULT_TARGETS, LoraSettings
 _RUN1_NAMES = {"chunk_len": "bptt_len", "wkv_chunk": "chunk_len"}
 
 # What a resumed run takes from the command line rather than from the run folder: how long it
-# runs and how it reports, never the model or the data stream.
+# runs and how it reports, never the model or the data stream. (The data folder may be given again,
+# e.g. after moving it; the trainer checks it holds the run's tokens.)
 KEEP_ON_RESUME = (
     "steps",
     "stop_after",
     "resume",
+    "overwrite",
     "progress",
     "threads",
     "device",
     "save_every",
     "eval_every",
+)
+DECAYS = ("cosine", "exp")
+PRECISIONS = ("auto", "fp32", "bf16")
+# field -> the least value it may take (every other int field must be >= 1)
+_MAY_BE_ZERO = (
+    "seed",
+    "bptt_len",
+    "warmup",
+    "save_every",
+    "keep",
+    "eval_every",
+    "sample_len",
+    "stop_after",
+    "threads",
 )
 
 
@@ -62,12 +82,60 @@ class TrainConfig:
     sample_prompt: str = "\n"
     stop_after: int = 0  # stop after this many steps in this invocation (0: run to --steps)
     resume: bool = False
+    overwrite: bool = False  # start again in a run folder that holds a run, deleting its checkpoints
     device: str = "auto"
     threads: int = 0
     progress: bool = True
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)  # type: ignore[assignment]  # JSON and argparse give lists
+        self.check()
+
+    def check(self) -> None:
+        """Every field's type and range, as the flag it is: a run that cannot work is refused
+        before it starts (``--steps 0``, ``--grad-accum 0``, ``--lr -1``, ``--decay bogus``, ...)."""
+
+        def refuse(name: str, rule: str) -> ConfigError:
+            flag = "--" + name.replace("_", "-")
+            return ConfigError(f"{flag} must be {rule}, got {getattr(self, name)!r}")
+
+        for f in dataclasses.fields(self):
+            value, kind = getattr(self, f.name), str(f.type)
+            if kind.endswith(" | None"):  # finetune's lr: None until its method's default is taken
+                if value is None:
+                    continue
+                kind = kind.removesuffix(" | None")
+            if kind == "int":
+                least = 0 if f.name in _MAY_BE_ZERO else 1
+                if not isinstance(value, int) or isinstance(value, bool) or value < least:
+                    raise refuse(f.name, f"an integer >= {least}")
+            elif kind == "float":
+                if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+                    raise refuse(f.name, "a finite number")
+            elif kind == "bool" and not isinstance(value, bool):
+                raise refuse(f.name, "true or false")
+            elif kind == "str" and not isinstance(value, str):
+                raise refuse(f.name, "a string")
+        for name in ("lr", "ffn_mult"):
+            if getattr(self, name) <= 0:
+                raise refuse(name, "> 0")
+        for name in ("lr_final", "weight_decay", "grad_clip"):
+            if getattr(self, name) < 0:
+                raise refuse(name, ">= 0")
+        if len(self.betas) != 2 or not all(
+            isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in self.betas
+        ):
+            raise refuse("betas", "two numbers in [0, 1)")
+        if self.seed >= 2**63:
+            raise refuse("seed", "below 2**63")
+        if self.decay not in DECAYS:
+            raise refuse("decay", f"one of {', '.join(DECAYS)}")
+        if self.precision not in PRECISIONS:
+            raise refuse("precision", f"one of {', '.join(PRECISIONS)}")
+        if self.bptt_len and self.ctx_len % self.bptt_len:
+            raise ConfigError(f"--ctx-len {self.ctx_len} must be a multiple of --bptt-len {self.bptt_len}")
+        if self.resume and self.overwrite:
+            raise ConfigError("--resume continues a run and --overwrite deletes it: pass one of them")
 
     @property
     def segment(self) -> int:
@@ -79,12 +147,20 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_saved(cls, run_info: dict[str, Any]) -> TrainConfig:
-        """The config a run folder's ``rwkvkit-run.json`` recorded, older key names mapped."""
-        saved = dict(run_info["train"])
+    def from_saved(cls, run_info: dict[str, Any], where: Any = RUN_FILE) -> TrainConfig:
+        """The config a run folder's ``rwkvkit-run.json`` recorded, older key names mapped, every
+        value checked (``where``: the file, for the error). Keys this version does not know are
+        ignored; missing ones take their defaults."""
+        saved = run_info.get("train")
+        if not isinstance(saved, dict):
+            raise CheckpointError(where, 'has no "train" object: not a run file this rwkvkit can resume')
         if run_info.get("format") == "rwkvkit-run-1":
             saved = {_RUN1_NAMES.get(k, k): v for k, v in saved.items()}
-        return cls(**saved)
+        known = {f.name for f in dataclasses.fields(cls)}
+        try:
+            return cls(**{k: v for k, v in saved.items() if k in known})
+        except (ConfigError, TypeError) as e:
+            raise CheckpointError(where, f"holds a training config that cannot be used: {e}") from None
 
 
 # TrainConfig's fields that describe a model to build: a fine-tune takes its model from the base.
@@ -132,3 +208,51 @@ class FinetuneConfig(TrainConfig):
 
     def saved(self) -> dict[str, Any]:
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in ARCH_FIELDS}
+
+
+def config_from_flags(flags: dict[str, Any], cls: type[TrainConfig] = TrainConfig) -> TrainConfig:
+    """What ``rwkvkit train`` runs: the flags given on the command line over the defaults, or, with
+    ``--resume``, over the run's saved config, read first. Only the flags of KEEP_ON_RESUME (and
+    --data, for a moved data folder) may change on resume; any other flag given with a value that
+    contradicts the saved run is an error naming both values."""
+    if not flags.get("resume"):
+        if "data" not in flags:
+            raise ConfigError("--data is required (only --resume reads it from the run folder)")
+        return cls(**flags)
+    out = flags["out"]
+    info = read_run_file(out)
+    check_resume_method(info, flags.get("method") if cls is not TrainConfig else None, out)
+    saved = cls.from_saved(info, Path(out) / RUN_FILE)
+    clashes = [
+        f"--{k.replace('_', '-')} {_show(v)} contradicts the run's saved {_show(getattr(saved, k))}"
+        for k, v in flags.items()
+        if k not in (*KEEP_ON_RESUME, "out", "data") and _normal(v) != _normal(getattr(saved, k))
+    ]
+    if clashes:
+        raise ConfigError(
+            f"{out}: " + "; ".join(clashes) + ". Drop these flags to continue the run as it was, or "
+            "start a new run (--overwrite, or another --out)"
+        )
+    keep = {k: v for k, v in flags.items() if k in (*KEEP_ON_RESUME, "data")}
+    return dataclasses.replace(saved, out=out, **keep)
+
+
+def _normal(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _show(value: Any) -> str:
+    return " ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+
+def check_resume_method(info: dict[str, Any], asked: str | None, out: Any) -> None:
+    """A run is resumed only by the method it was made with (``asked``: "scratch" for
+    ``rwkvkit train``, else the fine-tuning method; None: plain train)."""
+    method, asked = run_method(info), asked or "scratch"
+    if method != asked:
+        made = "`rwkvkit train`" if method == "scratch" else f"`rwkvkit finetune --method {method}`"
+        tried = "`rwkvkit train`" if asked == "scratch" else f"--method {asked}"
+        raise ConfigError(
+            f"{out} was made by {made}; it cannot be resumed with {tried}. Resume it as it was made, "
+            "or start a new run in another --out folder"
+        )

@@ -1,7 +1,8 @@
 """Token files for training: text/JSONL/binidx in, memory-mapped token arrays out.
 
-A prepared data folder holds ``train.bin`` and ``val.bin`` (raw little-endian token ids, uint16
-when the vocabulary fits, else uint32) and ``manifest.json`` saying what they are. Training reads
+A prepared data folder holds ``train.bin`` and ``val.bin`` (raw little-endian token ids in the
+smallest unsigned type the vocabulary fits: uint8 for bytes, uint16, else uint32; folders written
+before uint8 was used hold uint16 and read as well) and ``manifest.json`` saying what they are. Training reads
 them with ``numpy.memmap``, so a corpus larger than memory costs nothing to open.
 
 Batches are drawn by :class:`TokenSampler` from a seeded generator keyed by the step number: the
@@ -23,11 +24,20 @@ import torch
 from torch import Tensor
 
 from ..errors import RwkvkitError
-from ..fileio import atomic_path, atomic_write_bytes, iter_jsonl
+from ..fileio import (
+    atomic_path,
+    atomic_write_bytes,
+    check_regular_file,
+    iter_jsonl,
+    os_problem,
+    read_json,
+    read_text,
+)
 from ..tokenizer import load_tokenizer
 from .examples import DocumentSampler, Example, encode_example, read_example
 
 MANIFEST = "manifest.json"
+TOKEN_DTYPES = ("uint8", "uint16", "uint32")  # what a manifest's "dtype" may say
 
 # Megatron / RWKV-LM binidx: the .idx header's dtype codes.
 BINIDX_MAGIC = b"MMIDIDX\x00\x00"
@@ -102,10 +112,7 @@ def iter_records(path: Path, template: Any) -> Iterator[tuple[int, str, Example 
             text = obj["text"] if example is None else "".join(t for t, _ in example.pieces)
             yield n, text, example
     else:
-        try:
-            yield 1, path.read_text(encoding="utf-8"), None
-        except UnicodeDecodeError as e:
-            raise DataError(f"{path}: not UTF-8 text ({e}); pass text, .jsonl or binidx files") from None
+        yield 1, read_text(path, DataError), None
 
 
 def expand_inputs(inputs: list[str]) -> list[Path]:
@@ -118,8 +125,10 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
             if not found:
                 raise DataError(f"{p}: no .txt, .jsonl or .idx files in this folder")
             out.extend(found)
-        elif p.is_file() or p.with_suffix(".idx").is_file():
-            out.append(p)
+        elif p.with_suffix(".idx").is_file() and p.suffix in (".bin", ".idx", ""):
+            out.append(p.with_suffix(".idx"))  # a binidx dataset, named by either file or its stem
+        elif p.exists():
+            out.append(check_regular_file(p, DataError, "text, .jsonl or binidx file"))
         else:
             raise DataError(f"{p}: no such file or folder")
     return out
@@ -150,11 +159,13 @@ def prepare(
         raise DataError(f"--val-fraction must be between 0 and 1, got {val_fraction}")
     tok = load_tokenizer(tokenizer)
     vocab = int(tok.vocab_size)
-    dtype = np.uint16 if vocab <= 65536 else np.uint32
+    dtype = token_dtype(vocab)
     files = expand_inputs(inputs)
     total_bytes = sum(f.stat().st_size for f in files if f.suffix != ".idx")
-    out = Path(out)
-    with tqdm(total=total_bytes, unit="B", unit_scale=True, desc="tokenizing", disable=not progress) as bar:
+    out = make_folder(out, "--out")
+    with tqdm(
+        total=total_bytes, unit="B", unit_scale=True, desc="tokenizing", disable=None if progress else True
+    ) as bar:
         pieces, masks, docs, n_bytes = _tokenize(files, tok, dtype, bar)  # the bar ends before any error
     tokens = np.concatenate(pieces) if pieces else np.zeros(0, dtype=dtype)
     if docs:
@@ -167,7 +178,6 @@ def prepare(
         if len(tokens) - n_val < 2:
             raise DataError(f"only {len(tokens)} tokens in the inputs: too little to train on")
         split = len(tokens) - n_val
-    out.mkdir(parents=True, exist_ok=True)
     _write_split_files(out, tokens, split, masks, docs)
     manifest = {
         "format": "rwkvkit-tokens-1",
@@ -184,6 +194,23 @@ def prepare(
         manifest.update(examples=True, train_examples=len(docs) - n_val_docs, val_examples=n_val_docs)
     atomic_write_bytes(out / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
     return manifest
+
+
+def token_dtype(vocab_size: int) -> type:
+    """The smallest unsigned integer type that holds every id of a vocabulary."""
+    return np.uint8 if vocab_size <= 256 else np.uint16 if vocab_size <= 65536 else np.uint32
+
+
+def make_folder(path: str | Path, flag: str) -> Path:
+    """An output folder, created (with its parents) if needed; a file in its place is refused."""
+    path = Path(path)
+    try:
+        if path.exists() and not path.is_dir():
+            raise DataError(f"{flag} {path}: is a file, not a folder")
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"{flag} {path}: cannot create the folder: {os_problem(e)}") from None
+    return path
 
 
 def _tokenize(
@@ -258,6 +285,33 @@ def _write_split_files(
 # ---------------------------------------------------------------- reading prepared data
 
 
+def read_manifest(path: Path) -> dict[str, Any]:
+    """A data folder's manifest, its fields checked: what later code takes for granted."""
+    file = path / MANIFEST
+    if not file.exists():
+        raise DataError(
+            f"{path}: no {MANIFEST}; make the folder with `rwkvkit prepare INPUT... --out {path}`"
+        )
+    m = read_json(file, DataError)
+
+    def bad(key: str, rule: str) -> DataError:
+        return DataError(f"{file}: {key!r} must be {rule}, got {m.get(key)!r}; re-run prepare")
+
+    if m.get("dtype") not in TOKEN_DTYPES:
+        raise bad("dtype", f"one of {', '.join(TOKEN_DTYPES)}")
+    for key, least in (("train_tokens", 0), ("val_tokens", 0), ("vocab_size", 1)):
+        if not isinstance(m.get(key), int) or isinstance(m.get(key), bool) or m[key] < least:
+            raise bad(key, f"an integer >= {least}")
+    if m["vocab_size"] > np.iinfo(m["dtype"]).max + 1:
+        raise bad("vocab_size", f"at most {np.iinfo(m['dtype']).max + 1} for {m['dtype']} tokens")
+    if not isinstance(m.get("tokenizer"), str):
+        raise bad("tokenizer", "a tokenizer name")
+    bpt = m.get("bytes_per_token")
+    if bpt is not None and (not isinstance(bpt, (int, float)) or isinstance(bpt, bool) or not 0 < bpt < 1e6):
+        raise bad("bytes_per_token", "a positive number or null")
+    return m
+
+
 @dataclass
 class TokenData:
     """A prepared data folder, opened. For examples (chat, prompt/completion) also the loss masks
@@ -277,14 +331,7 @@ class TokenData:
     @classmethod
     def open(cls, path: str | Path) -> TokenData:
         path = Path(path)
-        try:
-            manifest = json.loads((path / MANIFEST).read_text())
-        except FileNotFoundError:
-            raise DataError(
-                f"{path}: no {MANIFEST}; make the folder with `rwkvkit prepare INPUT... --out {path}`"
-            ) from None
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path / MANIFEST}: not valid JSON ({e})") from None
+        manifest = read_manifest(path)
         dtype = np.dtype(manifest["dtype"])
         arrays, masks, docs = {}, {}, {}
         for name in ("train", "val"):
@@ -317,7 +364,8 @@ class TokenData:
 def _open_array(f: Path, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
     if not f.is_file() or f.stat().st_size != int(np.prod(shape)) * dtype.itemsize:
         raise DataError(f"{f}: missing or not the {shape[0]} entries the manifest promises; re-run prepare")
-    return np.memmap(f, dtype=dtype, mode="r", shape=shape)
+    # an empty split has no bytes to map
+    return np.memmap(f, dtype=dtype, mode="r", shape=shape) if shape[0] else np.zeros(shape, dtype)
 
 
 class TokenSampler:

@@ -23,17 +23,47 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from ..errors import RwkvkitError
-from ..formats.run import RUN_FORMAT, complete_steps, read_run_file, run_method, weights_path
+from ..checkpoint import all_finite
+from ..device import set_cpu_threads
+from ..errors import NonFiniteError, RwkvkitError
+from ..fileio import os_problem
+from ..formats.run import RUN_FORMAT, complete_steps, read_run_file, weights_path
 from ..tokenizer import load_tokenizer
 from . import run as runfiles
-from .config import KEEP_ON_RESUME, TrainConfig
+from .config import KEEP_ON_RESUME, TrainConfig, check_resume_method
 from .data import TokenData
 from .device import autocast_for, pick_device, setup_distributed
 from .sample import sample_text
 from .schedule import learning_rate
 from .trainee import Trainee, scratch
 from .validate import validation_loss
+
+
+def _last_good(out: Path) -> str:
+    steps = complete_steps(out)
+    return (
+        f"the last complete checkpoint (step {steps[-1]}) is intact."
+        if steps
+        else "no checkpoint was written."
+    )
+
+
+def stop_if_not_finite(
+    step: int, loss: float, grad_norm: float, lr: float, world: int, device: torch.device, out: Path
+) -> None:
+    """Raise :class:`NonFiniteError` if this step's loss or gradient norm is NaN or infinite, on
+    every rank at once (one rank stopping alone would leave the others waiting forever)."""
+    bad = not (math.isfinite(loss) and math.isfinite(grad_norm))
+    if world > 1:
+        flag = torch.tensor([float(bad)], device=device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        bad = bool(flag.item())
+    if bad:
+        raise NonFiniteError(
+            f"training stopped at step {step}: the loss ({loss:.4g}) or the gradient norm ({grad_norm:.4g}) "
+            f"is not finite, so the weights were not updated; {_last_good(out)} Lower --lr (now {lr:.3g}), "
+            "set --grad-clip, or check the data"
+        )
 
 
 class L2Wrap(torch.autograd.Function):
@@ -68,20 +98,13 @@ def set_rng_state(s: dict[str, Any]) -> None:
 
 
 def resumed_config(cfg: TrainConfig, out: Path) -> tuple[TrainConfig, int | None]:
-    """The run's saved config, with this invocation's length and reporting (KEEP_ON_RESUME), and
-    the step of its newest complete checkpoint (None: none yet, start from scratch). A run is
-    resumed only by the same method it was made with."""
+    """The run's saved config, with this invocation's length, reporting (KEEP_ON_RESUME) and data
+    folder, and the step of its newest complete checkpoint (None: none yet, start from scratch). A
+    run is resumed only by the same method it was made with."""
     info = read_run_file(out)
-    method, asked = run_method(info), getattr(cfg, "method", "scratch")
-    if method != asked:
-        made = "`rwkvkit train`" if method == "scratch" else f"`rwkvkit finetune --method {method}`"
-        tried = "`rwkvkit train`" if asked == "scratch" else f"--method {asked}"
-        raise RwkvkitError(
-            f"{out} was made by {made}; it cannot be resumed with {tried}. Resume it as it was made, "
-            "or start a new run in another --out folder"
-        )
-    saved = type(cfg).from_saved(info)
-    cfg = dataclasses.replace(saved, **{k: getattr(cfg, k) for k in KEEP_ON_RESUME})
+    check_resume_method(info, getattr(cfg, "method", None), out)
+    saved = type(cfg).from_saved(info, out / runfiles.RUN_FILE)
+    cfg = dataclasses.replace(saved, data=cfg.data, **{k: getattr(cfg, k) for k in KEEP_ON_RESUME})
     steps = complete_steps(out)
     return cfg, (steps[-1] if steps else None)
 
@@ -93,28 +116,90 @@ def masked_loss(logits: Tensor, targets: Tensor, mask: Tensor, count: float) -> 
     return (ce * mask.flatten()).sum() / count
 
 
+def check_run_folder(cfg: TrainConfig, out: Path) -> None:
+    """Refuse an --out that is a file, or that holds a run this invocation would mix with."""
+    if out.exists() and not out.is_dir():
+        raise runfiles.RunFolderError(f"--out {out}: is a file, not a folder")
+    if not cfg.resume and not cfg.overwrite and out.is_dir() and runfiles.holds_run(out):
+        raise runfiles.RunFolderError(
+            f"--out {out} already holds a training run; pass --resume to continue it, or --overwrite "
+            "to start again (its checkpoints and metrics are deleted)"
+        )
+
+
+def check_data_fits_run(data: TokenData, out: Path) -> None:
+    """On resume, the data must be tokenized as the run's was: another vocabulary would be trained
+    on as if it were the same."""
+    info = read_run_file(out)
+    saved_tok, saved_vocab = info.get("tokenizer"), (info.get("model") or {}).get("vocab_size")
+    tok, vocab = data.manifest["tokenizer"], data.manifest["vocab_size"]
+    if (saved_tok is not None and saved_tok != tok) or (saved_vocab is not None and saved_vocab != vocab):
+        raise RwkvkitError(
+            f"--data {data.path} is tokenized with {tok} ({vocab} ids) but the run in {out} was trained on "
+            f"{saved_tok} ({saved_vocab} ids); pass the run's own data folder"
+        )
+
+
 def train(cfg: TrainConfig, make: Callable[[TrainConfig, TokenData], Trainee] = scratch) -> dict[str, Any]:
     """Run (or resume) training; returns a summary (final step, last losses). ``make`` builds what
-    is trained (a fresh model; ``rwkvkit finetune`` passes its own)."""
+    is trained (a fresh model; ``rwkvkit finetune`` passes its own).
+
+    With ``cfg.resume`` the run folder's saved config is read first and everything is derived
+    from it (only KEEP_ON_RESUME and the data folder come from ``cfg``). Rank 0 holds the run
+    folder's lock for the whole run. Training stops with a :class:`NonFiniteError` at the first
+    non-finite loss or gradient, before the optimizer steps, so no checkpoint is ever non-finite.
+    """
+    out = Path(cfg.out)
+    resume_from = None
+    if cfg.resume:
+        cfg, resume_from = resumed_config(cfg, out)
     if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+        set_cpu_threads(cfg.threads)
+    check_run_folder(cfg, out)
     device = pick_device(cfg)
     dist_info = setup_distributed(device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    out = Path(cfg.out)
     data = TokenData.open(cfg.data)
-
-    resume_from = None
     if cfg.resume:
-        cfg, resume_from = resumed_config(cfg, out)
+        check_data_fits_run(data, out)
+    if not dist_info.main:
+        return _train(cfg, data, device, dist_info, resume_from, make)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise runfiles.RunFolderError(f"--out {out}: cannot create the folder: {os_problem(e)}") from None
+    with runfiles.run_lock(out):
+        runfiles.tidy(out)
+        if cfg.overwrite:
+            runfiles.clear_run(out)
+        return _train(cfg, data, device, dist_info, resume_from, make)
+
+
+def _train(
+    cfg: TrainConfig,
+    data: TokenData,
+    device: torch.device,
+    dist_info: Any,
+    resume_from: int | None,
+    make: Callable[[TrainConfig, TokenData], Trainee],
+) -> dict[str, Any]:
+    out = Path(cfg.out)
     start_step = resume_from or 0
     seg = cfg.segment
     if cfg.ctx_len % seg:
         raise RwkvkitError(f"--ctx-len {cfg.ctx_len} must be a multiple of --bptt-len {seg}")
     sampler = data.sampler("train", cfg.ctx_len, cfg.seed)
     torch.manual_seed(cfg.seed)
-    trainee = make(cfg, data)
+    try:
+        trainee = make(cfg, data)
+    except (MemoryError, RuntimeError) as e:  # torch reports a failed allocation as a RuntimeError
+        if not isinstance(e, MemoryError) and "alloc" not in str(e):
+            raise
+        raise RwkvkitError(
+            f"a {cfg.arch} model of --n-layer {cfg.n_layer} --n-embd {cfg.n_embd} does not fit in memory "
+            f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); choose smaller sizes"
+        ) from None
     model, model_cfg = trainee.model, trainee.model_config
     if resume_from is not None:
         trainee.load(weights_path(out, resume_from))
@@ -143,7 +228,6 @@ def train(cfg: TrainConfig, make: Callable[[TrainConfig, TokenData], Trainee] = 
 
     metrics = out / runfiles.METRICS
     if dist_info.main:
-        out.mkdir(parents=True, exist_ok=True)
         if resume_from is None:
             runfiles.write_run_file(
                 out,
@@ -158,11 +242,19 @@ def train(cfg: TrainConfig, make: Callable[[TrainConfig, TokenData], Trainee] = 
                 },
             )
             metrics.unlink(missing_ok=True)
+            (out / runfiles.SAMPLES).unlink(missing_ok=True)
         else:
             runfiles.truncate_metrics(metrics, resume_from)
+            runfiles.truncate_samples(out / runfiles.SAMPLES, resume_from)
 
     def save(step: int) -> None:
         if dist_info.main:
+            bad = next((n for n, p in model.named_parameters() if not all_finite(p.detach())), None)
+            if bad is not None:  # finite steps can still overflow a weight: never save that
+                raise NonFiniteError(
+                    f"training stopped at step {step}: the weights ({bad}) are not finite, so no checkpoint "
+                    f"was written; {_last_good(out)} Lower --lr (now {cfg.lr:g})"
+                )
             ts = {"step": step, "optimizer": opt.state_dict(), "rng": rng_state()}
             runfiles.save_checkpoint(out, step, trainee.tensors(), model_cfg, ts, cfg.keep)
             trainee.export(out)
@@ -184,7 +276,7 @@ def train(cfg: TrainConfig, make: Callable[[TrainConfig, TokenData], Trainee] = 
     bar = tqdm(
         total=cfg.steps,
         initial=start_step,
-        disable=not (cfg.progress and dist_info.main),
+        disable=None if cfg.progress and dist_info.main else True,  # None: only on a terminal
         unit="step",
         dynamic_ncols=True,
     )
@@ -220,8 +312,12 @@ def train(cfg: TrainConfig, make: Callable[[TrainConfig, TokenData], Trainee] = 
                     (L2Wrap.apply(loss, logits) * weight).backward()
                 step_loss += loss.item() * weight
                 state = state.detach()
+        grads = [p.grad for p in trained if p.grad is not None]
         if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(trained, cfg.grad_clip)
+            norm = float(torch.nn.utils.clip_grad_norm_(trained, cfg.grad_clip))
+        else:
+            norm = float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
+        stop_if_not_finite(step + 1, step_loss, norm, lr, world, device, out)
         opt.step()
         opt.zero_grad(set_to_none=True)
         trainee.after_step()
