@@ -213,7 +213,9 @@ def adapter_view(model: nn.Module, path: str | Path) -> nn.Module:
     Many adapters on one base cost the base's memory once plus each adapter's (rank x width per
     adapted layer): how ``rwkvkit serve --adapter`` serves them side by side. The update stays
     unmerged (peft's LoRA layers add B A x to each adapted layer's output), so a view is slower
-    per token than a merged model; ``model`` itself is left as it was, and only reads its weights.
+    per token than a merged model; ``model``'s modules are left as they were and its weights are
+    only read, but the shared weights have ``requires_grad`` turned off (peft freezes the base): to
+    train ``model`` afterwards, call ``model.requires_grad_(True)``.
     """
     if getattr(model, "quantization", None):
         raise RwkvkitError(
