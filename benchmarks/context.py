@@ -33,6 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # measure this checkout's rwkvkit, not an installed copy
 from rwkvkit.bench import WORKDIR  # noqa: E402  (imports no torch: the parent process stays small)
+from rwkvkit.fileio import write_json  # noqa: E402
 
 RWKV_SHAPE = dict(vocab_size=50277, n_layer=12, n_embd=768, ffn_dim=3072)
 NEOX = dict(
@@ -250,7 +251,7 @@ def rwkv_time_only(args: argparse.Namespace) -> int:
         attach_interleaved([r for r in result["rows"] if r["model"].startswith("RWKV")], ms)
         result["rwkv_aa"] = aa_control(ms, positions)
         result["rwkv_time_rerun_machine"] = machine_info(args.threads)
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        write_json(args.json, result)
     return 0
 
 
@@ -346,7 +347,7 @@ def main() -> int:
             )
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        write_json(args.json, result)
     return 0
 
 

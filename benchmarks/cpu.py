@@ -16,7 +16,6 @@ since the machine this was made on is shared.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -37,6 +36,7 @@ from rwkvkit.bench.run import run_bench  # noqa: E402
 from rwkvkit.bench.table import format_table  # noqa: E402
 from rwkvkit.bench.timing import interleaved, summarize  # noqa: E402
 from rwkvkit.defaults import default_model_path  # noqa: E402
+from rwkvkit.fileio import write_json  # noqa: E402
 from rwkvkit.inference import default_threads  # noqa: E402
 from rwkvkit.ops import native  # noqa: E402
 
@@ -251,7 +251,7 @@ def main() -> int:
         result[part] = value
         if args.json:
             Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+            write_json(args.json, result)
 
     for part in args.parts:
         if part == "generate":

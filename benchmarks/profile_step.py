@@ -11,7 +11,6 @@ so read shares, not absolute times.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections import defaultdict
@@ -27,6 +26,7 @@ from rwkvkit import load_model  # noqa: E402
 from rwkvkit.bench import WORKDIR  # noqa: E402
 from rwkvkit.bench.contenders import random_checkpoint  # noqa: E402
 from rwkvkit.bench.machine import machine_info  # noqa: E402
+from rwkvkit.fileio import write_json  # noqa: E402
 from rwkvkit.ops import native  # noqa: E402
 
 VARIANTS = {
@@ -84,7 +84,7 @@ def main() -> int:
                   f"native kernels {r['native_share']:.0%}", flush=True)  # fmt: skip
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        write_json(args.json, result)
     return 0
 
 

@@ -22,7 +22,6 @@ The issue's bounds: int8 costs <= 0.005 bits/byte, int4 <= 0.05.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -38,6 +37,7 @@ from rwkvkit import load_model  # noqa: E402
 from rwkvkit.bench import WORKDIR  # noqa: E402
 from rwkvkit.bench.contenders import random_checkpoint  # noqa: E402
 from rwkvkit.bench.machine import machine_info  # noqa: E402
+from rwkvkit.fileio import write_json  # noqa: E402
 from rwkvkit.models.rwkv4 import RWKV4, RWKV4Config  # noqa: E402
 from rwkvkit.testing import random_rwkv4_state_dict  # noqa: E402
 
@@ -189,7 +189,7 @@ def main() -> int:
     result["random_169m_vs_fp32"] = out
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        write_json(args.json, result)
     return 0
 
 

@@ -22,7 +22,6 @@ takes a picture of the chat page (the bundled model, headless Chromium) after tw
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -39,6 +38,7 @@ import openai  # noqa: E402
 from rwkvkit.bench import WORKDIR  # noqa: E402
 from rwkvkit.bench.contenders import random_checkpoint  # noqa: E402
 from rwkvkit.bench.machine import machine_info, machine_line  # noqa: E402
+from rwkvkit.fileio import write_json  # noqa: E402
 from rwkvkit.serve.launch import ServerProcess  # noqa: E402
 
 NO_EOS = {"0": -100}  # random weights would end rows at random on the end-of-text token: ban it
@@ -268,7 +268,7 @@ def main() -> int:
                 res["turns"] = chat_turns(client(cached), client(cold), args)
     res["load_average_at_end"] = os.getloadavg()
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(res, indent=1) + "\n")
+    write_json(args.json, res, indent=1)
     print(f"wrote {args.json}")
     if "throughput" in res or "turns" in res:
         plot(res, Path(args.plot))

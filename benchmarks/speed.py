@@ -11,7 +11,6 @@ Install the peers first: ``bash benchmarks/setup.sh``.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -26,6 +25,7 @@ from rwkvkit.bench import WORKDIR  # noqa: E402
 from rwkvkit.bench.contenders import SHAPES, random_checkpoint  # noqa: E402
 from rwkvkit.bench.run import run_bench  # noqa: E402
 from rwkvkit.bench.table import format_table  # noqa: E402
+from rwkvkit.fileio import write_json  # noqa: E402
 
 ALL = "fp32,bf16,fp16,int8,plain-fp32,rwkv-fp32,rwkv-bf16,hf-fp32,rwkvcpp-fp32,rwkvcpp-fp16"
 
@@ -92,7 +92,7 @@ def main() -> int:
         print(f"prefill {name}: {gflops:.1f} GFLOP/s of matmul work")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        write_json(args.json, result)
     return 0
 
 

@@ -102,6 +102,11 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     atomic_write(path, lambda p: p.write_bytes(data))
 
 
+def write_json(path: str | Path, obj: Any, *, indent: int = 2) -> None:
+    """``obj`` as indented JSON with a final newline, written atomically."""
+    atomic_write_bytes(path, (json.dumps(obj, indent=indent) + "\n").encode())
+
+
 def remove_temp_files(directory: str | Path) -> list[Path]:
     """Delete the temporary files that writes killed half-way left in ``directory``; return them."""
     removed = []

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import CheckpointError, RwkvkitError
-from .fileio import atomic_write_bytes
+from .fileio import write_json
 from .formats.run import ADAPTER_DIR, is_run_folder
 from .statefile import ModelIdentity
 
@@ -128,7 +128,7 @@ def save_adapter(peft_model: Any, out: Path, base: ModelIdentity) -> Path:
         config = json.loads((Path(tmp) / CONFIG_FILE).read_text())
         config[BASE_KEY] = dataclasses.asdict(base)
         (Path(tmp) / WEIGHTS_FILE).replace(out / WEIGHTS_FILE)
-        atomic_write_bytes(out / CONFIG_FILE, (json.dumps(config, indent=2) + "\n").encode())
+        write_json(out / CONFIG_FILE, config)
     return out
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
@@ -14,7 +13,7 @@ from ..bench.peers import LLAMA_CPP_DIR, PEERS
 from ..bench.run import run_bench
 from ..bench.table import format_table
 from ..errors import FileAccessError
-from ..fileio import atomic_write_bytes, check_writable, os_problem
+from ..fileio import check_writable, os_problem, write_json
 from .flags import add_json_flag, add_threads_flag, integer, path_text, positive_int
 
 
@@ -80,5 +79,5 @@ def run(args: argparse.Namespace) -> int:
     )
     print(format_table(result, args.reference))
     if args.json:
-        atomic_write_bytes(args.json, (json.dumps(result, indent=2) + "\n").encode())
+        write_json(args.json, result)
     return 0

@@ -12,7 +12,6 @@ distributed run can compute the same global batch and read only its own rows.
 
 from __future__ import annotations
 
-import json
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -26,12 +25,12 @@ from torch import Tensor
 from ..errors import RwkvkitError
 from ..fileio import (
     atomic_path,
-    atomic_write_bytes,
     check_regular_file,
     iter_jsonl,
     os_problem,
     read_json,
     read_text,
+    write_json,
 )
 from ..tokenizer import load_tokenizer
 from .examples import DocumentSampler, Example, encode_example, read_example
@@ -192,7 +191,7 @@ def prepare(
     }
     if docs:
         manifest.update(examples=True, train_examples=len(docs) - n_val_docs, val_examples=n_val_docs)
-    atomic_write_bytes(out / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
+    write_json(out / MANIFEST, manifest)
     return manifest
 
 

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from ..errors import CheckpointError, FileAccessError, RwkvkitError
-from ..fileio import atomic_path, atomic_write_bytes, os_problem, remove_temp_files
+from ..fileio import atomic_path, atomic_write_bytes, os_problem, remove_temp_files, write_json
 from ..formats.run import (
     ADAPTER_DIR,
     CKPT_DIR,
@@ -109,7 +109,7 @@ def tidy(run_dir: Path) -> None:
 
 
 def write_run_file(run_dir: str | Path, info: dict[str, Any]) -> None:
-    atomic_write_bytes(Path(run_dir) / RUN_FILE, (json.dumps(info, indent=2) + "\n").encode())
+    write_json(Path(run_dir) / RUN_FILE, info)
 
 
 def save_weights(path: Path, state_dict: dict[str, Tensor], config: dict[str, Any], **meta: Any) -> None:
