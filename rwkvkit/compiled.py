@@ -41,7 +41,7 @@ def compile_step(model: nn.Module) -> bool:
         return False
     # inductor reads its cache location from the environment only; a user's choice is kept
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir()))
-    eager = model.step
+    eager = type(model).step.__get__(model)  # the model's own step (not rwkvkit.fused's native call)
     compiled = torch.compile(eager)
 
     def step(*args: Any, **kwargs: Any) -> Any:

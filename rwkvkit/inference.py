@@ -17,6 +17,7 @@ import os
 import torch
 from torch import nn
 
+from . import fused
 from .errors import RwkvkitError
 from .models.common import prepare_step_constants
 from .ops import native
@@ -43,6 +44,8 @@ def optimize_for_inference(model: nn.Module, *, quantize: str | None = None) -> 
     _release_file_mappings(model)
     # after the release: derived from the final tensors
     prepare_step_constants(model, _lowrank_dtype(model, quantize, on_cpu))
+    if on_cpu:
+        fused.install(model)
     model.quantization = quantize  # type: ignore[assignment]
     return model
 

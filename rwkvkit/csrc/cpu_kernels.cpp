@@ -56,8 +56,9 @@ using ChunkFn = void (*)(const void* ctx, int64_t chunk);
 constexpr int kIndexBits = 24;
 constexpr uint64_t kIndexMask = (uint64_t(1) << kIndexBits) - 1;
 constexpr int kSpinRounds = 2000;  // ~100 us of pause instructions before a helper sleeps
-// Waiting this long for a helper's last chunk means it was descheduled: the next kSoloJobs jobs
-// (a few tokens' worth) then run on the calling thread alone before helpers are tried again.
+// Waiting longer than this, and than three of the caller's own chunks, for a helper's last chunk
+// means it was descheduled: the next kSoloJobs jobs (a few tokens' worth) then run on the calling
+// thread alone before helpers are tried again.
 constexpr std::chrono::microseconds kDescheduled{200};
 constexpr int kSoloJobs = 256;
 
@@ -89,13 +90,18 @@ class Pool {
       std::lock_guard<std::mutex> lk(sleep_mutex_);
       wake_.notify_all();
     }
-    work();
+    const auto begin = std::chrono::steady_clock::now();
+    const int64_t mine = work();
     if (done_.load(std::memory_order_acquire) < n) {
-      // A helper still holds a chunk. Chunks take microseconds; a long wait means the helper was
-      // descheduled (another process wants the core): then the next jobs run on this thread alone.
+      // A helper still holds a chunk: waiting for it is normal for up to about one chunk's time
+      // (a chunk of the head's product takes most of a millisecond). A wait far longer than the
+      // chunks this thread did means the helper was descheduled (another process wants the core):
+      // then the next jobs run on this thread alone.
       const auto start = std::chrono::steady_clock::now();
+      const auto per_chunk = (start - begin) / std::max<int64_t>(mine, 1);
       while (done_.load(std::memory_order_acquire) < n) _mm_pause();
-      if (std::chrono::steady_clock::now() - start > kDescheduled) solo_left_.store(kSoloJobs, std::memory_order_relaxed);
+      const auto waited = std::chrono::steady_clock::now() - start;
+      if (waited > kDescheduled && waited > 3 * per_chunk) solo_left_.store(kSoloJobs, std::memory_order_relaxed);
     }
   }
 
@@ -116,11 +122,12 @@ class Pool {
     }
   }
 
-  void work() {
-    for (;;) {
+  // Claims and runs chunks until none is left; returns how many this thread ran.
+  int64_t work() {
+    for (int64_t ran = 0;; ran++) {
       const uint64_t v = state_.fetch_add(1, std::memory_order_acq_rel);
       const int64_t i = index_of(v);
-      if (i >= count_of(v)) return;
+      if (i >= count_of(v)) return ran;
       fn_(ctx_, i);
       done_.fetch_add(1, std::memory_order_release);
     }
@@ -499,122 +506,137 @@ void for_tiles(int64_t M, int64_t N, int64_t K, const Tile& tile) {
     }                                                          \
   } while (0)
 
-void check_linear(const at::Tensor& x, const at::Tensor& w, const char* op) {
-  TORCH_CHECK(x.device().is_cpu() && w.device().is_cpu(), op, ": CPU tensors only");
-  TORCH_CHECK(x.dim() == 2 && w.dim() == 2, op, ": x must be (M, K) and the weight 2-D");
-  TORCH_CHECK(w.is_contiguous(), op, ": the weight must be contiguous");
+// A weight in any of the stored formats, as the products read it. Float weights are (N, K) row
+// major; quantized ones are packed in tiles of 16 rows (see above), `n` saying how many are real.
+enum class Format { f32, bf16, f16, q8, q4 };
+
+struct Weight {
+  Format format;
+  const void* data;
+  const void* params;  // q8: float32 scale per (padded) row; q4: bfloat16 (scale, min) pairs
+  int64_t n, k;
+};
+
+// Reads (and checks) a weight: a 2-D float32/bfloat16/float16 matrix, or an int8 (q8) / uint8 (q4)
+// packed one with its scales. `n_out` is the number of output rows a packed weight holds.
+Weight weight_of(const at::Tensor& w, const at::Tensor& params, int64_t n_out, const char* op) {
+  TORCH_CHECK(w.device().is_cpu() && w.is_contiguous(), op, ": the weight must be a contiguous CPU tensor");
+  const auto t = w.scalar_type();
+  if (t == at::kFloat || t == at::kBFloat16 || t == at::kHalf) {
+    TORCH_CHECK(w.dim() == 2, op, ": a float weight must be (N, K)");
+    const Format f = t == at::kFloat ? Format::f32 : t == at::kBFloat16 ? Format::bf16 : Format::f16;
+    return Weight{f, w.data_ptr(), nullptr, w.size(0), w.size(1)};
+  }
+  TORCH_CHECK(w.dim() == 4 && w.size(2) == kRowTile && w.size(3) == 4 && (t == at::kChar || t == at::kByte), op,
+              ": a quantized weight must be packed int8 (N / 16, K / 4, 16, 4) or uint8 (N / 16, K / 8, 16, 4)");
+  const int64_t tiles = w.size(0), K = w.size(1) * (t == at::kChar ? 4 : 8);
+  TORCH_CHECK(K % kQBlock == 0, op, ": K must be a multiple of 64");
+  TORCH_CHECK(n_out > (tiles - 1) * kRowTile && n_out <= tiles * kRowTile, op, ": n_out does not fit the tiles");
+  TORCH_CHECK(params.is_contiguous() && params.device().is_cpu(), op, ": the scales must be contiguous CPU tensors");
+  if (t == at::kChar) {
+    TORCH_CHECK(params.scalar_type() == at::kFloat && params.numel() == tiles * kRowTile, op,
+                ": int8 weights take a float32 scale per (padded) row");
+    return Weight{Format::q8, w.data_ptr(), params.data_ptr(), n_out, K};
+  }
+  TORCH_CHECK(params.scalar_type() == at::kBFloat16 && params.numel() == tiles * kRowTile * (K / kQBlock) * 2, op,
+              ": int4 weights take bfloat16 scale_min (N / 16, K / 64, 2, 16)");
+  return Weight{Format::q4, w.data_ptr(), params.data_ptr(), n_out, K};
 }
 
-at::Tensor linear_f32(const at::Tensor& x_in, const at::Tensor& w) {
-  check_linear(x_in, w, "linear_f32");
-  TORCH_CHECK(w.scalar_type() == at::kFloat && w.size(1) == x_in.size(1), "linear_f32: float32 weight (N, K)");
-  const at::Tensor x = x_in.to(at::kFloat).contiguous();
-  const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
-  OutRows out;
-  at::Tensor y = output_for(x_in, M, N, &out);
-  const float* xp = x.data_ptr<float>();
-  const float* wp = w.data_ptr<float>();
-  for_tiles(M, N, K, [&](int64_t R, int64_t MT, int64_t n, int64_t m) {
-    RWKVKIT_DISPATCH_TILE(R, MT, (tile_f32<R_, MT_>(xp + m * K, K, wp + n * K, out, m, n)));
-  });
-  return y;
+// y (M, N) = x (M, K) @ W^T for float32 rows x, written through `out`. bf16 weights get x rounded
+// to bf16 (what vdpbf16ps multiplies); int8/int4 ones get it quantized per block of 64.
+void product(const Weight& W, const float* x, int64_t M, const OutRows& out) {
+  const int64_t K = W.k, N = W.n;
+  switch (W.format) {
+    case Format::f32: {
+      const auto* wp = static_cast<const float*>(W.data);
+      for_tiles(M, N, K, [&](int64_t R, int64_t MT, int64_t n, int64_t m) {
+        RWKVKIT_DISPATCH_TILE(R, MT, (tile_f32<R_, MT_>(x + m * K, K, wp + n * K, out, m, n)));
+      });
+      break;
+    }
+    case Format::bf16: {
+      std::vector<uint16_t> xb(M * K);
+      for (int64_t i = 0; i < M * K; i++) xb[i] = OutRows::to_bf16(x[i]);
+      const auto* wp = static_cast<const uint16_t*>(W.data);
+      const uint16_t* xp = xb.data();
+      for_tiles(M, N, K, [&](int64_t R, int64_t MT, int64_t n, int64_t m) {
+        RWKVKIT_DISPATCH_TILE(R, MT, (tile_bf16<R_, MT_>(xp + m * K, K, wp + n * K, out, m, n)));
+      });
+      break;
+    }
+    case Format::f16: {
+      const auto* wp = static_cast<const uint16_t*>(W.data);
+      for_tiles(M, N, K, [&](int64_t R, int64_t MT, int64_t n, int64_t m) {
+        RWKVKIT_DISPATCH_TILE(R, MT, (tile_f16<R_, MT_>(x + m * K, K, wp + n * K, out, m, n)));
+      });
+      break;
+    }
+    case Format::q8: {
+      const QuantizedRows xq = quantize_rows(x, M, K);
+      const auto* wp = static_cast<const int8_t*>(W.data);
+      const auto* sp = static_cast<const float*>(W.params);
+      parallel_rows((N + kRowTile - 1) / kRowTile, 1, K * M * kRowTile, [&](int64_t lo, int64_t hi) {
+        for (int64_t t = lo; t < hi; t++) {
+          const int count = int(std::min<int64_t>(kRowTile, N - t * kRowTile));
+          for (int64_t m = 0; m < M; m += kTileInputs)
+            RWKVKIT_DISPATCH_INPUTS(std::min<int64_t>(kTileInputs, M - m),
+                                    (tile16_q8<MT_>(xq, m, K, wp + t * kRowTile * K, sp + t * kRowTile, out,
+                                                    t * kRowTile, count)));
+        }
+      });
+      break;
+    }
+    case Format::q4: {
+      const QuantizedRows xq = quantize_rows(x, M, K);
+      const int64_t nb = K / kQBlock;
+      const auto* wp = static_cast<const uint8_t*>(W.data);
+      const auto* smp = static_cast<const uint16_t*>(W.params);
+      parallel_rows((N + kRowTile - 1) / kRowTile, 1, K * M * kRowTile / 2, [&](int64_t lo, int64_t hi) {
+        for (int64_t t = lo; t < hi; t++) {
+          const int count = int(std::min<int64_t>(kRowTile, N - t * kRowTile));
+          for (int64_t m = 0; m < M; m += kTileInputs)
+            RWKVKIT_DISPATCH_INPUTS(std::min<int64_t>(kTileInputs, M - m),
+                                    (tile16_q4<MT_>(xq, m, K, wp + t * kRowTile * K / 2, smp + t * nb * 2 * kRowTile,
+                                                    out, t * kRowTile, count)));
+        }
+      });
+      break;
+    }
+  }
 }
 
-at::Tensor linear_bf16(const at::Tensor& x_in, const at::Tensor& w) {
-  check_linear(x_in, w, "linear_bf16");
-  TORCH_CHECK(w.scalar_type() == at::kBFloat16 && w.size(1) == x_in.size(1), "linear_bf16: bfloat16 weight (N, K)");
-  const at::Tensor x = x_in.to(at::kBFloat16).contiguous();
-  const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
-  OutRows out;
-  at::Tensor y = output_for(x_in, M, N, &out);
-  const auto* xp = reinterpret_cast<const uint16_t*>(x.data_ptr<at::BFloat16>());
-  const auto* wp = reinterpret_cast<const uint16_t*>(w.data_ptr<at::BFloat16>());
-  for_tiles(M, N, K, [&](int64_t R, int64_t MT, int64_t n, int64_t m) {
-    RWKVKIT_DISPATCH_TILE(R, MT, (tile_bf16<R_, MT_>(xp + m * K, K, wp + n * K, out, m, n)));
-  });
-  return y;
-}
-
-at::Tensor linear_f16(const at::Tensor& x_in, const at::Tensor& w) {
-  check_linear(x_in, w, "linear_f16");
-  TORCH_CHECK(w.scalar_type() == at::kHalf && w.size(1) == x_in.size(1), "linear_f16: float16 weight (N, K)");
-  const at::Tensor x = x_in.to(at::kFloat).contiguous();
-  const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
-  OutRows out;
-  at::Tensor y = output_for(x_in, M, N, &out);
-  const float* xp = x.data_ptr<float>();
-  const auto* wp = reinterpret_cast<const uint16_t*>(w.data_ptr<at::Half>());
-  for_tiles(M, N, K, [&](int64_t R, int64_t MT, int64_t n, int64_t m) {
-    RWKVKIT_DISPATCH_TILE(R, MT, (tile_f16<R_, MT_>(xp + m * K, K, wp + n * K, out, m, n)));
-  });
-  return y;
-}
-
-// Quantized layers: x (M, K) of any float dtype, the output (M, n_out) of x's dtype. The weights
-// are padded to whole tiles of 16 rows; n_out says how many rows are real.
-void check_float_input(const at::Tensor& x, const char* op) {
-  TORCH_CHECK(x.device().is_cpu() && x.dim() == 2, op, ": x must be (M, K) on the CPU");
-  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kHalf,
+// The product ops: x (M, K) float32, bfloat16 or float16 on the CPU; the output (M, N) has x's
+// dtype, written as the sums come out (no float32 copy converted afterwards).
+at::Tensor linear_any(const at::Tensor& x_in, const Weight& W, const char* op) {
+  TORCH_CHECK(x_in.device().is_cpu() && x_in.dim() == 2, op, ": x must be (M, K) on the CPU");
+  TORCH_CHECK(x_in.scalar_type() == at::kFloat || x_in.scalar_type() == at::kBFloat16 ||
+                  x_in.scalar_type() == at::kHalf,
               op, ": x must be float32, bfloat16 or float16");
-}
-
-at::Tensor linear_q8(const at::Tensor& x_in, const at::Tensor& packed, const at::Tensor& scale, int64_t n_out) {
-  check_float_input(x_in, "linear_q8");
-  const int64_t M = x_in.size(0), K = x_in.size(1);
-  TORCH_CHECK(packed.scalar_type() == at::kChar && packed.is_contiguous() && packed.dim() == 4 &&
-                  packed.size(1) * 4 == K && packed.size(2) == kRowTile && packed.size(3) == 4,
-              "linear_q8: int8 weight packed (N / 16, K / 4, 16, 4)");
-  TORCH_CHECK(K % kQBlock == 0, "linear_q8: K must be a multiple of 64");
-  const int64_t tiles = packed.size(0);
-  TORCH_CHECK(n_out > (tiles - 1) * kRowTile && n_out <= tiles * kRowTile, "linear_q8: n_out does not fit the tiles");
-  TORCH_CHECK(scale.scalar_type() == at::kFloat && scale.numel() == tiles * kRowTile && scale.is_contiguous(),
-              "linear_q8: float32 scale, one per (padded) row");
+  TORCH_CHECK(x_in.size(1) == W.k, op, ": x has ", x_in.size(1), " columns, the weight ", W.k);
   const at::Tensor x = x_in.to(at::kFloat).contiguous();
-  const QuantizedRows xq = quantize_rows(x.data_ptr<float>(), M, K);
   OutRows out;
-  at::Tensor y = output_for(x_in, M, n_out, &out);
-  const int8_t* wp = packed.data_ptr<int8_t>();
-  const float* sp = scale.data_ptr<float>();
-  parallel_rows(tiles, 1, K * M * kRowTile, [&](int64_t lo, int64_t hi) {
-    for (int64_t t = lo; t < hi; t++) {
-      const int count = int(std::min<int64_t>(kRowTile, n_out - t * kRowTile));
-      for (int64_t m = 0; m < M; m += kTileInputs)
-        RWKVKIT_DISPATCH_INPUTS(std::min<int64_t>(kTileInputs, M - m),
-                                (tile16_q8<MT_>(xq, m, K, wp + t * kRowTile * K, sp + t * kRowTile, out,
-                                                t * kRowTile, count)));
-    }
-  });
+  at::Tensor y = output_for(x_in, x.size(0), W.n, &out);
+  product(W, x.data_ptr<float>(), x.size(0), out);
   return y;
 }
 
-at::Tensor linear_q4(const at::Tensor& x_in, const at::Tensor& packed, const at::Tensor& scale_min, int64_t n_out) {
-  check_float_input(x_in, "linear_q4");
-  const int64_t M = x_in.size(0), K = x_in.size(1);
-  TORCH_CHECK(packed.scalar_type() == at::kByte && packed.is_contiguous() && packed.dim() == 4 &&
-                  packed.size(1) * 8 == K && packed.size(2) == kRowTile && packed.size(3) == 4,
-              "linear_q4: uint8 weight packed (N / 16, K / 8, 16, 4)");
-  TORCH_CHECK(K % kQBlock == 0, "linear_q4: K must be a multiple of 64");
-  const int64_t tiles = packed.size(0), nb = K / kQBlock;
-  TORCH_CHECK(n_out > (tiles - 1) * kRowTile && n_out <= tiles * kRowTile, "linear_q4: n_out does not fit the tiles");
-  TORCH_CHECK(scale_min.scalar_type() == at::kBFloat16 && scale_min.is_contiguous() &&
-                  scale_min.numel() == tiles * kRowTile * nb * 2,
-              "linear_q4: bfloat16 scale_min (N / 16, K / 64, 2, 16)");
-  const at::Tensor x = x_in.to(at::kFloat).contiguous();
-  const QuantizedRows xq = quantize_rows(x.data_ptr<float>(), M, K);
-  OutRows out;
-  at::Tensor y = output_for(x_in, M, n_out, &out);
-  const uint8_t* wp = packed.data_ptr<uint8_t>();
-  const auto* smp = reinterpret_cast<const uint16_t*>(scale_min.data_ptr<at::BFloat16>());
-  parallel_rows(tiles, 1, K * M * kRowTile / 2, [&](int64_t lo, int64_t hi) {
-    for (int64_t t = lo; t < hi; t++) {
-      const int count = int(std::min<int64_t>(kRowTile, n_out - t * kRowTile));
-      for (int64_t m = 0; m < M; m += kTileInputs)
-        RWKVKIT_DISPATCH_INPUTS(std::min<int64_t>(kTileInputs, M - m),
-                                (tile16_q4<MT_>(xq, m, K, wp + t * kRowTile * K / 2, smp + t * nb * 2 * kRowTile,
-                                                out, t * kRowTile, count)));
-    }
-  });
-  return y;
+at::Tensor linear_float(const at::Tensor& x, const at::Tensor& w, at::ScalarType dtype, const char* op) {
+  TORCH_CHECK(w.scalar_type() == dtype, op, ": the weight has dtype ", w.scalar_type());
+  return linear_any(x, weight_of(w, at::Tensor(), w.dim() == 2 ? w.size(0) : 0, op), op);
+}
+at::Tensor linear_f32(const at::Tensor& x, const at::Tensor& w) { return linear_float(x, w, at::kFloat, "linear_f32"); }
+at::Tensor linear_bf16(const at::Tensor& x, const at::Tensor& w) { return linear_float(x, w, at::kBFloat16, "linear_bf16"); }
+at::Tensor linear_f16(const at::Tensor& x, const at::Tensor& w) { return linear_float(x, w, at::kHalf, "linear_f16"); }
+
+at::Tensor linear_q8(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scale, int64_t n_out) {
+  TORCH_CHECK(packed.scalar_type() == at::kChar, "linear_q8: int8 weight packed (N / 16, K / 4, 16, 4)");
+  return linear_any(x, weight_of(packed, scale, n_out, "linear_q8"), "linear_q8");
+}
+
+at::Tensor linear_q4(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scale_min, int64_t n_out) {
+  TORCH_CHECK(packed.scalar_type() == at::kByte, "linear_q4: uint8 weight packed (N / 16, K / 8, 16, 4)");
+  return linear_any(x, weight_of(packed, scale_min, n_out, "linear_q4"), "linear_q4");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -689,19 +711,11 @@ void check_wkv(const at::Tensor& state, const at::Tensor& out, std::initializer_
                 ": every vector must be contiguous float32 (B, H, N)");
 }
 
-// RWKV-7: S <- S diag(w) + (S a) b^T + v k^T, y = S r. State rows are value channels.
-at::Tensor wkv7_step(const at::Tensor& r, const at::Tensor& log_w, const at::Tensor& k, const at::Tensor& v,
-                     const at::Tensor& a, const at::Tensor& b, const at::Tensor& state, at::Tensor out) {
-  const int64_t B = state.size(0), H = state.size(1), N = state.size(2);
-  check_wkv(state, out, {r, log_w, k, v, a, b}, B, H, N, "wkv7_step");
-  TORCH_CHECK(N % 16 == 0, "wkv7_step: head size must be a multiple of 16");
-  at::Tensor y = at::empty({B, H, N}, r.options());
-  const float *rp = r.data_ptr<float>(), *lwp = log_w.data_ptr<float>(), *kp = k.data_ptr<float>(),
-              *vp = v.data_ptr<float>(), *ap = a.data_ptr<float>(), *bp = b.data_ptr<float>();
-  const float* sp = state.data_ptr<float>();
-  float* op = out.data_ptr<float>();
-  float* yp = y.data_ptr<float>();
-  parallel_rows(B * H, 1, N * N, [&](int64_t lo, int64_t hi) {
+// RWKV-7: S <- S diag(w) + (S a) b^T + v k^T, y = S r. State rows are value channels. Every
+// pointer holds BH heads of N: vectors (BH, N), states (BH, N, N); `out` may be `state`.
+void wkv7_rows(const float* rp, const float* lwp, const float* kp, const float* vp, const float* ap, const float* bp,
+               const float* sp, float* op, float* yp, int64_t BH, int64_t N) {
+  parallel_rows(BH, 1, N * N, [&](int64_t lo, int64_t hi) {
     std::vector<float> w(N);
     for (int64_t bh = lo; bh < hi; bh++) {
       const int64_t o = bh * N;
@@ -725,6 +739,17 @@ at::Tensor wkv7_step(const at::Tensor& r, const at::Tensor& log_w, const at::Ten
       }
     }
   });
+}
+
+at::Tensor wkv7_step(const at::Tensor& r, const at::Tensor& log_w, const at::Tensor& k, const at::Tensor& v,
+                     const at::Tensor& a, const at::Tensor& b, const at::Tensor& state, at::Tensor out) {
+  const int64_t B = state.size(0), H = state.size(1), N = state.size(2);
+  check_wkv(state, out, {r, log_w, k, v, a, b}, B, H, N, "wkv7_step");
+  TORCH_CHECK(N % 16 == 0, "wkv7_step: head size must be a multiple of 16");
+  at::Tensor y = at::empty({B, H, N}, r.options());
+  wkv7_rows(r.data_ptr<float>(), log_w.data_ptr<float>(), k.data_ptr<float>(), v.data_ptr<float>(),
+            a.data_ptr<float>(), b.data_ptr<float>(), state.data_ptr<float>(), out.data_ptr<float>(),
+            y.data_ptr<float>(), B * H, N);
   return y;
 }
 
@@ -775,6 +800,206 @@ at::Tensor wkv5_step(const at::Tensor& r, const at::Tensor& log_w, const at::Ten
   return y;
 }
 
+// ---------------------------------------------------------------------------------------------
+// A whole RWKV-7 decode step (models/rwkv7.py's RWKV7.step) in one call, for the weights as the
+// inference layers store them (any Format above). Why: the step in PyTorch is ~240 small operator
+// calls per layer around the products, ~10 ms a token on this project's 2-core Xeon where the
+// products of the 0.1B shape take ~37 ms at one thread and ~24 ms at two; between them the pool's
+// helper also falls asleep. Here the small work is a few loops over C floats and the products
+// follow each other directly. Activations stay float32 throughout (the PyTorch step rounds them
+// to a 16-bit model's dtype after every operation; here only the inputs of 16-bit products are).
+
+// f(v) for 16 floats at a time over p[0, n), in place.
+template <typename F>
+inline void map16(float* p, int64_t n, const F& f) {
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) _mm512_storeu_ps(p + i, f(_mm512_loadu_ps(p + i)));
+  if (i < n) {
+    const __mmask16 mask = __mmask16((1u << (n - i)) - 1);
+    _mm512_mask_storeu_ps(p + i, mask, f(_mm512_maskz_loadu_ps(mask, p + i)));
+  }
+}
+
+inline __m512 sigmoid512(__m512 x) {
+  const __m512 one = _mm512_set1_ps(1.0f);
+  return _mm512_div_ps(one, _mm512_add_ps(one, exp512(_mm512_sub_ps(_mm512_setzero_ps(), x))));
+}
+
+// LayerNorm of each of M rows of C (biased variance, as F.layer_norm): y = (x - mean) / sqrt(var + eps) w + b.
+void layer_norm_rows(const float* x, int64_t M, int64_t C, const float* w, const float* b, float eps, float* y) {
+  for (int64_t m = 0; m < M; m++) {
+    const float* xr = x + m * C;
+    float* yr = y + m * C;
+    float mean = 0, var = 0;
+    for (int64_t c = 0; c < C; c++) mean += xr[c];
+    mean /= float(C);
+    for (int64_t c = 0; c < C; c++) var += (xr[c] - mean) * (xr[c] - mean);
+    const float inv = 1.0f / std::sqrt(var / float(C) + eps);
+    for (int64_t c = 0; c < C; c++) yr[c] = (xr[c] - mean) * inv * w[c] + b[c];
+  }
+}
+
+// The tensors of one layer, in the order rwkvkit/fused.py lists them.
+enum Rwkv7Param : int {
+  kLn1W, kLn1B, kLn2W, kLn2B, kMix, kW0, kA0, kV0, kKK, kKA, kRK,
+  kW1, kW2, kA1, kA2, kV1, kV2, kG1, kG2,
+  kRW, kRP, kKW, kKP, kVW, kVP, kOW, kOP, kLnxW, kLnxB, kFfnXK, kFKW, kFKP, kFVW, kFVP,
+  kRwkv7LayerParams
+};
+// Before the layers: ln0 (weight, bias; empty when absent), ln_out (weight, bias), head (weight, params).
+constexpr int kRwkv7Head = 6;
+
+const float* f32_vector(const at::Tensor& t, int64_t n, const char* what) {
+  TORCH_CHECK(t.scalar_type() == at::kFloat && t.is_contiguous() && t.numel() == n, "rwkv7_step: ", what,
+              " must be a contiguous float32 vector of ", n);
+  return t.data_ptr<float>();
+}
+
+// tokens' embeddings x (B, C) float32 -> logits (B, V) float32; the new state is written to the
+// *_out tensors (shaped like the state: (L, B, C) and (L, B, H, N, N) float32).
+at::Tensor rwkv7_step(const at::Tensor& x_in, at::TensorList p, const at::Tensor& att_prev, const at::Tensor& wkv,
+                      const at::Tensor& ffn_prev, at::Tensor att_prev_out, at::Tensor wkv_out, at::Tensor ffn_prev_out,
+                      int64_t n_head, int64_t ffn_dim, int64_t vocab, double ln_eps, double lnx_eps) {
+  TORCH_CHECK(x_in.scalar_type() == at::kFloat && x_in.dim() == 2, "rwkv7_step: x must be (B, C) float32");
+  TORCH_CHECK((int64_t(p.size()) - kRwkv7Head) % kRwkv7LayerParams == 0, "rwkv7_step: wrong number of tensors");
+  const int64_t B = x_in.size(0), C = x_in.size(1), H = n_head, N = C / H;
+  const int64_t L = (int64_t(p.size()) - kRwkv7Head) / kRwkv7LayerParams;
+  TORCH_CHECK(H * N == C && N % 16 == 0, "rwkv7_step: C must be n_head heads of a multiple of 16");
+  for (const at::Tensor* t : {&att_prev, &ffn_prev, static_cast<const at::Tensor*>(&att_prev_out), static_cast<const at::Tensor*>(&ffn_prev_out)})
+    TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous() && t->numel() == L * B * C,
+                "rwkv7_step: token-shift states must be contiguous float32 (L, B, C)");
+  for (const at::Tensor* t : {&wkv, static_cast<const at::Tensor*>(&wkv_out)})
+    TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous() && t->numel() == L * B * C * N,
+                "rwkv7_step: WKV states must be contiguous float32 (L, B, H, N, N)");
+  const float feps = float(ln_eps), xeps = float(lnx_eps);
+  const int64_t BC = B * C;
+
+  at::Tensor xt = x_in.contiguous().clone();
+  float* x = xt.data_ptr<float>();
+  std::vector<float> h(BC), xs(6 * BC), r(BC), k(BC), v(BC), w(BC), a(BC), g(BC), kk(BC), bb(BC), y(BC),
+      first(BC), t(BC);
+  std::vector<float> low;  // the low-rank products' inner rows
+  std::vector<float> hidden;
+  const OutRows to_t{t.data(), at::kFloat, C};
+  auto into = [](std::vector<float>& buf, int64_t ld) { return OutRows{buf.data(), at::kFloat, ld}; };
+
+  if (p[0].defined() && p[0].numel() > 0)
+    layer_norm_rows(x, B, C, f32_vector(p[0], C, "ln0"), f32_vector(p[1], C, "ln0"), feps, x);
+
+  for (int64_t l = 0; l < L; l++) {
+    const at::Tensor* q = p.data() + kRwkv7Head + l * kRwkv7LayerParams;
+    // A big product's weight; every one maps C inputs except the FFN's value weight.
+    auto lin = [&](int i, int64_t n_out) {
+      const Weight W = weight_of(q[i], q[i + 1], n_out, "rwkv7_step");
+      TORCH_CHECK(W.n == n_out && (W.k == C || i == kFVW), "rwkv7_step: weight ", i, " has the wrong shape");
+      return W;
+    };
+    auto low_w = [&](int i) { return weight_of(q[i], at::Tensor(), q[i].size(0), "rwkv7_step"); };
+    // A low-rank projection up(inner(down x)): down (D, C), up (C, D).
+    auto lowrank = [&](int down, const float* in, float* out, auto inner) {
+      const Weight d = low_w(down), u = low_w(down + 1);
+      TORCH_CHECK(d.k == C && u.n == C && u.k == d.n, "rwkv7_step: low-rank matrices must be (D, C) and (C, D)");
+      low.resize(B * d.n);
+      product(d, in, B, into(low, d.n));
+      inner(low.data(), B * d.n);
+      product(u, low.data(), B, OutRows{out, at::kFloat, C});
+    };
+    auto none = [](float*, int64_t) {};
+
+    // time mixing
+    const float* prev = att_prev.data_ptr<float>() + l * BC;
+    layer_norm_rows(x, B, C, f32_vector(q[kLn1W], C, "ln1"), f32_vector(q[kLn1B], C, "ln1"), feps, h.data());
+    const float* mix = f32_vector(q[kMix], 6 * C, "the mix vectors");
+    for (int i = 0; i < 6; i++)
+      for (int64_t m = 0; m < B; m++)
+        for (int64_t c = 0; c < C; c++) {
+          const int64_t j = m * C + c;
+          xs[i * BC + j] = h[j] + (prev[j] - h[j]) * mix[i * C + c];
+        }
+    std::memcpy(att_prev_out.data_ptr<float>() + l * BC, h.data(), BC * sizeof(float));
+    product(lin(kRW, C), xs.data(), B, into(r, C));
+    product(lin(kKW, C), xs.data() + 2 * BC, B, into(k, C));
+    product(lin(kVW, C), xs.data() + 3 * BC, B, into(v, C));
+    lowrank(kW1, xs.data() + BC, w.data(), [](float* z, int64_t n) { for (int64_t i = 0; i < n; i++) z[i] = std::tanh(z[i]); });
+    lowrank(kA1, xs.data() + 4 * BC, a.data(), none);
+    lowrank(kG1, xs.data() + 5 * BC, g.data(), [](float* z, int64_t n) { map16(z, n, sigmoid512); });
+    const float *w0 = f32_vector(q[kW0], C, "w0"), *a0 = f32_vector(q[kA0], C, "a0"),
+                *k_k = f32_vector(q[kKK], C, "k_k"), *k_a = f32_vector(q[kKA], C, "k_a"),
+                *r_k = f32_vector(q[kRK], C, "r_k");
+    for (int64_t j = 0; j < BC; j++) {
+      const int64_t c = j % C;
+      a[j] += a0[c];
+      w[j] += w0[c];
+      kk[j] = k[j] * k_k[c];
+    }
+    map16(a.data(), BC, sigmoid512);
+    // log w = -e^-0.5 sigmoid(w), the decay's bound (models/rwkv7.py MAX_LOG_DECAY_RATE)
+    const __m512 max_rate = _mm512_set1_ps(-0.6065306597126334f);
+    map16(w.data(), BC, [&](__m512 z) { return _mm512_mul_ps(max_rate, sigmoid512(z)); });
+    for (int64_t hd = 0; hd < B * H; hd++) {  // kk = normalize(k k_k) per head, as F.normalize
+      float* z = kk.data() + hd * N;
+      float ss = 0;
+      for (int64_t i = 0; i < N; i++) ss += z[i] * z[i];
+      const float inv = 1.0f / std::max(std::sqrt(ss), 1e-12f);
+      for (int64_t i = 0; i < N; i++) z[i] *= inv;
+    }
+    for (int64_t j = 0; j < BC; j++) {
+      const int64_t c = j % C;
+      k[j] *= 1.0f + (a[j] - 1.0f) * k_a[c];
+      bb[j] = kk[j] * a[j];
+      kk[j] = -kk[j];
+    }
+    if (l == 0) {
+      first = v;  // layer 0's value is every later layer's v_first
+    } else {
+      const float* v0 = f32_vector(q[kV0], C, "v0");
+      lowrank(kV1, xs.data() + 3 * BC, t.data(), none);
+      for (int64_t j = 0; j < BC; j++) t[j] += v0[j % C];
+      map16(t.data(), BC, sigmoid512);
+      for (int64_t j = 0; j < BC; j++) v[j] += (first[j] - v[j]) * t[j];
+    }
+    float* state_out = wkv_out.data_ptr<float>() + l * B * H * N * N;
+    wkv7_rows(r.data(), w.data(), k.data(), v.data(), kk.data(), bb.data(), wkv.data_ptr<float>() + l * B * H * N * N,
+              state_out, y.data(), B * H, N);
+    // GroupNorm over heads, the current token's bonus, the gate
+    const float *lnx_w = f32_vector(q[kLnxW], C, "ln_x"), *lnx_b = f32_vector(q[kLnxB], C, "ln_x");
+    for (int64_t hd = 0; hd < B * H; hd++) {
+      const int64_t o = hd * N, c0 = (hd % H) * N;
+      float mean = 0, var = 0, bonus = 0;
+      for (int64_t i = 0; i < N; i++) mean += y[o + i];
+      mean /= float(N);
+      for (int64_t i = 0; i < N; i++) var += (y[o + i] - mean) * (y[o + i] - mean);
+      const float inv = 1.0f / std::sqrt(var / float(N) + xeps);
+      for (int64_t i = 0; i < N; i++) bonus += r[o + i] * k[o + i] * r_k[c0 + i];
+      for (int64_t i = 0; i < N; i++)
+        y[o + i] = (((y[o + i] - mean) * inv) * lnx_w[c0 + i] + lnx_b[c0 + i] + bonus * v[o + i]) * g[o + i];
+    }
+    product(lin(kOW, C), y.data(), B, to_t);
+    for (int64_t j = 0; j < BC; j++) x[j] += t[j];
+
+    // channel mixing
+    const float* fprev = ffn_prev.data_ptr<float>() + l * BC;
+    layer_norm_rows(x, B, C, f32_vector(q[kLn2W], C, "ln2"), f32_vector(q[kLn2B], C, "ln2"), feps, h.data());
+    std::memcpy(ffn_prev_out.data_ptr<float>() + l * BC, h.data(), BC * sizeof(float));
+    const float* x_k = f32_vector(q[kFfnXK], C, "ffn x_k");
+    for (int64_t j = 0; j < BC; j++) h[j] += (fprev[j] - h[j]) * x_k[j % C];
+    const Weight fk = lin(kFKW, ffn_dim);
+    hidden.resize(B * fk.n);
+    product(fk, h.data(), B, into(hidden, fk.n));
+    for (auto& z : hidden) z = z > 0 ? z * z : 0.0f;
+    const Weight fv = lin(kFVW, C);
+    TORCH_CHECK(fk.k == C && fv.k == fk.n, "rwkv7_step: the FFN's weights must be (F, C) and (C, F)");
+    product(fv, hidden.data(), B, to_t);
+    for (int64_t j = 0; j < BC; j++) x[j] += t[j];
+  }
+
+  layer_norm_rows(x, B, C, f32_vector(p[2], C, "ln_out"), f32_vector(p[3], C, "ln_out"), feps, h.data());
+  const Weight hw = weight_of(p[4], p[5], vocab, "rwkv7_step");
+  at::Tensor logits = at::empty({B, hw.n}, x_in.options());
+  product(hw, h.data(), B, OutRows{logits.data_ptr<float>(), at::kFloat, hw.n});
+  return logits;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(rwkvkit, m) {
@@ -786,6 +1011,9 @@ TORCH_LIBRARY(rwkvkit, m) {
   m.def("wkv7_step(Tensor r, Tensor log_w, Tensor k, Tensor v, Tensor a, Tensor b, Tensor state, Tensor(a!) out) -> Tensor");
   m.def("wkv4_step(Tensor w, Tensor u, Tensor k, Tensor v, Tensor num, Tensor den, Tensor max) -> Tensor[]");
   m.def("wkv5_step(Tensor r, Tensor log_w, Tensor k, Tensor v, Tensor u, Tensor state, Tensor(a!) out) -> Tensor");
+  m.def("rwkv7_step(Tensor x, Tensor[] params, Tensor att_prev, Tensor wkv, Tensor ffn_prev, Tensor(a!) att_prev_out, "
+        "Tensor(b!) wkv_out, Tensor(c!) ffn_prev_out, int n_head, int ffn_dim, int vocab, float ln_eps, "
+        "float lnx_eps) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(rwkvkit, CPU, m) {
@@ -797,4 +1025,5 @@ TORCH_LIBRARY_IMPL(rwkvkit, CPU, m) {
   m.impl("wkv7_step", &wkv7_step);
   m.impl("wkv4_step", &wkv4_step);
   m.impl("wkv5_step", &wkv5_step);
+  m.impl("rwkv7_step", &rwkv7_step);
 }
