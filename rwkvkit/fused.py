@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from .models.common import as_token_column
+from .models.rwkv4 import RWKV4
 from .models.rwkv7 import RWKV7
 from .ops import native
 from .ops.linear import NATIVE_MAX_ROWS, FastLinear, Int4Linear, Int8Linear
@@ -55,9 +56,12 @@ def _layer_norm(ln: nn.LayerNorm) -> list[Tensor]:
 
 
 class FusedStep:
-    """``model.step`` (same signature and results) through the native ``rwkv7_step`` when it can run."""
+    """``model.step`` (same signature and results) through one native call when it can run; the
+    subclasses say what the call takes for their version."""
 
-    def __init__(self, model: RWKV7) -> None:
+    model_cls: type[nn.Module]
+
+    def __init__(self, model: nn.Module) -> None:
         self.model = model
         self._seen: list[Any] = []  # what the packed list was made from, compared by identity
         self._params: list[Tensor] | None = None
@@ -67,8 +71,8 @@ class FusedStep:
         out: list[Any] = [m.ln_out, m.head]
         for block in m.blocks:
             att, ffn = block.att, block.ffn
-            out += [block.ln1, block.ln2, att._prepared, ffn._prepared, att.ln_x]
-            out += [att.receptance, att.key, att.value, att.output, ffn.key, ffn.value]
+            out += [block.ln1, block.ln2, att._prepared, ffn._prepared]
+            out += [x for x in (*att.children(), *ffn.children())]
         return out
 
     def _pack(self) -> list[Tensor] | None:
@@ -79,32 +83,27 @@ class FusedStep:
         return self._params
 
     def _make(self) -> list[Tensor] | None:
+        """The head's tensors then every layer's, in the order of the native op; None if it cannot run."""
         m = self.model
         head = _product(m.head)
+        if head is None or not all(b.att.prepared and b.ffn.prepared for b in m.blocks):
+            return None
         first = m.blocks[0]
-        if (
-            head is None
-            or m.config.head_size % 16
-            or not all(b.att.prepared and b.ffn.prepared for b in m.blocks)
-        ):
-            return None  # the WKV loops take heads in steps of 16 channels
         ln0 = _layer_norm(first.ln0) if first.normalises_embedding else [_EMPTY, _EMPTY]
         params = [*ln0, *_layer_norm(m.ln_out), *head]
         for block in m.blocks:
-            att, ffn = block.att, block.ffn
-            c, fc = att.constants(), ffn.constants()
-            products = [
-                _product(x) for x in (att.receptance, att.key, att.value, att.output, ffn.key, ffn.value)
-            ]
-            if any(p is None for p in products):
+            layer = self._layer(block)
+            if layer is None:
                 return None
-            (rw, rp), (kw, kp), (vw, vp), (ow, op), (fkw, fkp), (fvw, fvp) = products  # type: ignore[misc]
-            lowrank = [_EMPTY if t is None else t for t in (c.w1, c.w2, c.a1, c.a2, c.v1, c.v2, c.g1, c.g2)]
-            params += [*_layer_norm(block.ln1), *_layer_norm(block.ln2), _vector(c.mix)]
-            params += [_vector(t) for t in (c.w0, c.a0, c.v0, c.k_k, c.k_a, c.r_k)]
-            params += [*lowrank, rw, rp, kw, kp, vw, vp, ow, op]
-            params += [_vector(att.ln_x.weight), _vector(att.ln_x.bias), _vector(fc.x_k), fkw, fkp, fvw, fvp]
+            params += [*_layer_norm(block.ln1), *_layer_norm(block.ln2), *layer]
         return params
+
+    def _layer(self, block: nn.Module) -> list[Tensor] | None:
+        raise NotImplementedError
+
+    def _native(self, x: Tensor, state: Any) -> tuple[Tensor, dict[str, Tensor]]:
+        """Logits (B, V) and the new state's tensors from embeddings x (B, C) float32."""
+        raise NotImplementedError
 
     def runs_native(self, batch: int) -> bool:
         """Whether a step of ``batch`` sequences would take the native path now."""
@@ -119,30 +118,91 @@ class FusedStep:
 
     def __call__(self, tokens: Tensor, state: Any = None) -> tuple[Tensor, Any]:
         m = self.model
+        own_step = self.model_cls.step
         if not self.runs_native(tokens.shape[0]):
-            return RWKV7.step(m, tokens, state)
+            return own_step(m, tokens, state)
         tokens = as_token_column(tokens, m.config.vocab_size)
         state = m._checked(state, tokens.shape[0])
-        if any(t.dtype != torch.float32 for t in (state.att_x_prev, state.wkv, state.ffn_x_prev)):
-            return RWKV7.step(m, tokens, state)
-        att, wkv, ffn = (t.contiguous() for t in (state.att_x_prev, state.wkv, state.ffn_x_prev))
-        new = {
-            "att_x_prev": torch.empty_like(att),
-            "wkv": torch.empty_like(wkv),
-            "ffn_x_prev": torch.empty_like(ffn),
-        }
-        cfg = m.config
-        logits = native.ops().rwkv7_step(
-            m.emb.weight[tokens].float(), self._params, att, wkv, ffn, new["att_x_prev"], new["wkv"],
-            new["ffn_x_prev"], cfg.n_head, cfg.ffn_dim, cfg.vocab_size, cfg.layer_norm_eps, cfg.ln_x_eps,
-        )  # fmt: skip
+        if any(t.dtype != torch.float32 for t in state.tensors().values()):
+            return own_step(m, tokens, state)
+        logits, new = self._native(m.emb.weight[tokens].float(), state)
         return logits, dataclasses.replace(state, **new)
 
 
+def _empty_like(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    return {name: torch.empty_like(t) for name, t in tensors.items()}
+
+
+class RWKV7Step(FusedStep):
+    model_cls = RWKV7
+
+    def _make(self) -> list[Tensor] | None:
+        return None if self.model.config.head_size % 16 else super()._make()  # WKV loops: 16 channels
+
+    def _layer(self, block: nn.Module) -> list[Tensor] | None:
+        att, ffn = block.att, block.ffn
+        c, fc = att.constants(), ffn.constants()
+        products = [_product(x) for x in (att.receptance, att.key, att.value, att.output, ffn.key, ffn.value)]
+        if any(p is None for p in products):
+            return None
+        (rw, rp), (kw, kp), (vw, vp), (ow, op), (fkw, fkp), (fvw, fvp) = products  # type: ignore[misc]
+        lowrank = [_EMPTY if t is None else t for t in (c.w1, c.w2, c.a1, c.a2, c.v1, c.v2, c.g1, c.g2)]
+        return [
+            _vector(c.mix), *(_vector(t) for t in (c.w0, c.a0, c.v0, c.k_k, c.k_a, c.r_k)),
+            *lowrank, rw, rp, kw, kp, vw, vp, ow, op,
+            _vector(att.ln_x.weight), _vector(att.ln_x.bias), _vector(fc.x_k), fkw, fkp, fvw, fvp,
+        ]  # fmt: skip
+
+    def _native(self, x: Tensor, state: Any) -> tuple[Tensor, dict[str, Tensor]]:
+        old = {name: t.contiguous() for name, t in state.tensors().items()}
+        new = _empty_like(old)
+        cfg = self.model.config
+        logits = native.ops().rwkv7_step(
+            x, self._params, old["att_x_prev"], old["wkv"], old["ffn_x_prev"], new["att_x_prev"], new["wkv"],
+            new["ffn_x_prev"], cfg.n_head, cfg.ffn_dim, cfg.vocab_size, cfg.layer_norm_eps, cfg.ln_x_eps,
+        )  # fmt: skip
+        return logits, new
+
+
+class RWKV4Step(FusedStep):
+    model_cls = RWKV4
+    order = ("att_x_prev", "wkv_num", "wkv_den", "wkv_max", "ffn_x_prev")
+
+    def _make(self) -> list[Tensor] | None:
+        return None if self.model.config.n_embd % 16 else super()._make()  # WKV loop: 16 channels
+
+    def _layer(self, block: nn.Module) -> list[Tensor] | None:
+        att, ffn = block.att, block.ffn
+        c, fc = att.constants(), ffn.constants()
+        layers = (att.key, att.value, att.receptance, att.output, ffn.key, ffn.receptance, ffn.value)
+        products = [_product(x) for x in layers]
+        if any(p is None for p in products):
+            return None
+        (kw, kp), (vw, vp), (rw, rp), (ow, op), (fkw, fkp), (frw, frp), (fvw, fvp) = products  # type: ignore[misc]
+        return [
+            _vector(c.mix), _vector(c.decay), _vector(c.first), kw, kp, vw, vp, rw, rp, ow, op,
+            _vector(fc.mix), fkw, fkp, frw, frp, fvw, fvp,
+        ]  # fmt: skip
+
+    def _native(self, x: Tensor, state: Any) -> tuple[Tensor, dict[str, Tensor]]:
+        tensors = state.tensors()
+        old = [tensors[name].contiguous() for name in self.order]
+        new = [torch.empty_like(t) for t in old]
+        cfg = self.model.config
+        logits = native.ops().rwkv4_step(
+            x, self._params, old, new, cfg.ffn_dim, cfg.vocab_size, cfg.layer_norm_eps
+        )
+        return logits, dict(zip(self.order, new, strict=True))
+
+
+_STEPS: dict[type[nn.Module], type[FusedStep]] = {RWKV7: RWKV7Step, RWKV4: RWKV4Step}
+
+
 def install(model: nn.Module) -> bool:
-    """Give an RWKV-7 model the fused step (``model.step``, so one-token calls too); returns whether
-    it did. Other versions keep their own step."""
-    if not isinstance(model, RWKV7):
+    """Give a model whose version has a native step (RWKV-4, RWKV-7) the fused step (``model.step``,
+    so one-token calls too); returns whether it did. Other versions keep their own step."""
+    cls = _STEPS.get(type(model))
+    if cls is None:
         return False
-    model.step = FusedStep(model)  # type: ignore[method-assign]
+    model.step = cls(model)  # type: ignore[method-assign]
     return True

@@ -18,7 +18,13 @@ LAYERS: list[set[str]] = [
     {"fileio", "dtypes", "state", "device"},
     {"ops", "sampling"},
     {"models"},
-    {"formats", "fused", "quantize", "testing", "tokenizer"},  # a tokenizer may come from a GGUF file's metadata
+    {
+        "formats",
+        "fused",
+        "quantize",
+        "testing",
+        "tokenizer",
+    },  # a tokenizer may come from a GGUF file's metadata
     {"inference", "statefile", "cuda_graphs", "compiled", "lora"},
     {"checkpoint", "engine"},
     {"generate"},

@@ -283,9 +283,40 @@ inline void tile_f32(const float* x, int64_t K, const float* w, const OutRows& o
     for (int r = 0; r < R; r++) out.put(m0 + m, n0 + r, _mm512_reduce_add_ps(acc[m][r]));
 }
 
+// One input row against R bf16 weight rows, each row read start to end with four accumulators and
+// a software prefetch 1 KB ahead: streams bf16 weights from memory at 12-13 GB/s on one core of
+// the project's Xeon where the R-rows-at-once loop below reaches 9-11 (fp32 weights: 13-15).
+template <int R>
+inline void rows_bf16(const uint16_t* x, int64_t K, const uint16_t* w, const OutRows& out, int64_t m0, int64_t n0) {
+  for (int r = 0; r < R; r++) {
+    const uint16_t* wr = w + r * K;
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    int64_t k = 0;
+    for (; k + 128 <= K; k += 128) {
+      const char* ahead = reinterpret_cast<const char*>(wr + k) + 1024;
+      for (int line = 0; line < 256; line += 64) _mm_prefetch(ahead + line, _MM_HINT_T0);
+      a0 = _mm512_dpbf16_ps(a0, (__m512bh)_mm512_loadu_si512(x + k), (__m512bh)_mm512_loadu_si512(wr + k));
+      a1 = _mm512_dpbf16_ps(a1, (__m512bh)_mm512_loadu_si512(x + k + 32), (__m512bh)_mm512_loadu_si512(wr + k + 32));
+      a2 = _mm512_dpbf16_ps(a2, (__m512bh)_mm512_loadu_si512(x + k + 64), (__m512bh)_mm512_loadu_si512(wr + k + 64));
+      a3 = _mm512_dpbf16_ps(a3, (__m512bh)_mm512_loadu_si512(x + k + 96), (__m512bh)_mm512_loadu_si512(wr + k + 96));
+    }
+    for (; k + 32 <= K; k += 32)
+      a0 = _mm512_dpbf16_ps(a0, (__m512bh)_mm512_loadu_si512(x + k), (__m512bh)_mm512_loadu_si512(wr + k));
+    if (k < K) {
+      const __mmask32 mask = __mmask32((uint64_t(1) << (K - k)) - 1);
+      a0 = _mm512_dpbf16_ps(a0, (__m512bh)_mm512_maskz_loadu_epi16(mask, x + k), (__m512bh)_mm512_maskz_loadu_epi16(mask, wr + k));
+    }
+    out.put(m0, n0 + r, _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3))));
+  }
+}
+
 // bfloat16 weights, bfloat16 inputs: vdpbf16ps multiplies pairs exactly and sums in float32.
 template <int R, int MT>
 inline void tile_bf16(const uint16_t* x, int64_t K, const uint16_t* w, const OutRows& out, int64_t m0, int64_t n0) {
+  if constexpr (MT == 1) {
+    rows_bf16<R>(x, K, w, out, m0, n0);
+    return;
+  }
   __m512 acc[MT][R];
   for (int m = 0; m < MT; m++)
     for (int r = 0; r < R; r++) acc[m][r] = _mm512_setzero_ps();
@@ -663,21 +694,9 @@ inline __m512 exp512(__m512 x) {
 
 // RWKV-4 (ops/wkv4.py's wkv4_step): the decayed average of past values with a bonus for the
 // current token, its sums kept as (num, den, max) with S = num e^max. Elementwise over (B, C).
-std::vector<at::Tensor> wkv4_step(const at::Tensor& w, const at::Tensor& u, const at::Tensor& k, const at::Tensor& v,
-                                  const at::Tensor& num, const at::Tensor& den, const at::Tensor& mx) {
-  const int64_t C = w.numel(), BC = k.numel();
-  for (const auto& t : {w, u, k, v, num, den, mx})
-    TORCH_CHECK(t.scalar_type() == at::kFloat && t.is_contiguous() && t.device().is_cpu(),
-                "wkv4_step: contiguous float32 CPU tensors only");
-  TORCH_CHECK(u.numel() == C && C % 16 == 0 && BC % C == 0 && v.numel() == BC && num.numel() == BC &&
-                  den.numel() == BC && mx.numel() == BC,
-              "wkv4_step: w, u (C,) with C a multiple of 16; k, v, num, den, max (B, C)");
-  at::Tensor out = at::empty_like(k), num2 = at::empty_like(num), den2 = at::empty_like(den), mx2 = at::empty_like(mx);
-  const float *wp = w.data_ptr<float>(), *up = u.data_ptr<float>(), *kp = k.data_ptr<float>(),
-              *vp = v.data_ptr<float>(), *np = num.data_ptr<float>(), *dp = den.data_ptr<float>(),
-              *mp = mx.data_ptr<float>();
-  float *op = out.data_ptr<float>(), *n2 = num2.data_ptr<float>(), *d2 = den2.data_ptr<float>(),
-        *m2 = mx2.data_ptr<float>();
+// Over BC = B C floats: w, u (C,); k, v, num, den, mx (B, C) in; out, num2, den2, mx2 (B, C) out.
+void wkv4_rows(const float* wp, const float* up, const float* kp, const float* vp, const float* np, const float* dp,
+               const float* mp, float* op, float* n2, float* d2, float* m2, int64_t BC, int64_t C) {
   for (int64_t i = 0; i < BC; i += 16) {
     const int64_t c = i % C;
     const __m512 kk = _mm512_loadu_ps(kp + i), vv = _mm512_loadu_ps(vp + i), nn = _mm512_loadu_ps(np + i),
@@ -696,6 +715,21 @@ std::vector<at::Tensor> wkv4_step(const at::Tensor& w, const at::Tensor& u, cons
     _mm512_storeu_ps(d2 + i, _mm512_fmadd_ps(es, dd, ec));
     _mm512_storeu_ps(m2 + i, m);
   }
+}
+
+std::vector<at::Tensor> wkv4_step(const at::Tensor& w, const at::Tensor& u, const at::Tensor& k, const at::Tensor& v,
+                                  const at::Tensor& num, const at::Tensor& den, const at::Tensor& mx) {
+  const int64_t C = w.numel(), BC = k.numel();
+  for (const auto& t : {w, u, k, v, num, den, mx})
+    TORCH_CHECK(t.scalar_type() == at::kFloat && t.is_contiguous() && t.device().is_cpu(),
+                "wkv4_step: contiguous float32 CPU tensors only");
+  TORCH_CHECK(u.numel() == C && C % 16 == 0 && BC % C == 0 && v.numel() == BC && num.numel() == BC &&
+                  den.numel() == BC && mx.numel() == BC,
+              "wkv4_step: w, u (C,) with C a multiple of 16; k, v, num, den, max (B, C)");
+  at::Tensor out = at::empty_like(k), num2 = at::empty_like(num), den2 = at::empty_like(den), mx2 = at::empty_like(mx);
+  wkv4_rows(w.data_ptr<float>(), u.data_ptr<float>(), k.data_ptr<float>(), v.data_ptr<float>(), num.data_ptr<float>(),
+            den.data_ptr<float>(), mx.data_ptr<float>(), out.data_ptr<float>(), num2.data_ptr<float>(),
+            den2.data_ptr<float>(), mx2.data_ptr<float>(), BC, C);
   return {out, num2, den2, mx2};
 }
 
@@ -801,6 +835,127 @@ at::Tensor wkv5_step(const at::Tensor& r, const at::Tensor& log_w, const at::Ten
 }
 
 // ---------------------------------------------------------------------------------------------
+// The WKV recurrences over T tokens (prefill), token after token as the definitions read: each
+// head's (or channel's) state stays in cache for the whole sequence, so this costs a few
+// microseconds per token and layer where the chunked PyTorch forms (ops/wkv*.py) make dozens of
+// small tensor operations per chunk. Heads are independent: the pool splits them, each running
+// every token. No autograd: with gradients wanted the PyTorch forms run (ops/native.py).
+
+void check_seq(std::initializer_list<at::Tensor> ts, const char* op) {
+  for (const auto& t : ts)
+    TORCH_CHECK(t.scalar_type() == at::kFloat && t.is_contiguous() && t.device().is_cpu(), op,
+                ": contiguous float32 CPU tensors only");
+}
+
+// RWKV-4: k, v (B, T, C); w, u (C,); num, den, max (B, C). Returns out (B, T, C) and the state.
+std::vector<at::Tensor> wkv4_seq(const at::Tensor& w, const at::Tensor& u, const at::Tensor& k, const at::Tensor& v,
+                                 const at::Tensor& num, const at::Tensor& den, const at::Tensor& mx) {
+  check_seq({w, u, k, v, num, den, mx}, "wkv4_seq");
+  TORCH_CHECK(k.dim() == 3 && v.sizes() == k.sizes(), "wkv4_seq: k, v must be (B, T, C)");
+  const int64_t B = k.size(0), T = k.size(1), C = k.size(2);
+  TORCH_CHECK(C % 16 == 0 && w.numel() == C && u.numel() == C && num.numel() == B * C && den.numel() == B * C &&
+                  mx.numel() == B * C,
+              "wkv4_seq: w, u (C,) with C a multiple of 16; num, den, max (B, C)");
+  at::Tensor out = at::empty_like(k), n2 = num.clone(), d2 = den.clone(), m2 = mx.clone();
+  const float *wp = w.data_ptr<float>(), *up = u.data_ptr<float>(), *kp = k.data_ptr<float>(), *vp = v.data_ptr<float>();
+  float *op = out.data_ptr<float>(), *np = n2.data_ptr<float>(), *dp = d2.data_ptr<float>(), *mp = m2.data_ptr<float>();
+  for (int64_t b = 0; b < B; b++)
+    for (int64_t t = 0; t < T; t++) {
+      const int64_t o = (b * T + t) * C;  // the state is updated in place: each element is read, then written
+      wkv4_rows(wp, up, kp + o, vp + o, np + b * C, dp + b * C, mp + b * C, op + o, np + b * C, dp + b * C,
+                mp + b * C, C, C);
+    }
+  return {out, n2, d2, m2};
+}
+
+// RWKV-5/6: r, log_w, k, v (B, T, H, N); u (H, N); state (B, H, N, N) [key, value]. Returns y
+// (B, T, H, N) and the final state.
+std::vector<at::Tensor> wkv5_seq(const at::Tensor& r, const at::Tensor& log_w, const at::Tensor& k, const at::Tensor& v,
+                                 const at::Tensor& u, const at::Tensor& state) {
+  check_seq({r, log_w, k, v, u, state}, "wkv5_seq");
+  TORCH_CHECK(r.dim() == 4 && state.dim() == 4, "wkv5_seq: r must be (B, T, H, N) and the state (B, H, N, N)");
+  const int64_t B = r.size(0), T = r.size(1), H = r.size(2), N = r.size(3);
+  for (const auto& t : {log_w, k, v}) TORCH_CHECK(t.sizes() == r.sizes(), "wkv5_seq: r, log_w, k, v must share a shape");
+  TORCH_CHECK(N % 16 == 0 && u.numel() == H * N && state.size(0) == B && state.size(1) == H && state.size(2) == N &&
+                  state.size(3) == N,
+              "wkv5_seq: head size a multiple of 16, u (H, N), state (B, H, N, N)");
+  at::Tensor y = at::empty_like(r), out = state.clone();
+  const float *rp = r.data_ptr<float>(), *lwp = log_w.data_ptr<float>(), *kp = k.data_ptr<float>(),
+              *vp = v.data_ptr<float>(), *up = u.data_ptr<float>();
+  float *yp = y.data_ptr<float>(), *sp = out.data_ptr<float>();
+  parallel_rows(B * H, 1, T * N * N, [&](int64_t lo, int64_t hi) {
+    std::vector<float> acc(N), decay(N);
+    for (int64_t bh = lo; bh < hi; bh++) {
+      const int64_t b = bh / H, h = bh % H;
+      float* S = sp + bh * N * N;
+      for (int64_t t = 0; t < T; t++) {
+        const int64_t o = ((b * T + t) * H + h) * N;
+        std::fill(acc.begin(), acc.end(), 0.0f);
+        for (int64_t j = 0; j < N; j += 16) _mm512_storeu_ps(decay.data() + j, exp512(_mm512_loadu_ps(lwp + o + j)));
+        for (int64_t i = 0; i < N; i++) {
+          float* row = S + i * N;
+          const float ki = kp[o + i], ri = rp[o + i];
+          const __m512 rv = _mm512_set1_ps(ri), kv = _mm512_set1_ps(ki), wi = _mm512_set1_ps(decay[i]);
+          const __m512 ruk = _mm512_set1_ps(ri * up[h * N + i] * ki);
+          for (int64_t j = 0; j < N; j += 16) {
+            const __m512 s = _mm512_loadu_ps(row + j), vj = _mm512_loadu_ps(vp + o + j);
+            __m512 a = _mm512_loadu_ps(acc.data() + j);
+            a = _mm512_fmadd_ps(rv, s, a);
+            a = _mm512_fmadd_ps(ruk, vj, a);
+            _mm512_storeu_ps(acc.data() + j, a);
+            _mm512_storeu_ps(row + j, _mm512_fmadd_ps(wi, s, _mm512_mul_ps(kv, vj)));
+          }
+        }
+        std::copy(acc.begin(), acc.end(), yp + o);
+      }
+    }
+  });
+  return {y, out};
+}
+
+// RWKV-7: r, log_w, k, v, a, b (B, T, H, N); state (B, H, N, N) [value, key]. Returns y and the state.
+std::vector<at::Tensor> wkv7_seq(const at::Tensor& r, const at::Tensor& log_w, const at::Tensor& k, const at::Tensor& v,
+                                 const at::Tensor& a, const at::Tensor& b, const at::Tensor& state) {
+  check_seq({r, log_w, k, v, a, b, state}, "wkv7_seq");
+  TORCH_CHECK(r.dim() == 4 && state.dim() == 4, "wkv7_seq: r must be (B, T, H, N) and the state (B, H, N, N)");
+  const int64_t B = r.size(0), T = r.size(1), H = r.size(2), N = r.size(3);
+  for (const auto& t : {log_w, k, v, a, b}) TORCH_CHECK(t.sizes() == r.sizes(), "wkv7_seq: r, log_w, k, v, a, b must share a shape");
+  TORCH_CHECK(N % 16 == 0 && state.size(0) == B && state.size(1) == H && state.size(2) == N && state.size(3) == N,
+              "wkv7_seq: head size a multiple of 16, state (B, H, N, N)");
+  at::Tensor y = at::empty_like(r), out = state.clone();
+  const float *rp = r.data_ptr<float>(), *lwp = log_w.data_ptr<float>(), *kp = k.data_ptr<float>(),
+              *vp = v.data_ptr<float>(), *ap = a.data_ptr<float>(), *bp = b.data_ptr<float>();
+  float *yp = y.data_ptr<float>(), *sp = out.data_ptr<float>();
+  parallel_rows(B * H, 1, T * N * N, [&](int64_t lo, int64_t hi) {
+    std::vector<float> w(N);
+    for (int64_t bh = lo; bh < hi; bh++) {
+      const int64_t bi = bh / H, h = bh % H;
+      float* S = sp + bh * N * N;
+      for (int64_t t = 0; t < T; t++) {
+        const int64_t o = ((bi * T + t) * H + h) * N;
+        for (int64_t j = 0; j < N; j += 16) _mm512_storeu_ps(w.data() + j, exp512(_mm512_loadu_ps(lwp + o + j)));
+        for (int64_t i = 0; i < N; i++) {
+          float* row = S + i * N;
+          __m512 sa = _mm512_setzero_ps();
+          for (int64_t j = 0; j < N; j += 16) sa = _mm512_fmadd_ps(_mm512_loadu_ps(row + j), _mm512_loadu_ps(ap + o + j), sa);
+          const __m512 sav = _mm512_set1_ps(_mm512_reduce_add_ps(sa)), vi = _mm512_set1_ps(vp[o + i]);
+          __m512 acc = _mm512_setzero_ps();
+          for (int64_t j = 0; j < N; j += 16) {
+            __m512 s = _mm512_mul_ps(_mm512_loadu_ps(row + j), _mm512_loadu_ps(w.data() + j));
+            s = _mm512_fmadd_ps(sav, _mm512_loadu_ps(bp + o + j), s);
+            s = _mm512_fmadd_ps(vi, _mm512_loadu_ps(kp + o + j), s);
+            _mm512_storeu_ps(row + j, s);
+            acc = _mm512_fmadd_ps(s, _mm512_loadu_ps(rp + o + j), acc);
+          }
+          yp[o + i] = _mm512_reduce_add_ps(acc);
+        }
+      }
+    }
+  });
+  return {y, out};
+}
+
+// ---------------------------------------------------------------------------------------------
 // A whole RWKV-7 decode step (models/rwkv7.py's RWKV7.step) in one call, for the weights as the
 // inference layers store them (any Format above). Why: the step in PyTorch is ~240 small operator
 // calls per layer around the products, ~10 ms a token on this project's 2-core Xeon where the
@@ -847,12 +1002,24 @@ enum Rwkv7Param : int {
   kRwkv7LayerParams
 };
 // Before the layers: ln0 (weight, bias; empty when absent), ln_out (weight, bias), head (weight, params).
-constexpr int kRwkv7Head = 6;
+constexpr int kFusedHead = 6;
 
 const float* f32_vector(const at::Tensor& t, int64_t n, const char* what) {
-  TORCH_CHECK(t.scalar_type() == at::kFloat && t.is_contiguous() && t.numel() == n, "rwkv7_step: ", what,
+  TORCH_CHECK(t.scalar_type() == at::kFloat && t.is_contiguous() && t.numel() == n, "the fused step: ", what,
               " must be a contiguous float32 vector of ", n);
   return t.data_ptr<float>();
+}
+
+// The logits of the final residual rows x (B, C): ln_out (p[2], p[3]) then the head (p[4], p[5]).
+at::Tensor head_logits(const float* x, int64_t B, int64_t C, at::TensorList p, int64_t vocab, float eps,
+                       const at::TensorOptions& options) {
+  std::vector<float> h(B * C);
+  layer_norm_rows(x, B, C, f32_vector(p[2], C, "ln_out"), f32_vector(p[3], C, "ln_out"), eps, h.data());
+  const Weight hw = weight_of(p[4], p[5], vocab, "the fused step");
+  TORCH_CHECK(hw.n == vocab && hw.k == C, "the fused step: the head must be (V, C)");
+  at::Tensor logits = at::empty({B, vocab}, options);
+  product(hw, h.data(), B, OutRows{logits.data_ptr<float>(), at::kFloat, vocab});
+  return logits;
 }
 
 // tokens' embeddings x (B, C) float32 -> logits (B, V) float32; the new state is written to the
@@ -861,9 +1028,9 @@ at::Tensor rwkv7_step(const at::Tensor& x_in, at::TensorList p, const at::Tensor
                       const at::Tensor& ffn_prev, at::Tensor att_prev_out, at::Tensor wkv_out, at::Tensor ffn_prev_out,
                       int64_t n_head, int64_t ffn_dim, int64_t vocab, double ln_eps, double lnx_eps) {
   TORCH_CHECK(x_in.scalar_type() == at::kFloat && x_in.dim() == 2, "rwkv7_step: x must be (B, C) float32");
-  TORCH_CHECK((int64_t(p.size()) - kRwkv7Head) % kRwkv7LayerParams == 0, "rwkv7_step: wrong number of tensors");
+  TORCH_CHECK((int64_t(p.size()) - kFusedHead) % kRwkv7LayerParams == 0, "rwkv7_step: wrong number of tensors");
   const int64_t B = x_in.size(0), C = x_in.size(1), H = n_head, N = C / H;
-  const int64_t L = (int64_t(p.size()) - kRwkv7Head) / kRwkv7LayerParams;
+  const int64_t L = (int64_t(p.size()) - kFusedHead) / kRwkv7LayerParams;
   TORCH_CHECK(H * N == C && N % 16 == 0, "rwkv7_step: C must be n_head heads of a multiple of 16");
   for (const at::Tensor* t : {&att_prev, &ffn_prev, static_cast<const at::Tensor*>(&att_prev_out), static_cast<const at::Tensor*>(&ffn_prev_out)})
     TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous() && t->numel() == L * B * C,
@@ -887,7 +1054,7 @@ at::Tensor rwkv7_step(const at::Tensor& x_in, at::TensorList p, const at::Tensor
     layer_norm_rows(x, B, C, f32_vector(p[0], C, "ln0"), f32_vector(p[1], C, "ln0"), feps, x);
 
   for (int64_t l = 0; l < L; l++) {
-    const at::Tensor* q = p.data() + kRwkv7Head + l * kRwkv7LayerParams;
+    const at::Tensor* q = p.data() + kFusedHead + l * kRwkv7LayerParams;
     // A big product's weight; every one maps C inputs except the FFN's value weight.
     auto lin = [&](int i, int64_t n_out) {
       const Weight W = weight_of(q[i], q[i + 1], n_out, "rwkv7_step");
@@ -993,11 +1160,80 @@ at::Tensor rwkv7_step(const at::Tensor& x_in, at::TensorList p, const at::Tensor
     for (int64_t j = 0; j < BC; j++) x[j] += t[j];
   }
 
-  layer_norm_rows(x, B, C, f32_vector(p[2], C, "ln_out"), f32_vector(p[3], C, "ln_out"), feps, h.data());
-  const Weight hw = weight_of(p[4], p[5], vocab, "rwkv7_step");
-  at::Tensor logits = at::empty({B, hw.n}, x_in.options());
-  product(hw, h.data(), B, OutRows{logits.data_ptr<float>(), at::kFloat, hw.n});
-  return logits;
+  return head_logits(x, B, C, p, vocab, feps, x_in.options());
+}
+
+// A whole RWKV-4 decode step (models/rwkv4.py's RWKV4.step), as rwkv7_step above: embeddings x
+// (B, C) float32 -> logits (B, V); state and state_out are the five (L, B, C) float32 tensors of
+// RWKV4State (att_x_prev, wkv_num, wkv_den, wkv_max, ffn_x_prev).
+enum Rwkv4Param : int {
+  k4Ln1W, k4Ln1B, k4Ln2W, k4Ln2B, k4AttMix, k4Decay, k4First, k4KW, k4KP, k4VW, k4VP, k4RW, k4RP, k4OW, k4OP,
+  k4FfnMix, k4FKW, k4FKP, k4FRW, k4FRP, k4FVW, k4FVP,
+  kRwkv4LayerParams
+};
+
+at::Tensor rwkv4_step(const at::Tensor& x_in, at::TensorList p, at::TensorList state, at::TensorList state_out,
+                      int64_t ffn_dim, int64_t vocab, double ln_eps) {
+  TORCH_CHECK(x_in.scalar_type() == at::kFloat && x_in.dim() == 2, "rwkv4_step: x must be (B, C) float32");
+  TORCH_CHECK((int64_t(p.size()) - kFusedHead) % kRwkv4LayerParams == 0, "rwkv4_step: wrong number of tensors");
+  const int64_t B = x_in.size(0), C = x_in.size(1), BC = B * C;
+  const int64_t L = (int64_t(p.size()) - kFusedHead) / kRwkv4LayerParams;
+  TORCH_CHECK(C % 16 == 0, "rwkv4_step: C must be a multiple of 16");
+  TORCH_CHECK(state.size() == 5 && state_out.size() == 5, "rwkv4_step: the state is five tensors");
+  for (size_t i = 0; i < 5; i++)
+    for (const at::Tensor& t : {state[i], state_out[i]})
+      TORCH_CHECK(t.scalar_type() == at::kFloat && t.is_contiguous() && t.numel() == L * BC,
+                  "rwkv4_step: every state tensor must be contiguous float32 (L, B, C)");
+  const float feps = float(ln_eps);
+  at::Tensor xt = x_in.contiguous().clone();
+  float* x = xt.data_ptr<float>();
+  std::vector<float> h(BC), xs(3 * BC), r(BC), k(BC), v(BC), y(BC), t(BC), hidden;
+  auto rows = [](std::vector<float>& buf, int64_t ld) { return OutRows{buf.data(), at::kFloat, ld}; };
+  auto at_layer = [&](const at::Tensor& s, int64_t l) { return s.data_ptr<float>() + l * BC; };
+
+  if (p[0].numel() > 0) layer_norm_rows(x, B, C, f32_vector(p[0], C, "ln0"), f32_vector(p[1], C, "ln0"), feps, x);
+
+  for (int64_t l = 0; l < L; l++) {
+    const at::Tensor* q = p.data() + kFusedHead + l * kRwkv4LayerParams;
+    auto lin = [&](int i, int64_t n_out, int64_t n_in) {
+      const Weight W = weight_of(q[i], q[i + 1], n_out, "rwkv4_step");
+      TORCH_CHECK(W.n == n_out && W.k == n_in, "rwkv4_step: weight ", i, " has the wrong shape");
+      return W;
+    };
+    // time mixing: lerp(prev, h, mix) = prev + mix (h - prev) for k, v, r
+    const float* prev = at_layer(state[0], l);
+    layer_norm_rows(x, B, C, f32_vector(q[k4Ln1W], C, "ln1"), f32_vector(q[k4Ln1B], C, "ln1"), feps, h.data());
+    std::memcpy(at_layer(state_out[0], l), h.data(), BC * sizeof(float));
+    const float* mix = f32_vector(q[k4AttMix], 3 * C, "the mix vectors");
+    for (int i = 0; i < 3; i++)
+      for (int64_t j = 0; j < BC; j++) xs[i * BC + j] = prev[j] + mix[i * C + j % C] * (h[j] - prev[j]);
+    product(lin(k4KW, C, C), xs.data(), B, rows(k, C));
+    product(lin(k4VW, C, C), xs.data() + BC, B, rows(v, C));
+    product(lin(k4RW, C, C), xs.data() + 2 * BC, B, rows(r, C));
+    wkv4_rows(f32_vector(q[k4Decay], C, "decay"), f32_vector(q[k4First], C, "time_first"), k.data(), v.data(),
+              at_layer(state[1], l), at_layer(state[2], l), at_layer(state[3], l), y.data(), at_layer(state_out[1], l),
+              at_layer(state_out[2], l), at_layer(state_out[3], l), BC, C);
+    map16(r.data(), BC, sigmoid512);
+    for (int64_t j = 0; j < BC; j++) y[j] *= r[j];
+    product(lin(k4OW, C, C), y.data(), B, rows(t, C));
+    for (int64_t j = 0; j < BC; j++) x[j] += t[j];
+
+    // channel mixing: sigmoid(R xr) * (V relu(K xk)^2)
+    const float* fprev = at_layer(state[4], l);
+    layer_norm_rows(x, B, C, f32_vector(q[k4Ln2W], C, "ln2"), f32_vector(q[k4Ln2B], C, "ln2"), feps, h.data());
+    std::memcpy(at_layer(state_out[4], l), h.data(), BC * sizeof(float));
+    const float* fmix = f32_vector(q[k4FfnMix], 2 * C, "the FFN's mix vectors");
+    for (int i = 0; i < 2; i++)
+      for (int64_t j = 0; j < BC; j++) xs[i * BC + j] = fprev[j] + fmix[i * C + j % C] * (h[j] - fprev[j]);
+    hidden.resize(B * ffn_dim);
+    product(lin(k4FKW, ffn_dim, C), xs.data(), B, rows(hidden, ffn_dim));
+    for (auto& z : hidden) z = z > 0 ? z * z : 0.0f;
+    product(lin(k4FRW, C, C), xs.data() + BC, B, rows(r, C));
+    product(lin(k4FVW, C, ffn_dim), hidden.data(), B, rows(t, C));
+    map16(r.data(), BC, sigmoid512);
+    for (int64_t j = 0; j < BC; j++) x[j] += r[j] * t[j];
+  }
+  return head_logits(x, B, C, p, vocab, feps, x_in.options());
 }
 
 }  // namespace
@@ -1014,6 +1250,11 @@ TORCH_LIBRARY(rwkvkit, m) {
   m.def("rwkv7_step(Tensor x, Tensor[] params, Tensor att_prev, Tensor wkv, Tensor ffn_prev, Tensor(a!) att_prev_out, "
         "Tensor(b!) wkv_out, Tensor(c!) ffn_prev_out, int n_head, int ffn_dim, int vocab, float ln_eps, "
         "float lnx_eps) -> Tensor");
+  m.def("wkv4_seq(Tensor w, Tensor u, Tensor k, Tensor v, Tensor num, Tensor den, Tensor max) -> Tensor[]");
+  m.def("wkv5_seq(Tensor r, Tensor log_w, Tensor k, Tensor v, Tensor u, Tensor state) -> Tensor[]");
+  m.def("wkv7_seq(Tensor r, Tensor log_w, Tensor k, Tensor v, Tensor a, Tensor b, Tensor state) -> Tensor[]");
+  m.def("rwkv4_step(Tensor x, Tensor[] params, Tensor[] state, Tensor(a!)[] state_out, int ffn_dim, int vocab, "
+        "float ln_eps) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(rwkvkit, CPU, m) {
@@ -1026,4 +1267,8 @@ TORCH_LIBRARY_IMPL(rwkvkit, CPU, m) {
   m.impl("wkv4_step", &wkv4_step);
   m.impl("wkv5_step", &wkv5_step);
   m.impl("rwkv7_step", &rwkv7_step);
+  m.impl("rwkv4_step", &rwkv4_step);
+  m.impl("wkv4_seq", &wkv4_seq);
+  m.impl("wkv5_seq", &wkv5_seq);
+  m.impl("wkv7_seq", &wkv7_seq);
 }

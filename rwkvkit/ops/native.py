@@ -23,7 +23,6 @@ The ops live in ``torch.ops.rwkvkit`` with fake (shape) implementations register
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import os
 import platform
@@ -155,10 +154,12 @@ def _load_built(path: Path) -> Any:
 
 
 def _register_wkv_backends(ops: Any) -> None:
-    """The one-token WKV-5/6 and WKV-7 updates join their ops' registries as the CPU float32 step
-    (the chunked sequence forms stay PyTorch's). No autograd: with gradients wanted, the PyTorch
-    step runs."""
+    """The WKV-4, WKV-5/6 and WKV-7 recurrences join their ops' registries as the CPU float32
+    backend: the one-token step and the token-by-token sequence form (prefill; cheaper on a CPU
+    than the chunked PyTorch forms' many small operations). No autograd: with gradients wanted,
+    or head sizes the loops do not take, the PyTorch forms run."""
     from . import wkv4, wkv5, wkv7
+    from .registry import Backend
 
     def portable(*ts: torch.Tensor) -> bool:  # the kernels' loops take head sizes in steps of 16
         return ts[-1].shape[-1] % 16 != 0 or (torch.is_grad_enabled() and any(t.requires_grad for t in ts))
@@ -170,12 +171,28 @@ def _register_wkv_backends(ops: Any) -> None:
         out = torch.empty_like(state)
         return ops.wkv7_step(*vecs, state, out), out
 
+    def wkv7_sequence(*args: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        *tensors, chunk_len = args
+        if portable(*tensors):
+            return wkv7.wkv7_chunked(*args)
+        y, state = ops.wkv7_seq(*(t.contiguous() for t in tensors))
+        return y, state
+
     def wkv5_step(*args: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if portable(*args):
             return wkv5.wkv5_step(*args)
         *vecs, state = (t.contiguous() for t in args)
         out = torch.empty_like(state)
         return ops.wkv5_step(*vecs, state, out), out
+
+    def wkv5_sequence(*args: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        *tensors, chunk_len = args
+        if portable(*tensors):
+            return wkv5.wkv5_chunked(*args)
+        r, log_w, k, v, u, state = tensors
+        log_w = log_w.expand_as(r)  # RWKV-5's decay is the same at every token
+        y, state = ops.wkv5_seq(*(t.contiguous() for t in (r, log_w, k, v, u, state)))
+        return y, state
 
     def wkv4_step(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: Any) -> Any:
         if k.shape[-1] % 16 or (
@@ -185,10 +202,20 @@ def _register_wkv_backends(ops: Any) -> None:
         out, *new = ops.wkv4_step(*(t.contiguous() for t in (w, u, k, v, *state)))
         return out, tuple(new)
 
+    def wkv4_sequence(
+        w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: Any, chunk_len: int
+    ) -> Any:
+        if k.shape[-1] % 16 or (
+            torch.is_grad_enabled() and any(t.requires_grad for t in (w, u, k, v, *state))
+        ):
+            return wkv4.wkv4_chunked_matmul(w, u, k, v, state, chunk_len)
+        out, *new = ops.wkv4_seq(*(t.contiguous() for t in (w, u, k, v, *state)))
+        return out, tuple(new)
+
     _state.backends = {
-        wkv4.BACKENDS: dataclasses.replace(wkv4.BACKENDS.default, name="native", step=wkv4_step),
-        wkv7.BACKENDS: dataclasses.replace(wkv7.BACKENDS.default, name="native", step=wkv7_step),
-        wkv5.BACKENDS: dataclasses.replace(wkv5.BACKENDS.default, name="native", step=wkv5_step),
+        wkv4.BACKENDS: Backend("native", step=wkv4_step, sequence=wkv4_sequence),
+        wkv7.BACKENDS: Backend("native", step=wkv7_step, sequence=wkv7_sequence),
+        wkv5.BACKENDS: Backend("native", step=wkv5_step, sequence=wkv5_sequence),
     }
     for registry, backend in _state.backends.items():
         registry.register(backend, "cpu", torch.float32)
