@@ -180,6 +180,42 @@ def test_wkv_steps_match_pytorch() -> None:
             torch.testing.assert_close(g, t, atol=1e-5 * scale_of(t), rtol=1e-5)
 
 
+def test_wkv_sequences_match_their_definitions() -> None:
+    """The token-by-token native sequence forms (prefill) against the PyTorch definitions, from a
+    non-empty state, batch 2, 70 tokens; through the ops' dispatch (which picks them on the CPU)."""
+    gen = torch.Generator().manual_seed(7)
+    B, T, H, N = 2, 70, 3, 32
+
+    def r(*shape: int, s: float = 1.0) -> torch.Tensor:
+        return torch.randn(*shape, generator=gen) * s
+
+    def close(got: torch.Tensor, want: torch.Tensor) -> None:
+        torch.testing.assert_close(got, want, atol=1e-5 * scale_of(want), rtol=0)
+
+    log_w = -torch.rand(B, T, H, N, generator=gen) * 0.6 - 0.01
+    kk = F.normalize(r(B, T, H, N), dim=-1)
+    args7 = (r(B, T, H, N), log_w, r(B, T, H, N), r(B, T, H, N), -kk, kk * torch.rand(B, T, H, N, generator=gen),
+             r(B, H, N, N, s=0.3))  # fmt: skip
+    assert wkv7.BACKENDS.lookup(args7[0]).name == "native"
+    for got, want in zip(wkv7.wkv7(*args7), wkv7.wkv7_reference(*args7), strict=True):
+        close(got, want)
+    # RWKV-6: a decay per token; RWKV-5: one per head, broadcast over the tokens
+    for decay in (log_w * 3, (-torch.rand(H, N, generator=gen) * 3).expand(B, T, H, N)):
+        args5 = (r(B, T, H, N), decay, r(B, T, H, N), r(B, T, H, N), r(H, N), r(B, H, N, N, s=0.3))
+        assert wkv5.BACKENDS.lookup(args5[0]).name == "native"
+        for got, want in zip(wkv5.wkv5(*args5), wkv5.wkv5_reference(*args5), strict=True):
+            close(got, want)
+    C = 48
+    w, u = -torch.exp(r(C)), r(C)
+    for state in (wkv4.initial_wkv_state(B, C), (r(B, C), torch.rand(B, C, generator=gen) + 1, r(B, C, s=5))):
+        k, v = r(B, T, C, s=3), r(B, T, C)
+        got_out, got_state = wkv4.wkv4(w, u, k, v, state)
+        want_out, want_state = wkv4.wkv4_reference(w, u, k, v, state)
+        close(got_out, want_out)
+        for g, t in zip(got_state, want_state, strict=True):
+            torch.testing.assert_close(g, t, atol=1e-5 * scale_of(t), rtol=1e-5)
+
+
 V = 97
 MODELS = {
     "4": (RWKV4Config(vocab_size=V, n_layer=2, n_embd=64, ffn_dim=128), testing.random_rwkv4),
