@@ -1,14 +1,16 @@
-"""RWKV-7's one-token step in one native call: ``rwkv7_step`` of rwkvkit/csrc/cpu_kernels.cpp.
+"""The one-token step of RWKV-4, 5, 6 and 7 in one native call (``rwkv4_step``, ``rwkv56_step``,
+``rwkv7_step`` in rwkvkit/csrc/cpu_kernels.cpp).
 
 Why: the model's own ``step`` (models/rwkv7.py) is ~240 PyTorch operator calls per layer around
-its seven products. On the project's 2-core Xeon they cost ~10 ms a token for the 0.1B shape
-(``benchmarks/profile_step.py``), against ~37 ms for the products themselves at one thread and
-~24 ms at two, and while Python works between two products the kernels' helper thread goes to
+its seven products. On the project's 2-core Xeon they cost ~10 ms a token for the RWKV-7 0.1B
+shape (``benchmarks/profile_step.py``), against ~37 ms for the products themselves at one thread
+and ~24 ms at two, and while Python works between two products the kernels' helper thread goes to
 sleep. The native step runs the same arithmetic as loops over C floats between products that
 follow each other directly, on the weights exactly as the inference layers store them (float32,
-bfloat16, float16, packed int8 or int4: ``ops/linear.py``).
+bfloat16, float16, packed int8 or int4: ``ops/linear.py``). Measured (BENCHMARKS.md): RWKV-7 0.1B
+fp32 decode 20 -> 24 tokens/s at one thread, 28 -> 41 at two; int8 28 -> 77 at one thread.
 
-What it computes: :meth:`RWKV7.step`'s result, with activations in float32 throughout (the PyTorch
+What it computes: the model's own step's result, with activations in float32 throughout (the PyTorch
 step rounds them to a 16-bit model's dtype after every operation; here only the inputs of 16-bit
 products are): float32 models agree to 1e-5 (tests/test_fused.py).
 
@@ -29,6 +31,9 @@ from torch import Tensor, nn
 
 from .models.common import as_token_column
 from .models.rwkv4 import RWKV4
+from .models.rwkv5 import RWKV5
+from .models.rwkv6 import RWKV6
+from .models.rwkv6 import TimeMix as RWKV6TimeMix
 from .models.rwkv7 import RWKV7
 from .ops import native
 from .ops.linear import NATIVE_MAX_ROWS, FastLinear, Int4Linear, Int8Linear
@@ -195,12 +200,63 @@ class RWKV4Step(FusedStep):
         return logits, dict(zip(self.order, new, strict=True))
 
 
-_STEPS: dict[type[nn.Module], type[FusedStep]] = {RWKV7: RWKV7Step, RWKV4: RWKV4Step}
+class RWKV56Step(FusedStep):
+    """RWKV-5 and RWKV-6 (``rwkv56_step``): the same layer loop and state, their own time mixing."""
+
+    model_cls = RWKV5
+
+    def _make(self) -> list[Tensor] | None:
+        return None if self.model.config.head_size % 16 else super()._make()  # WKV loops: 16 channels
+
+    def _layer(self, block: nn.Module) -> list[Tensor] | None:
+        att, ffn = block.att, block.ffn
+        c, fc = att.constants(), ffn.constants()
+        gated = isinstance(att, RWKV6TimeMix) or att.gated
+        layers = (att.receptance, att.key, att.value, att.gate if gated else None, att.output,
+                  ffn.key, ffn.receptance, ffn.value)  # fmt: skip
+        products = [(_EMPTY, _EMPTY) if x is None else _product(x) for x in layers]
+        if any(p is None for p in products):
+            return None
+        if isinstance(att, RWKV6TimeMix):
+            time_mix = [_vector(c.maa), _vector(att.time_maa_x), c.maa_w1, _vector(c.maa_w2), _vector(c.decay),
+                        c.decay_w1, c.decay_w2]  # fmt: skip
+            ffn_mix = _vector(1 - fc.maa.float())  # x + (x_prev - x) maa, as a lerp toward x
+        else:
+            time_mix = [_vector(c.mix), _EMPTY, _EMPTY, _EMPTY, _vector(c.log_w), _EMPTY, _EMPTY]
+            ffn_mix = _vector(fc.mix)
+        return [
+            *time_mix, _vector(c.bonus), *(t for pair in products[:5] for t in pair),
+            _vector(att.ln_x.weight), _vector(att.ln_x.bias), ffn_mix, *(t for pair in products[5:] for t in pair),
+        ]  # fmt: skip
+
+    def _native(self, x: Tensor, state: Any) -> tuple[Tensor, dict[str, Tensor]]:
+        old = {name: t.contiguous() for name, t in state.tensors().items()}
+        new = _empty_like(old)
+        cfg = self.model.config
+        version = 6 if isinstance(self.model, RWKV6) else 5
+        logits = native.ops().rwkv56_step(
+            x, self._params, old["att_x_prev"], old["wkv"], old["ffn_x_prev"], new["att_x_prev"], new["wkv"],
+            new["ffn_x_prev"], version, cfg.n_head, cfg.head_size, cfg.ffn_dim, cfg.vocab_size, cfg.layer_norm_eps,
+            cfg.ln_x_eps,
+        )  # fmt: skip
+        return logits, new
+
+
+class RWKV6Step(RWKV56Step):
+    model_cls = RWKV6
+
+
+_STEPS: dict[type[nn.Module], type[FusedStep]] = {
+    RWKV7: RWKV7Step,
+    RWKV4: RWKV4Step,
+    RWKV5: RWKV56Step,
+    RWKV6: RWKV6Step,
+}
 
 
 def install(model: nn.Module) -> bool:
-    """Give a model whose version has a native step (RWKV-4, RWKV-7) the fused step (``model.step``,
-    so one-token calls too); returns whether it did. Other versions keep their own step."""
+    """Give an RWKV model the fused step (``model.step``, so one-token calls too); returns whether
+    it did. Other models (the GPT baseline) keep their own step."""
     cls = _STEPS.get(type(model))
     if cls is None:
         return False

@@ -6,8 +6,10 @@ layers for :class:`~rwkvkit.ops.linear.FastLinear` (or :class:`~rwkvkit.ops.line
 checkpoint's file mapping, and derives the constants the model's one-token ``step`` uses
 (:class:`~rwkvkit.models.common.StepConstants`). The layers pick their kernels when they are made:
 the native CPU kernels (rwkvkit/ops/native.py) where they are built, started building in the
-background on first use, else PyTorch's. The step itself is the model's own;
-tests/test_inference.py compares the result with the plain modules.
+background on first use, else PyTorch's. RWKV models also get their whole
+one-token step as one native call (:mod:`rwkvkit.fused`, falling back to the model's own step
+wherever it cannot run); tests/test_inference.py and tests/test_fused.py compare the results with
+the plain modules.
 """
 
 from __future__ import annotations

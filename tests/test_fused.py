@@ -1,5 +1,5 @@
-"""rwkvkit.fused: RWKV-4's and RWKV-7's whole one-token step in one native call, against the
-models' own step (the PyTorch operations of models/rwkv4.py and models/rwkv7.py).
+"""rwkvkit.fused: the whole one-token step of RWKV-4, 5, 6 and 7 in one native call, against the
+models' own step (the PyTorch operations of models/rwkv4.py .. rwkv7.py).
 
 Tolerance: float32 1e-5 of the logits' size (the same sums in another order; e^x within 2 ulp in
 the native loops). The 16-bit and quantized variants are compared in tests/test_native.py
@@ -19,6 +19,8 @@ from rwkvkit import testing
 from rwkvkit.fused import FusedStep
 from rwkvkit.inference import optimize_for_inference
 from rwkvkit.models.rwkv4 import RWKV4Config
+from rwkvkit.models.rwkv5 import RWKV5Config
+from rwkvkit.models.rwkv6 import RWKV6Config
 from rwkvkit.models.rwkv7 import RWKV7Config
 from rwkvkit.ops import native
 
@@ -31,6 +33,13 @@ V = 211
 MODELS = {
     "4": (RWKV4Config(vocab_size=V, n_layer=3, n_embd=96, ffn_dim=320), testing.random_rwkv4,
           testing.random_rwkv4_state_dict),
+    "5": (RWKV5Config(vocab_size=V, n_layer=3, n_embd=128, ffn_dim=448, head_size=32), testing.random_rwkv5,
+          testing.random_rwkv5_state_dict),
+    # RWKV-5.0: no gate, a decay and bonus per head (stored as log u), attention narrower than C
+    "5.0": (RWKV5Config(vocab_size=V, n_layer=2, n_embd=96, dim_att=64, ffn_dim=320, head_size=16, gate=False,
+                        per_channel_decay=False, log_bonus=True), testing.random_rwkv5, testing.random_rwkv5_state_dict),
+    "6": (RWKV6Config(vocab_size=V, n_layer=3, n_embd=128, ffn_dim=448, head_size=32, mix_lora=8, decay_lora=16),
+          testing.random_rwkv6, testing.random_rwkv6_state_dict),
     "7": (RWKV7Config(vocab_size=V, n_layer=3, n_embd=128, ffn_dim=384, head_size=32, decay_lora=16,
                       iclr_lora=16, value_lora=8, gate_lora=24), testing.random_rwkv7, testing.random_rwkv7_state_dict),
 }  # fmt: skip

@@ -215,6 +215,10 @@ inline float bf16_to_float(uint16_t h) {
 
 constexpr int kTileRows = 4;
 constexpr int kTileInputs = 4;
+// From 5 input rows on (batched decode) a tile is 2 weight rows by up to 8 inputs, so 8 sequences
+// read each weight once (4 x 8 accumulators would not fit the 32 vector registers).
+constexpr int kWideRows = 2;
+constexpr int kWideInputs = 8;
 
 // Where a product's rows go: an (M, ld) output of the input's dtype (float32, bfloat16 or
 // float16), written as the sums come out, so no float32 copy is made and converted afterwards.
@@ -499,6 +503,10 @@ inline void tile16_q4(const QuantizedRows& xq, int64_t m0, int64_t K, const uint
       case 2: { constexpr int MT_ = 2; CALL; } break;        \
       case 3: { constexpr int MT_ = 3; CALL; } break;        \
       case 4: { constexpr int MT_ = 4; CALL; } break;        \
+      case 5: { constexpr int MT_ = 5; CALL; } break;        \
+      case 6: { constexpr int MT_ = 6; CALL; } break;        \
+      case 7: { constexpr int MT_ = 7; CALL; } break;        \
+      case 8: { constexpr int MT_ = 8; CALL; } break;        \
     }                                                        \
   } while (0)
 
@@ -506,10 +514,12 @@ inline void tile16_q4(const QuantizedRows& xq, int64_t m0, int64_t K, const uint
 // rows: tile(R, MT, n0, m0) computes rows n0..n0+R of inputs m0..m0+MT.
 template <typename Tile>
 void for_tiles(int64_t M, int64_t N, int64_t K, const Tile& tile) {
+  const bool wide = M > kTileInputs;
+  const int64_t rows = wide ? kWideRows : kTileRows, inputs = wide ? kWideInputs : kTileInputs;
   parallel_rows(N, 16, K * M, [&](int64_t lo, int64_t hi) {
-    for (int64_t n = lo; n < hi; n += kTileRows) {
-      const int64_t R = std::min<int64_t>(kTileRows, hi - n);
-      for (int64_t m = 0; m < M; m += kTileInputs) tile(R, std::min<int64_t>(kTileInputs, M - m), n, m);
+    for (int64_t n = lo; n < hi; n += rows) {
+      const int64_t R = std::min<int64_t>(rows, hi - n);
+      for (int64_t m = 0; m < M; m += inputs) tile(R, std::min<int64_t>(inputs, M - m), n, m);
     }
   });
 }
@@ -517,23 +527,31 @@ void for_tiles(int64_t M, int64_t N, int64_t K, const Tile& tile) {
 // Expands a runtime (R, MT) into the template instances.
 #define RWKVKIT_DISPATCH_TILE(R, MT, CALL)                     \
   do {                                                         \
-    switch ((R) * 8 + (MT)) {                                  \
-      case 4 * 8 + 1: { constexpr int R_ = 4, MT_ = 1; CALL; } break; \
-      case 4 * 8 + 2: { constexpr int R_ = 4, MT_ = 2; CALL; } break; \
-      case 4 * 8 + 3: { constexpr int R_ = 4, MT_ = 3; CALL; } break; \
-      case 4 * 8 + 4: { constexpr int R_ = 4, MT_ = 4; CALL; } break; \
-      case 3 * 8 + 1: { constexpr int R_ = 3, MT_ = 1; CALL; } break; \
-      case 3 * 8 + 2: { constexpr int R_ = 3, MT_ = 2; CALL; } break; \
-      case 3 * 8 + 3: { constexpr int R_ = 3, MT_ = 3; CALL; } break; \
-      case 3 * 8 + 4: { constexpr int R_ = 3, MT_ = 4; CALL; } break; \
-      case 2 * 8 + 1: { constexpr int R_ = 2, MT_ = 1; CALL; } break; \
-      case 2 * 8 + 2: { constexpr int R_ = 2, MT_ = 2; CALL; } break; \
-      case 2 * 8 + 3: { constexpr int R_ = 2, MT_ = 3; CALL; } break; \
-      case 2 * 8 + 4: { constexpr int R_ = 2, MT_ = 4; CALL; } break; \
-      case 1 * 8 + 1: { constexpr int R_ = 1, MT_ = 1; CALL; } break; \
-      case 1 * 8 + 2: { constexpr int R_ = 1, MT_ = 2; CALL; } break; \
-      case 1 * 8 + 3: { constexpr int R_ = 1, MT_ = 3; CALL; } break; \
-      case 1 * 8 + 4: { constexpr int R_ = 1, MT_ = 4; CALL; } break; \
+    switch ((R) * 16 + (MT)) {                                 \
+      case 4 * 16 + 1: { constexpr int R_ = 4, MT_ = 1; CALL; } break; \
+      case 4 * 16 + 2: { constexpr int R_ = 4, MT_ = 2; CALL; } break; \
+      case 4 * 16 + 3: { constexpr int R_ = 4, MT_ = 3; CALL; } break; \
+      case 4 * 16 + 4: { constexpr int R_ = 4, MT_ = 4; CALL; } break; \
+      case 3 * 16 + 1: { constexpr int R_ = 3, MT_ = 1; CALL; } break; \
+      case 3 * 16 + 2: { constexpr int R_ = 3, MT_ = 2; CALL; } break; \
+      case 3 * 16 + 3: { constexpr int R_ = 3, MT_ = 3; CALL; } break; \
+      case 3 * 16 + 4: { constexpr int R_ = 3, MT_ = 4; CALL; } break; \
+      case 2 * 16 + 1: { constexpr int R_ = 2, MT_ = 1; CALL; } break; \
+      case 2 * 16 + 2: { constexpr int R_ = 2, MT_ = 2; CALL; } break; \
+      case 2 * 16 + 3: { constexpr int R_ = 2, MT_ = 3; CALL; } break; \
+      case 2 * 16 + 4: { constexpr int R_ = 2, MT_ = 4; CALL; } break; \
+      case 1 * 16 + 1: { constexpr int R_ = 1, MT_ = 1; CALL; } break; \
+      case 1 * 16 + 2: { constexpr int R_ = 1, MT_ = 2; CALL; } break; \
+      case 1 * 16 + 3: { constexpr int R_ = 1, MT_ = 3; CALL; } break; \
+      case 1 * 16 + 4: { constexpr int R_ = 1, MT_ = 4; CALL; } break; \
+      case 2 * 16 + 5: { constexpr int R_ = 2, MT_ = 5; CALL; } break; \
+      case 2 * 16 + 6: { constexpr int R_ = 2, MT_ = 6; CALL; } break; \
+      case 2 * 16 + 7: { constexpr int R_ = 2, MT_ = 7; CALL; } break; \
+      case 2 * 16 + 8: { constexpr int R_ = 2, MT_ = 8; CALL; } break; \
+      case 1 * 16 + 5: { constexpr int R_ = 1, MT_ = 5; CALL; } break; \
+      case 1 * 16 + 6: { constexpr int R_ = 1, MT_ = 6; CALL; } break; \
+      case 1 * 16 + 7: { constexpr int R_ = 1, MT_ = 7; CALL; } break; \
+      case 1 * 16 + 8: { constexpr int R_ = 1, MT_ = 8; CALL; } break; \
     }                                                          \
   } while (0)
 
@@ -610,8 +628,8 @@ void product(const Weight& W, const float* x, int64_t M, const OutRows& out) {
       parallel_rows((N + kRowTile - 1) / kRowTile, 1, K * M * kRowTile, [&](int64_t lo, int64_t hi) {
         for (int64_t t = lo; t < hi; t++) {
           const int count = int(std::min<int64_t>(kRowTile, N - t * kRowTile));
-          for (int64_t m = 0; m < M; m += kTileInputs)
-            RWKVKIT_DISPATCH_INPUTS(std::min<int64_t>(kTileInputs, M - m),
+          for (int64_t m = 0; m < M; m += kWideInputs)
+            RWKVKIT_DISPATCH_INPUTS(std::min<int64_t>(kWideInputs, M - m),
                                     (tile16_q8<MT_>(xq, m, K, wp + t * kRowTile * K, sp + t * kRowTile, out,
                                                     t * kRowTile, count)));
         }
@@ -626,8 +644,8 @@ void product(const Weight& W, const float* x, int64_t M, const OutRows& out) {
       parallel_rows((N + kRowTile - 1) / kRowTile, 1, K * M * kRowTile / 2, [&](int64_t lo, int64_t hi) {
         for (int64_t t = lo; t < hi; t++) {
           const int count = int(std::min<int64_t>(kRowTile, N - t * kRowTile));
-          for (int64_t m = 0; m < M; m += kTileInputs)
-            RWKVKIT_DISPATCH_INPUTS(std::min<int64_t>(kTileInputs, M - m),
+          for (int64_t m = 0; m < M; m += kWideInputs)
+            RWKVKIT_DISPATCH_INPUTS(std::min<int64_t>(kWideInputs, M - m),
                                     (tile16_q4<MT_>(xq, m, K, wp + t * kRowTile * K / 2, smp + t * nb * 2 * kRowTile,
                                                     out, t * kRowTile, count)));
         }
@@ -788,23 +806,10 @@ at::Tensor wkv7_step(const at::Tensor& r, const at::Tensor& log_w, const at::Ten
 }
 
 // RWKV-5/6: y = r^T (S + diag(u) k v^T), S <- diag(w) S + k v^T. State rows are key channels.
-at::Tensor wkv5_step(const at::Tensor& r, const at::Tensor& log_w, const at::Tensor& k, const at::Tensor& v,
-                     const at::Tensor& u, const at::Tensor& state, at::Tensor out) {
-  const int64_t B = state.size(0), H = state.size(1), N = state.size(2);
-  check_wkv(state, out, {r, k, v}, B, H, N, "wkv5_step");
-  TORCH_CHECK(N % 16 == 0, "wkv5_step: head size must be a multiple of 16");
-  TORCH_CHECK(u.scalar_type() == at::kFloat && u.is_contiguous() && u.numel() == H * N, "wkv5_step: u must be (H, N) float32");
-  // RWKV-5's decay is the same for every sequence, (H, N); RWKV-6's is per token, (B, H, N).
-  TORCH_CHECK(log_w.scalar_type() == at::kFloat && log_w.is_contiguous() &&
-                  (log_w.numel() == H * N || log_w.numel() == B * H * N),
-              "wkv5_step: log_w must be (H, N) or (B, H, N) float32");
-  const int64_t w_batch_stride = log_w.numel() == H * N ? 0 : H * N;
-  at::Tensor y = at::empty({B, H, N}, r.options());
-  const float *rp = r.data_ptr<float>(), *lwp = log_w.data_ptr<float>(), *kp = k.data_ptr<float>(),
-              *vp = v.data_ptr<float>(), *up = u.data_ptr<float>();
-  const float* sp = state.data_ptr<float>();
-  float* op = out.data_ptr<float>();
-  float* yp = y.data_ptr<float>();
+// B H heads of N: r, k, v (B, H, N); log_w (H, N) when w_batch_stride is 0 (RWKV-5), else (B, H, N)
+// with stride H N (RWKV-6); u (H, N); state and out (B, H, N, N), out may be state.
+void wkv5_rows(const float* rp, const float* lwp, int64_t w_batch_stride, const float* kp, const float* vp,
+               const float* up, const float* sp, float* op, float* yp, int64_t B, int64_t H, int64_t N) {
   parallel_rows(B * H, 1, N * N, [&](int64_t lo, int64_t hi) {
     std::vector<float> acc(N), decay(N);
     for (int64_t bh = lo; bh < hi; bh++) {
@@ -831,6 +836,22 @@ at::Tensor wkv5_step(const at::Tensor& r, const at::Tensor& log_w, const at::Ten
       std::copy(acc.begin(), acc.end(), yp + o);
     }
   });
+}
+
+at::Tensor wkv5_step(const at::Tensor& r, const at::Tensor& log_w, const at::Tensor& k, const at::Tensor& v,
+                     const at::Tensor& u, const at::Tensor& state, at::Tensor out) {
+  const int64_t B = state.size(0), H = state.size(1), N = state.size(2);
+  check_wkv(state, out, {r, k, v}, B, H, N, "wkv5_step");
+  TORCH_CHECK(N % 16 == 0, "wkv5_step: head size must be a multiple of 16");
+  TORCH_CHECK(u.scalar_type() == at::kFloat && u.is_contiguous() && u.numel() == H * N, "wkv5_step: u must be (H, N) float32");
+  // RWKV-5's decay is the same for every sequence, (H, N); RWKV-6's is per token, (B, H, N).
+  TORCH_CHECK(log_w.scalar_type() == at::kFloat && log_w.is_contiguous() &&
+                  (log_w.numel() == H * N || log_w.numel() == B * H * N),
+              "wkv5_step: log_w must be (H, N) or (B, H, N) float32");
+  at::Tensor y = at::empty({B, H, N}, r.options());
+  wkv5_rows(r.data_ptr<float>(), log_w.data_ptr<float>(), log_w.numel() == H * N ? 0 : H * N, k.data_ptr<float>(),
+            v.data_ptr<float>(), u.data_ptr<float>(), state.data_ptr<float>(), out.data_ptr<float>(),
+            y.data_ptr<float>(), B, H, N);
   return y;
 }
 
@@ -1236,6 +1257,141 @@ at::Tensor rwkv4_step(const at::Tensor& x_in, at::TensorList p, at::TensorList s
   return head_logits(x, B, C, p, vocab, feps, x_in.options());
 }
 
+// A whole RWKV-5 or RWKV-6 decode step (models/rwkv5.py, models/rwkv6.py), as rwkv7_step: the
+// state is RWKV5State's (att_x_prev, wkv, ffn_x_prev). RWKV-5 mixes its inputs by fixed lerps
+// (k, v, r and, in 5.2, the gate g) and has a fixed decay; RWKV-6 mixes them data-dependently
+// (a shared tanh low-rank down-projection, one up-projection per input: w, k, v, r, g) and derives
+// the decay per token (another low-rank projection). Both then run the multi-head WKV, GroupNorm
+// over heads, the optional SiLU gate, and RWKV-4's receptance-gated FFN.
+enum Rwkv56Param : int {
+  k5Ln1W, k5Ln1B, k5Ln2W, k5Ln2B, k5Mix, k5MaaX, k5MaaW1, k5MaaW2, k5Decay, k5DecayW1, k5DecayW2, k5Bonus,
+  k5RW, k5RP, k5KW, k5KP, k5VW, k5VP, k5GW, k5GP, k5OW, k5OP, k5LnxW, k5LnxB, k5FfnMix, k5FKW, k5FKP, k5FRW, k5FRP,
+  k5FVW, k5FVP,
+  kRwkv56LayerParams
+};
+
+at::Tensor rwkv56_step(const at::Tensor& x_in, at::TensorList p, const at::Tensor& att_prev, const at::Tensor& wkv,
+                       const at::Tensor& ffn_prev, at::Tensor att_prev_out, at::Tensor wkv_out,
+                       at::Tensor ffn_prev_out, int64_t version, int64_t n_head, int64_t head_size, int64_t ffn_dim,
+                       int64_t vocab, double ln_eps, double lnx_eps) {
+  TORCH_CHECK(version == 5 || version == 6, "rwkv56_step: version must be 5 or 6");
+  TORCH_CHECK(x_in.scalar_type() == at::kFloat && x_in.dim() == 2, "rwkv56_step: x must be (B, C) float32");
+  TORCH_CHECK((int64_t(p.size()) - kFusedHead) % kRwkv56LayerParams == 0, "rwkv56_step: wrong number of tensors");
+  const int64_t B = x_in.size(0), C = x_in.size(1), H = n_head, N = head_size, A = H * N;
+  const int64_t L = (int64_t(p.size()) - kFusedHead) / kRwkv56LayerParams, BC = B * C, BA = B * A;
+  TORCH_CHECK(N % 16 == 0, "rwkv56_step: the head size must be a multiple of 16");
+  for (const at::Tensor* t : {&att_prev, &ffn_prev, static_cast<const at::Tensor*>(&att_prev_out),
+                              static_cast<const at::Tensor*>(&ffn_prev_out)})
+    TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous() && t->numel() == L * BC,
+                "rwkv56_step: token-shift states must be contiguous float32 (L, B, C)");
+  for (const at::Tensor* t : {&wkv, static_cast<const at::Tensor*>(&wkv_out)})
+    TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous() && t->numel() == L * B * H * N * N,
+                "rwkv56_step: WKV states must be contiguous float32 (L, B, H, N, N)");
+  const float feps = float(ln_eps), xeps = float(lnx_eps);
+  at::Tensor xt = x_in.contiguous().clone();
+  float* x = xt.data_ptr<float>();
+  std::vector<float> h(BC), delta(BC), xs(5 * BC), r(BA), k(BA), v(BA), g(BA), lw(BA), y(BA), t(std::max(BC, BA)),
+      fr(BC), low, hidden;
+  auto rows = [](std::vector<float>& buf, int64_t ld) { return OutRows{buf.data(), at::kFloat, ld}; };
+
+  if (p[0].numel() > 0) layer_norm_rows(x, B, C, f32_vector(p[0], C, "ln0"), f32_vector(p[1], C, "ln0"), feps, x);
+
+  for (int64_t l = 0; l < L; l++) {
+    const at::Tensor* q = p.data() + kFusedHead + l * kRwkv56LayerParams;
+    auto lin = [&](int i, int64_t n_out, int64_t n_in) {
+      const Weight W = weight_of(q[i], q[i + 1], n_out, "rwkv56_step");
+      TORCH_CHECK(W.n == n_out && W.k == n_in, "rwkv56_step: weight ", i, " has the wrong shape");
+      return W;
+    };
+    const bool gated = q[k5GW].numel() > 0;
+    const float* prev = att_prev.data_ptr<float>() + l * BC;
+    layer_norm_rows(x, B, C, f32_vector(q[k5Ln1W], C, "ln1"), f32_vector(q[k5Ln1B], C, "ln1"), feps, h.data());
+    std::memcpy(att_prev_out.data_ptr<float>() + l * BC, h.data(), BC * sizeof(float));
+    for (int64_t j = 0; j < BC; j++) delta[j] = prev[j] - h[j];
+    // the inputs of the projections, xs[0..4] = w (RWKV-6 only), k, v, r, g
+    if (version == 5) {
+      const int64_t n_mix = gated ? 4 : 3;
+      const float* mix = f32_vector(q[k5Mix], n_mix * C, "the mix vectors");
+      const int slot[4] = {1, 2, 3, 4};  // k, v, r, g as stored
+      for (int64_t i = 0; i < n_mix; i++)
+        for (int64_t j = 0; j < BC; j++) xs[slot[i] * BC + j] = prev[j] + mix[i * C + j % C] * (h[j] - prev[j]);
+      const float* lwc = f32_vector(q[k5Decay], A, "log_w");
+      for (int64_t j = 0; j < BA; j++) lw[j] = lwc[j % A];
+    } else {
+      const float *maa = f32_vector(q[k5Mix], 5 * C, "time_maa"), *maa_x = f32_vector(q[k5MaaX], C, "time_maa_x");
+      for (int64_t j = 0; j < BC; j++) t[j] = h[j] + delta[j] * maa_x[j % C];
+      const Weight w1 = weight_of(q[k5MaaW1], at::Tensor(), q[k5MaaW1].size(0), "rwkv56_step");
+      TORCH_CHECK(w1.k == C && w1.n % 5 == 0, "rwkv56_step: time_maa_w1 must be (5 D, C)");
+      const int64_t D = w1.n / 5;
+      low.resize(B * 5 * D);
+      product(w1, t.data(), B, rows(low, 5 * D));
+      for (auto& z : low) z = std::tanh(z);
+      const float* w2 = f32_vector(q[k5MaaW2], 5 * D * C, "time_maa_w2");  // (5, D, C)
+      for (int i = 0; i < 5; i++)
+        for (int64_t m = 0; m < B; m++) {
+          float* dst = xs.data() + i * BC + m * C;
+          std::memcpy(dst, maa + i * C, C * sizeof(float));
+          for (int64_t d = 0; d < D; d++) {
+            const float hd = low[m * 5 * D + i * D + d];
+            const float* row = w2 + (i * D + d) * C;
+            for (int64_t c = 0; c < C; c++) dst[c] += hd * row[c];
+          }
+          for (int64_t c = 0; c < C; c++) dst[c] = h[m * C + c] + delta[m * C + c] * dst[c];
+        }
+      // log w = -exp(time_decay + tanh(xw W1) W2), per token
+      const Weight d1 = weight_of(q[k5DecayW1], at::Tensor(), q[k5DecayW1].size(0), "rwkv56_step");
+      const Weight d2 = weight_of(q[k5DecayW2], at::Tensor(), q[k5DecayW2].size(0), "rwkv56_step");
+      TORCH_CHECK(d1.k == C && d2.n == A && d2.k == d1.n, "rwkv56_step: time_decay_w1/w2 must be (D, C) and (A, D)");
+      low.resize(B * d1.n);
+      product(d1, xs.data(), B, rows(low, d1.n));
+      for (auto& z : low) z = std::tanh(z);
+      product(d2, low.data(), B, rows(lw, A));
+      const float* decay = f32_vector(q[k5Decay], A, "time_decay");
+      for (int64_t j = 0; j < BA; j++) lw[j] = -std::exp(decay[j % A] + lw[j]);
+    }
+    product(lin(k5KW, A, C), xs.data() + BC, B, rows(k, A));
+    product(lin(k5VW, A, C), xs.data() + 2 * BC, B, rows(v, A));
+    product(lin(k5RW, A, C), xs.data() + 3 * BC, B, rows(r, A));
+    wkv5_rows(r.data(), lw.data(), A, k.data(), v.data(), f32_vector(q[k5Bonus], A, "the bonus"),
+              wkv.data_ptr<float>() + l * B * H * N * N, wkv_out.data_ptr<float>() + l * B * H * N * N, y.data(),
+              B, H, N);
+    const float *lnx_w = f32_vector(q[k5LnxW], A, "ln_x"), *lnx_b = f32_vector(q[k5LnxB], A, "ln_x");
+    for (int64_t hd = 0; hd < B * H; hd++) {  // GroupNorm over heads
+      const int64_t o = hd * N, c0 = (hd % H) * N;
+      float mean = 0, var = 0;
+      for (int64_t i = 0; i < N; i++) mean += y[o + i];
+      mean /= float(N);
+      for (int64_t i = 0; i < N; i++) var += (y[o + i] - mean) * (y[o + i] - mean);
+      const float inv = 1.0f / std::sqrt(var / float(N) + xeps);
+      for (int64_t i = 0; i < N; i++) y[o + i] = (y[o + i] - mean) * inv * lnx_w[c0 + i] + lnx_b[c0 + i];
+    }
+    if (gated) {  // y *= silu(G xg)
+      product(lin(k5GW, A, C), xs.data() + 4 * BC, B, rows(g, A));
+      for (int64_t j = 0; j < BA; j++) y[j] *= g[j];
+      map16(g.data(), BA, sigmoid512);
+      for (int64_t j = 0; j < BA; j++) y[j] *= g[j];
+    }
+    product(lin(k5OW, C, A), y.data(), B, rows(t, C));
+    for (int64_t j = 0; j < BC; j++) x[j] += t[j];
+
+    // channel mixing (RWKV-4's): sigmoid(R xr) * (V relu(K xk)^2), lerps toward the current input
+    const float* fprev = ffn_prev.data_ptr<float>() + l * BC;
+    layer_norm_rows(x, B, C, f32_vector(q[k5Ln2W], C, "ln2"), f32_vector(q[k5Ln2B], C, "ln2"), feps, h.data());
+    std::memcpy(ffn_prev_out.data_ptr<float>() + l * BC, h.data(), BC * sizeof(float));
+    const float* fmix = f32_vector(q[k5FfnMix], 2 * C, "the FFN's mix vectors");
+    for (int i = 0; i < 2; i++)
+      for (int64_t j = 0; j < BC; j++) xs[i * BC + j] = fprev[j] + fmix[i * C + j % C] * (h[j] - fprev[j]);
+    hidden.resize(B * ffn_dim);
+    product(lin(k5FKW, ffn_dim, C), xs.data(), B, rows(hidden, ffn_dim));
+    for (auto& z : hidden) z = z > 0 ? z * z : 0.0f;
+    product(lin(k5FRW, C, C), xs.data() + BC, B, rows(fr, C));
+    product(lin(k5FVW, C, ffn_dim), hidden.data(), B, rows(t, C));
+    map16(fr.data(), BC, sigmoid512);
+    for (int64_t j = 0; j < BC; j++) x[j] += fr[j] * t[j];
+  }
+  return head_logits(x, B, C, p, vocab, feps, x_in.options());
+}
+
 }  // namespace
 
 TORCH_LIBRARY(rwkvkit, m) {
@@ -1250,6 +1406,9 @@ TORCH_LIBRARY(rwkvkit, m) {
   m.def("rwkv7_step(Tensor x, Tensor[] params, Tensor att_prev, Tensor wkv, Tensor ffn_prev, Tensor(a!) att_prev_out, "
         "Tensor(b!) wkv_out, Tensor(c!) ffn_prev_out, int n_head, int ffn_dim, int vocab, float ln_eps, "
         "float lnx_eps) -> Tensor");
+  m.def("rwkv56_step(Tensor x, Tensor[] params, Tensor att_prev, Tensor wkv, Tensor ffn_prev, Tensor(a!) att_prev_out, "
+        "Tensor(b!) wkv_out, Tensor(c!) ffn_prev_out, int version, int n_head, int head_size, int ffn_dim, int vocab, "
+        "float ln_eps, float lnx_eps) -> Tensor");
   m.def("wkv4_seq(Tensor w, Tensor u, Tensor k, Tensor v, Tensor num, Tensor den, Tensor max) -> Tensor[]");
   m.def("wkv5_seq(Tensor r, Tensor log_w, Tensor k, Tensor v, Tensor u, Tensor state) -> Tensor[]");
   m.def("wkv7_seq(Tensor r, Tensor log_w, Tensor k, Tensor v, Tensor a, Tensor b, Tensor state) -> Tensor[]");
@@ -1268,6 +1427,7 @@ TORCH_LIBRARY_IMPL(rwkvkit, CPU, m) {
   m.impl("wkv5_step", &wkv5_step);
   m.impl("rwkv7_step", &rwkv7_step);
   m.impl("rwkv4_step", &rwkv4_step);
+  m.impl("rwkv56_step", &rwkv56_step);
   m.impl("wkv4_seq", &wkv4_seq);
   m.impl("wkv5_seq", &wkv5_seq);
   m.impl("wkv7_seq", &wkv7_seq);
