@@ -215,6 +215,15 @@ inline float bf16_to_float(uint16_t h) {
   return f;
 }
 
+// Several input rows make a product's loop busy enough between its weight loads that the
+// hardware prefetchers fall behind the memory (8 rows streamed fp32 weights at 7.5 GB/s, bf16 at 4,
+// where one row streams 13 and 10): the batched tiles ask for each weight line 2 KB ahead (then
+// 8.5 and 7; 1 KB gave 8.5 and 5.5).
+template <typename T>
+inline void prefetch_ahead(const T* p) {
+  _mm_prefetch(reinterpret_cast<const char*>(p) + 2048, _MM_HINT_T0);
+}
+
 constexpr int kTileRows = 4;
 constexpr int kTileInputs = 4;
 // From 5 input rows on (batched decode) a tile is 2 weight rows by up to 8 inputs, so 8 sequences
@@ -270,7 +279,10 @@ inline void tile_f32(const float* x, int64_t K, const float* w, const OutRows& o
   int64_t k = 0;
   for (; k + 16 <= K; k += 16) {
     __m512 wv[R];
-    for (int r = 0; r < R; r++) wv[r] = _mm512_loadu_ps(w + r * K + k);
+    for (int r = 0; r < R; r++) {
+      if constexpr (MT > 1) prefetch_ahead(w + r * K + k);
+      wv[r] = _mm512_loadu_ps(w + r * K + k);
+    }
     for (int m = 0; m < MT; m++) {
       const __m512 xv = _mm512_loadu_ps(x + m * K + k);
       for (int r = 0; r < R; r++) acc[m][r] = _mm512_fmadd_ps(xv, wv[r], acc[m][r]);
@@ -314,6 +326,36 @@ inline void rows_bf16(const uint16_t* x, int64_t K, const uint16_t* w, const Out
     }
     out.put(m0, n0 + r, _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3))));
   }
+}
+
+// Several input rows (batched decode): vdpbf16ps then limits (measured 3-4 GB/s of weights for 4 to
+// 8 rows on the project's Xeon), so each 64-byte load of 32 bf16 weights is widened in registers
+// to its 16 even and 16 odd elements as float32 (exact: a shift and a mask) and multiplied by the
+// inputs' even and odd elements with FMAs. `xe`, `xo`: (MT, half) float32, the inputs' even and
+// odd elements after rounding to bf16 (as vdpbf16ps would read them), zero-padded.
+template <int R, int MT>
+inline void tile_bf16_wide(const float* xe, const float* xo, int64_t half, int64_t K, const uint16_t* w,
+                           const OutRows& out, int64_t m0, int64_t n0) {
+  __m512 acc[MT][R];
+  for (int m = 0; m < MT; m++)
+    for (int r = 0; r < R; r++) acc[m][r] = _mm512_setzero_ps();
+  const __m512i high = _mm512_set1_epi32(int(0xFFFF0000u));
+  for (int64_t k = 0; k < K; k += 32) {
+    const __mmask32 mask = K - k >= 32 ? __mmask32(0xFFFFFFFFu) : __mmask32((uint64_t(1) << (K - k)) - 1);
+    __m512 we[R], wo[R];
+    for (int r = 0; r < R; r++) {
+      prefetch_ahead(w + r * K + k);
+      const __m512i v = _mm512_maskz_loadu_epi16(mask, w + r * K + k);
+      we[r] = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
+      wo[r] = _mm512_castsi512_ps(_mm512_and_si512(v, high));
+    }
+    for (int m = 0; m < MT; m++) {
+      const __m512 e = _mm512_loadu_ps(xe + (m0 + m) * half + k / 2), o = _mm512_loadu_ps(xo + (m0 + m) * half + k / 2);
+      for (int r = 0; r < R; r++) acc[m][r] = _mm512_fmadd_ps(o, wo[r], _mm512_fmadd_ps(e, we[r], acc[m][r]));
+    }
+  }
+  for (int m = 0; m < MT; m++)
+    for (int r = 0; r < R; r++) out.put(m0 + m, n0 + r, _mm512_reduce_add_ps(acc[m][r]));
 }
 
 // bfloat16 weights, bfloat16 inputs: vdpbf16ps multiplies pairs exactly and sums in float32.
@@ -446,6 +488,7 @@ inline void tile16_q8(const QuantizedRows& xq, int64_t m0, int64_t K, const int8
     const int8_t* wb = w + b * kQBlock * kRowTile;
 #pragma GCC unroll 16
     for (int q = 0; q < 16; q++) {
+      if constexpr (MT > 1) prefetch_ahead(wb + q * 64);
       const __m512i wv = _mm512_xor_si512(_mm512_loadu_si512(wb + q * 64), flip);
       for (int m = 0; m < MT; m++) {
         const int32_t* xr = reinterpret_cast<const int32_t*>(xq.q.data() + (m0 + m) * K + b * kQBlock);
@@ -478,6 +521,7 @@ inline void tile16_q4(const QuantizedRows& xq, int64_t m0, int64_t K, const uint
     const uint8_t* wb = w + b * (kQBlock / 2) * kRowTile;
 #pragma GCC unroll 8
     for (int q = 0; q < 8; q++) {
+      if constexpr (MT > 1) prefetch_ahead(wb + q * 64);
       const __m512i v = _mm512_loadu_si512(wb + q * 64);
       const __m512i lo = _mm512_and_si512(v, low);
       const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
@@ -607,9 +651,21 @@ void product(const Weight& W, const float* x, int64_t M, const OutRows& out) {
       break;
     }
     case Format::bf16: {
-      std::vector<uint16_t> xb(M * K);
-      for (int64_t i = 0; i < M * K; i++) xb[i] = OutRows::to_bf16(x[i]);
       const auto* wp = static_cast<const uint16_t*>(W.data);
+      if (M > 1) {  // even and odd input elements, rounded to bf16, padded to whole loads
+        const int64_t half = (K + 31) / 32 * 16;
+        std::vector<float> xe(M * half + 16, 0.0f), xo(M * half + 16, 0.0f);
+        for (int64_t m = 0; m < M; m++)
+          for (int64_t k = 0; k < K; k++)
+            (k % 2 ? xo : xe)[m * half + k / 2] = bf16_to_float(OutRows::to_bf16(x[m * K + k]));
+        const float *ep = xe.data(), *op = xo.data();
+        for_tiles(M, N, K, [&](int64_t R, int64_t MT, int64_t n, int64_t m) {
+          RWKVKIT_DISPATCH_TILE(R, MT, (tile_bf16_wide<R_, MT_>(ep, op, half, K, wp + n * K, out, m, n)));
+        });
+        break;
+      }
+      std::vector<uint16_t> xb(K);
+      for (int64_t i = 0; i < K; i++) xb[i] = OutRows::to_bf16(x[i]);
       const uint16_t* xp = xb.data();
       for_tiles(M, N, K, [&](int64_t R, int64_t MT, int64_t n, int64_t m) {
         RWKVKIT_DISPATCH_TILE(R, MT, (tile_bf16<R_, MT_>(xp + m * K, K, wp + n * K, out, m, n)));
