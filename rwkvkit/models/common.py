@@ -165,6 +165,15 @@ def lowrank(x: Tensor, down: Tensor, up: Tensor, inner: Any = None) -> Tensor:
     return linear(h if inner is None else inner(h), up).to(x.dtype)
 
 
+def relu_squared(h: Tensor) -> Tensor:
+    """relu(h)^2, the FFN's hidden layer, for ``h`` fresh from its product (nothing else holds it):
+    in place unless autograd records. A prompt's (T, F) hidden layer is megabytes, and two new
+    tensors of it (each page-faulted in, then read and written) were ~5% of RWKV-7 prefill."""
+    if torch.is_grad_enabled() and h.requires_grad:
+        return torch.square(torch.relu(h))
+    return torch.relu_(h).square_()
+
+
 def head_norm(y: Tensor, n_head: int, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
     """GroupNorm over heads (``ln_x`` of RWKV-5/6/7): each head's channels normalised on their own,
     then scaled and shifted per channel. y: (M, C). The numbers of ``F.group_norm``, from plain

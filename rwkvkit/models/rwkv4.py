@@ -25,6 +25,7 @@ from .common import (
     check_config,
     check_state_shapes,
     count_layers,
+    relu_squared,
     run_blocks,
     token_shift,
     zeros,
@@ -167,14 +168,14 @@ class ChannelMix(StepConstants):
         shifted = token_shift(x, state.ffn_x_prev.to(x.dtype))
         xk = torch.lerp(shifted, x, self.time_mix_k)
         xr = torch.lerp(shifted, x, self.time_mix_r)
-        hidden = torch.square(torch.relu(self.key(xk)))  # (B, T, F)
+        hidden = relu_squared(self.key(xk))  # (B, T, F)
         out = torch.sigmoid(self.receptance(xr)) * self.value(hidden)
         return out, dataclasses.replace(state, ffn_x_prev=x[:, -1].float())
 
     def step(self, x: Tensor, state: RWKV4State) -> tuple[Tensor, RWKV4State]:
         """One token: x (B, C)."""
         xk, xr = torch.lerp(state.ffn_x_prev.to(x.dtype), x, self.constants().mix)  # 2 x (B, C)
-        hidden = torch.square(torch.relu(self.key(xk)))  # (B, F)
+        hidden = relu_squared(self.key(xk))  # (B, F)
         out = torch.sigmoid(self.receptance(xr)) * self.value(hidden)
         return out, dataclasses.replace(state, ffn_x_prev=x.float())
 

@@ -27,7 +27,7 @@ from ..ops.exp import exp
 from ..ops.linear import linear
 from ..ops.wkv5 import wkv5
 from ..state import RecurrentState
-from .common import StepConstants, check_config, count_layers, head_norm, lowrank, token_shift
+from .common import StepConstants, check_config, count_layers, head_norm, lowrank, relu_squared, token_shift
 from .rwkv5 import RWKV5, RWKV5State
 
 
@@ -205,14 +205,14 @@ class ChannelMix(StepConstants):
     def forward(self, x: Tensor, state: RWKV5State) -> tuple[Tensor, RWKV5State]:
         """x: (B, T, C) normalised input; state: this layer's part."""
         delta = token_shift(x, state.ffn_x_prev.to(x.dtype)) - x
-        hidden = torch.square(torch.relu(self.key(x + delta * self.time_maa_k)))  # (B, T, F)
+        hidden = relu_squared(self.key(x + delta * self.time_maa_k))  # (B, T, F)
         out = torch.sigmoid(self.receptance(x + delta * self.time_maa_r)) * self.value(hidden)
         return out, dataclasses.replace(state, ffn_x_prev=x[:, -1].float())
 
     def step(self, x: Tensor, state: RWKV5State) -> tuple[Tensor, RWKV5State]:
         """One token: x (B, C)."""
         xk, xr = torch.addcmul(x, state.ffn_x_prev.to(x.dtype) - x, self.constants().maa)  # 2 x (B, C)
-        hidden = torch.square(torch.relu(self.key(xk)))  # (B, F)
+        hidden = relu_squared(self.key(xk))  # (B, F)
         out = torch.sigmoid(self.receptance(xr)) * self.value(hidden)
         return out, dataclasses.replace(state, ffn_x_prev=x.float())
 

@@ -35,6 +35,7 @@ from .common import (
     count_layers,
     head_norm,
     lowrank,
+    relu_squared,
     token_shift,
     zeros,
 )
@@ -288,13 +289,13 @@ class ChannelMix(StepConstants):
     def forward(self, x: Tensor, state: RWKV7State) -> tuple[Tensor, RWKV7State]:
         """x: (B, T, C) normalised input; state: this layer's part."""
         xk = x + (token_shift(x, state.ffn_x_prev.to(x.dtype)) - x) * self.x_k
-        out = self.value(torch.square(torch.relu(self.key(xk))))  # (B, T, C) through (B, T, F)
+        out = self.value(relu_squared(self.key(xk)))  # (B, T, C) through (B, T, F)
         return out, dataclasses.replace(state, ffn_x_prev=x[:, -1].float())
 
     def step(self, x: Tensor, state: RWKV7State) -> tuple[Tensor, RWKV7State]:
         """One token: x (B, C)."""
         xk = torch.addcmul(x, state.ffn_x_prev.to(x.dtype) - x, self.constants().x_k)
-        out = self.value(torch.square(torch.relu(self.key(xk))))  # (B, C) through (B, F)
+        out = self.value(relu_squared(self.key(xk)))  # (B, C) through (B, F)
         return out, dataclasses.replace(state, ffn_x_prev=x.float())
 
 
