@@ -43,12 +43,12 @@ def profile_step(model: torch.nn.Module, steps: int) -> dict:
         _, state = model(tok[:, None])
         for _ in range(4):  # warm-up
             logits, state = model.step(tok, state)
-        t = time.perf_counter()
         with profile(activities=[ProfilerActivity.CPU]) as prof:
+            t = time.perf_counter()  # inside: starting and stopping the profiler takes ~1 s
             for _ in range(steps):
                 logits, state = model.step(tok, state)
                 tok = logits.argmax(-1)
-        wall = (time.perf_counter() - t) / steps
+            wall = (time.perf_counter() - t) / steps
     self_us: dict[str, float] = defaultdict(float)
     calls: dict[str, int] = defaultdict(int)
     for e in prof.key_averages():
