@@ -108,6 +108,12 @@ class FusedStep:
 
     def _native(self, x: Tensor, state: Any) -> tuple[Tensor, dict[str, Tensor]]:
         """Logits (B, V) and the new state's tensors from embeddings x (B, C) float32."""
+        old = {name: t.contiguous() for name, t in state.tensors().items()}
+        new = {name: torch.empty_like(t) for name, t in old.items()}
+        return self._call(x, old, new), new
+
+    def _call(self, x: Tensor, old: dict[str, Tensor], new: dict[str, Tensor]) -> Tensor:
+        """The native op: reads the state ``old``, writes ``new`` (both by field name), returns logits."""
         raise NotImplementedError
 
     def runs_native(self, batch: int) -> bool:
@@ -134,10 +140,6 @@ class FusedStep:
         return logits, dataclasses.replace(state, **new)
 
 
-def _empty_like(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
-    return {name: torch.empty_like(t) for name, t in tensors.items()}
-
-
 class RWKV7Step(FusedStep):
     model_cls = RWKV7
 
@@ -158,15 +160,12 @@ class RWKV7Step(FusedStep):
             _vector(att.ln_x.weight), _vector(att.ln_x.bias), _vector(fc.x_k), fkw, fkp, fvw, fvp,
         ]  # fmt: skip
 
-    def _native(self, x: Tensor, state: Any) -> tuple[Tensor, dict[str, Tensor]]:
-        old = {name: t.contiguous() for name, t in state.tensors().items()}
-        new = _empty_like(old)
+    def _call(self, x: Tensor, old: dict[str, Tensor], new: dict[str, Tensor]) -> Tensor:
         cfg = self.model.config
-        logits = native.ops().rwkv7_step(
+        return native.ops().rwkv7_step(
             x, self._params, old["att_x_prev"], old["wkv"], old["ffn_x_prev"], new["att_x_prev"], new["wkv"],
             new["ffn_x_prev"], cfg.n_head, cfg.ffn_dim, cfg.vocab_size, cfg.layer_norm_eps, cfg.ln_x_eps,
         )  # fmt: skip
-        return logits, new
 
 
 class RWKV4Step(FusedStep):
@@ -189,15 +188,12 @@ class RWKV4Step(FusedStep):
             _vector(fc.mix), fkw, fkp, frw, frp, fvw, fvp,
         ]  # fmt: skip
 
-    def _native(self, x: Tensor, state: Any) -> tuple[Tensor, dict[str, Tensor]]:
-        tensors = state.tensors()
-        old = [tensors[name].contiguous() for name in self.order]
-        new = [torch.empty_like(t) for t in old]
+    def _call(self, x: Tensor, old: dict[str, Tensor], new: dict[str, Tensor]) -> Tensor:
         cfg = self.model.config
-        logits = native.ops().rwkv4_step(
-            x, self._params, old, new, cfg.ffn_dim, cfg.vocab_size, cfg.layer_norm_eps
-        )
-        return logits, dict(zip(self.order, new, strict=True))
+        return native.ops().rwkv4_step(
+            x, self._params, [old[n] for n in self.order], [new[n] for n in self.order], cfg.ffn_dim,
+            cfg.vocab_size, cfg.layer_norm_eps,
+        )  # fmt: skip
 
 
 class RWKV56Step(FusedStep):
@@ -229,17 +225,14 @@ class RWKV56Step(FusedStep):
             _vector(att.ln_x.weight), _vector(att.ln_x.bias), ffn_mix, *(t for pair in products[5:] for t in pair),
         ]  # fmt: skip
 
-    def _native(self, x: Tensor, state: Any) -> tuple[Tensor, dict[str, Tensor]]:
-        old = {name: t.contiguous() for name, t in state.tensors().items()}
-        new = _empty_like(old)
+    def _call(self, x: Tensor, old: dict[str, Tensor], new: dict[str, Tensor]) -> Tensor:
         cfg = self.model.config
         version = 6 if isinstance(self.model, RWKV6) else 5
-        logits = native.ops().rwkv56_step(
+        return native.ops().rwkv56_step(
             x, self._params, old["att_x_prev"], old["wkv"], old["ffn_x_prev"], new["att_x_prev"], new["wkv"],
             new["ffn_x_prev"], version, cfg.n_head, cfg.head_size, cfg.ffn_dim, cfg.vocab_size, cfg.layer_norm_eps,
             cfg.ln_x_eps,
         )  # fmt: skip
-        return logits, new
 
 
 class RWKV6Step(RWKV56Step):

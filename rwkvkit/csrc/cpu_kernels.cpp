@@ -301,9 +301,10 @@ inline void tile_f32(const float* x, int64_t K, const float* w, const OutRows& o
     for (int r = 0; r < R; r++) out.put(m0 + m, n0 + r, _mm512_reduce_add_ps(acc[m][r]));
 }
 
-// One input row against R bf16 weight rows, each row read start to end with four accumulators and
-// a software prefetch 1 KB ahead: streams bf16 weights from memory at 12-13 GB/s on one core of
-// the project's Xeon where the R-rows-at-once loop below reaches 9-11 (fp32 weights: 13-15).
+// bfloat16 weights, one input row (bf16): vdpbf16ps multiplies pairs exactly and sums in float32.
+// R weight rows, each read start to end with four accumulators and a software prefetch 1 KB
+// ahead: streams bf16 weights from memory at 12-13 GB/s on one core of the project's Xeon where
+// reading R rows side by side (as tile_f32 does) reached 9-11 (fp32 weights: 13-15).
 template <int R>
 inline void rows_bf16(const uint16_t* x, int64_t K, const uint16_t* w, const OutRows& out, int64_t m0, int64_t n0) {
   for (int r = 0; r < R; r++) {
@@ -352,38 +353,6 @@ inline void tile_bf16_wide(const float* xe, const float* xo, int64_t half, int64
     for (int m = 0; m < MT; m++) {
       const __m512 e = _mm512_loadu_ps(xe + (m0 + m) * half + k / 2), o = _mm512_loadu_ps(xo + (m0 + m) * half + k / 2);
       for (int r = 0; r < R; r++) acc[m][r] = _mm512_fmadd_ps(o, wo[r], _mm512_fmadd_ps(e, we[r], acc[m][r]));
-    }
-  }
-  for (int m = 0; m < MT; m++)
-    for (int r = 0; r < R; r++) out.put(m0 + m, n0 + r, _mm512_reduce_add_ps(acc[m][r]));
-}
-
-// bfloat16 weights, bfloat16 inputs: vdpbf16ps multiplies pairs exactly and sums in float32.
-template <int R, int MT>
-inline void tile_bf16(const uint16_t* x, int64_t K, const uint16_t* w, const OutRows& out, int64_t m0, int64_t n0) {
-  if constexpr (MT == 1) {
-    rows_bf16<R>(x, K, w, out, m0, n0);
-    return;
-  }
-  __m512 acc[MT][R];
-  for (int m = 0; m < MT; m++)
-    for (int r = 0; r < R; r++) acc[m][r] = _mm512_setzero_ps();
-  int64_t k = 0;
-  for (; k + 32 <= K; k += 32) {
-    __m512bh wv[R];
-    for (int r = 0; r < R; r++) wv[r] = (__m512bh)_mm512_loadu_si512(w + r * K + k);
-    for (int m = 0; m < MT; m++) {
-      const __m512bh xv = (__m512bh)_mm512_loadu_si512(x + m * K + k);
-      for (int r = 0; r < R; r++) acc[m][r] = _mm512_dpbf16_ps(acc[m][r], xv, wv[r]);
-    }
-  }
-  if (k < K) {
-    const __mmask32 mask = __mmask32((uint64_t(1) << (K - k)) - 1);
-    __m512bh wv[R];
-    for (int r = 0; r < R; r++) wv[r] = (__m512bh)_mm512_maskz_loadu_epi16(mask, w + r * K + k);
-    for (int m = 0; m < MT; m++) {
-      const __m512bh xv = (__m512bh)_mm512_maskz_loadu_epi16(mask, x + m * K + k);
-      for (int r = 0; r < R; r++) acc[m][r] = _mm512_dpbf16_ps(acc[m][r], xv, wv[r]);
     }
   }
   for (int m = 0; m < MT; m++)
@@ -667,8 +636,8 @@ void product(const Weight& W, const float* x, int64_t M, const OutRows& out) {
       std::vector<uint16_t> xb(K);
       for (int64_t i = 0; i < K; i++) xb[i] = OutRows::to_bf16(x[i]);
       const uint16_t* xp = xb.data();
-      for_tiles(M, N, K, [&](int64_t R, int64_t MT, int64_t n, int64_t m) {
-        RWKVKIT_DISPATCH_TILE(R, MT, (tile_bf16<R_, MT_>(xp + m * K, K, wp + n * K, out, m, n)));
+      for_tiles(1, N, K, [&](int64_t R, int64_t MT, int64_t n, int64_t) {
+        RWKVKIT_DISPATCH_TILE(R, MT, (rows_bf16<R_>(xp, K, wp + n * K, out, 0, n)));
       });
       break;
     }
@@ -821,32 +790,38 @@ void check_wkv(const at::Tensor& state, const at::Tensor& out, std::initializer_
                 ": every vector must be contiguous float32 (B, H, N)");
 }
 
-// RWKV-7: S <- S diag(w) + (S a) b^T + v k^T, y = S r. State rows are value channels. Every
-// pointer holds BH heads of N: vectors (BH, N), states (BH, N, N); `out` may be `state`.
+// RWKV-7: S <- S diag(w) + (S a) b^T + v k^T, y = S r. State rows are value channels.
+// One head of N channels for one token: vectors (N,), s_in and s_out (N, N), which may be the same
+// memory (an in-place update); w: N floats of scratch.
+inline void wkv7_head(const float* r, const float* lw, const float* k, const float* v, const float* a, const float* b,
+                      const float* s_in, float* s_out, float* y, int64_t N, float* w) {
+  for (int64_t j = 0; j < N; j += 16) _mm512_storeu_ps(w + j, exp512(_mm512_loadu_ps(lw + j)));
+  for (int64_t i = 0; i < N; i++) {
+    const float* row = s_in + i * N;
+    float* dst = s_out + i * N;
+    __m512 sa = _mm512_setzero_ps();
+    for (int64_t j = 0; j < N; j += 16) sa = _mm512_fmadd_ps(_mm512_loadu_ps(row + j), _mm512_loadu_ps(a + j), sa);
+    const __m512 sav = _mm512_set1_ps(_mm512_reduce_add_ps(sa)), vi = _mm512_set1_ps(v[i]);
+    __m512 acc = _mm512_setzero_ps();
+    for (int64_t j = 0; j < N; j += 16) {
+      __m512 st = _mm512_mul_ps(_mm512_loadu_ps(row + j), _mm512_loadu_ps(w + j));
+      st = _mm512_fmadd_ps(sav, _mm512_loadu_ps(b + j), st);
+      st = _mm512_fmadd_ps(vi, _mm512_loadu_ps(k + j), st);
+      _mm512_storeu_ps(dst + j, st);
+      acc = _mm512_fmadd_ps(st, _mm512_loadu_ps(r + j), acc);
+    }
+    y[i] = _mm512_reduce_add_ps(acc);
+  }
+}
+
+// BH heads for one token: vectors (BH, N), states (BH, N, N); `out` may be `state`.
 void wkv7_rows(const float* rp, const float* lwp, const float* kp, const float* vp, const float* ap, const float* bp,
                const float* sp, float* op, float* yp, int64_t BH, int64_t N) {
   parallel_rows(BH, 1, N * N, [&](int64_t lo, int64_t hi) {
     std::vector<float> w(N);
     for (int64_t bh = lo; bh < hi; bh++) {
       const int64_t o = bh * N;
-      for (int64_t j = 0; j < N; j += 16) _mm512_storeu_ps(w.data() + j, exp512(_mm512_loadu_ps(lwp + o + j)));
-      for (int64_t i = 0; i < N; i++) {
-        const float* row = sp + (bh * N + i) * N;
-        float* dst = op + (bh * N + i) * N;
-        __m512 sa = _mm512_setzero_ps();
-        for (int64_t j = 0; j < N; j += 16) sa = _mm512_fmadd_ps(_mm512_loadu_ps(row + j), _mm512_loadu_ps(ap + o + j), sa);
-        const __m512 sav = _mm512_set1_ps(_mm512_reduce_add_ps(sa));
-        const __m512 vi = _mm512_set1_ps(vp[o + i]);
-        __m512 acc = _mm512_setzero_ps();
-        for (int64_t j = 0; j < N; j += 16) {
-          __m512 s = _mm512_mul_ps(_mm512_loadu_ps(row + j), _mm512_loadu_ps(w.data() + j));
-          s = _mm512_fmadd_ps(sav, _mm512_loadu_ps(bp + o + j), s);
-          s = _mm512_fmadd_ps(vi, _mm512_loadu_ps(kp + o + j), s);
-          _mm512_storeu_ps(dst + j, s);
-          acc = _mm512_fmadd_ps(s, _mm512_loadu_ps(rp + o + j), acc);
-        }
-        yp[o + i] = _mm512_reduce_add_ps(acc);
-      }
+      wkv7_head(rp + o, lwp + o, kp + o, vp + o, ap + o, bp + o, sp + o * N, op + o * N, yp + o, N, w.data());
     }
   });
 }
@@ -864,34 +839,39 @@ at::Tensor wkv7_step(const at::Tensor& r, const at::Tensor& log_w, const at::Ten
 }
 
 // RWKV-5/6: y = r^T (S + diag(u) k v^T), S <- diag(w) S + k v^T. State rows are key channels.
-// B H heads of N: r, k, v (B, H, N); log_w (H, N) when w_batch_stride is 0 (RWKV-5), else (B, H, N)
-// with stride H N (RWKV-6); u (H, N); state and out (B, H, N, N), out may be state.
+// One head of N channels for one token: vectors (N,), s_in and s_out (N, N), which may be the same
+// memory; acc, decay: N floats of scratch each.
+inline void wkv5_head(const float* r, const float* lw, const float* k, const float* v, const float* u,
+                      const float* s_in, float* s_out, float* y, int64_t N, float* acc, float* decay) {
+  std::fill(acc, acc + N, 0.0f);
+  for (int64_t j = 0; j < N; j += 16) _mm512_storeu_ps(decay + j, exp512(_mm512_loadu_ps(lw + j)));
+  for (int64_t i = 0; i < N; i++) {
+    const float* row = s_in + i * N;
+    float* dst = s_out + i * N;
+    const __m512 rv = _mm512_set1_ps(r[i]), kv = _mm512_set1_ps(k[i]), wi = _mm512_set1_ps(decay[i]);
+    const __m512 ruk = _mm512_set1_ps(r[i] * u[i] * k[i]);
+    for (int64_t j = 0; j < N; j += 16) {
+      const __m512 st = _mm512_loadu_ps(row + j), vj = _mm512_loadu_ps(v + j);
+      __m512 a = _mm512_loadu_ps(acc + j);
+      a = _mm512_fmadd_ps(rv, st, a);
+      a = _mm512_fmadd_ps(ruk, vj, a);
+      _mm512_storeu_ps(acc + j, a);
+      _mm512_storeu_ps(dst + j, _mm512_fmadd_ps(wi, st, _mm512_mul_ps(kv, vj)));
+    }
+  }
+  std::copy(acc, acc + N, y);
+}
+
+// B H heads for one token: r, k, v (B, H, N); log_w (H, N) when w_batch_stride is 0 (RWKV-5),
+// else (B, H, N) with stride H N (RWKV-6); u (H, N); state and out (B, H, N, N), out may be state.
 void wkv5_rows(const float* rp, const float* lwp, int64_t w_batch_stride, const float* kp, const float* vp,
                const float* up, const float* sp, float* op, float* yp, int64_t B, int64_t H, int64_t N) {
   parallel_rows(B * H, 1, N * N, [&](int64_t lo, int64_t hi) {
     std::vector<float> acc(N), decay(N);
     for (int64_t bh = lo; bh < hi; bh++) {
       const int64_t o = bh * N, h = bh % H, wo = (bh / H) * w_batch_stride + h * N;
-      std::fill(acc.begin(), acc.end(), 0.0f);
-      for (int64_t j = 0; j < N; j += 16) _mm512_storeu_ps(decay.data() + j, exp512(_mm512_loadu_ps(lwp + wo + j)));
-      for (int64_t i = 0; i < N; i++) {
-        const float* row = sp + (bh * N + i) * N;
-        float* dst = op + (bh * N + i) * N;
-        const float ki = kp[o + i], ri = rp[o + i];
-        const __m512 rv = _mm512_set1_ps(ri), kv = _mm512_set1_ps(ki);
-        const __m512 ruk = _mm512_set1_ps(ri * up[h * N + i] * ki);
-        const __m512 wi = _mm512_set1_ps(decay[i]);
-        for (int64_t j = 0; j < N; j += 16) {
-          const __m512 s = _mm512_loadu_ps(row + j);
-          const __m512 vj = _mm512_loadu_ps(vp + o + j);
-          __m512 a = _mm512_loadu_ps(acc.data() + j);
-          a = _mm512_fmadd_ps(rv, s, a);
-          a = _mm512_fmadd_ps(ruk, vj, a);
-          _mm512_storeu_ps(acc.data() + j, a);
-          _mm512_storeu_ps(dst + j, _mm512_fmadd_ps(wi, s, _mm512_mul_ps(kv, vj)));
-        }
-      }
-      std::copy(acc.begin(), acc.end(), yp + o);
+      wkv5_head(rp + o, lwp + wo, kp + o, vp + o, up + h * N, sp + o * N, op + o * N, yp + o, N, acc.data(),
+                decay.data());
     }
   });
 }
@@ -966,26 +946,10 @@ std::vector<at::Tensor> wkv5_seq(const at::Tensor& r, const at::Tensor& log_w, c
     std::vector<float> acc(N), decay(N);
     for (int64_t bh = lo; bh < hi; bh++) {
       const int64_t b = bh / H, h = bh % H;
-      float* S = sp + bh * N * N;
+      float* S = sp + bh * N * N;  // updated in place, token after token
       for (int64_t t = 0; t < T; t++) {
         const int64_t o = ((b * T + t) * H + h) * N;
-        std::fill(acc.begin(), acc.end(), 0.0f);
-        for (int64_t j = 0; j < N; j += 16) _mm512_storeu_ps(decay.data() + j, exp512(_mm512_loadu_ps(lwp + o + j)));
-        for (int64_t i = 0; i < N; i++) {
-          float* row = S + i * N;
-          const float ki = kp[o + i], ri = rp[o + i];
-          const __m512 rv = _mm512_set1_ps(ri), kv = _mm512_set1_ps(ki), wi = _mm512_set1_ps(decay[i]);
-          const __m512 ruk = _mm512_set1_ps(ri * up[h * N + i] * ki);
-          for (int64_t j = 0; j < N; j += 16) {
-            const __m512 s = _mm512_loadu_ps(row + j), vj = _mm512_loadu_ps(vp + o + j);
-            __m512 a = _mm512_loadu_ps(acc.data() + j);
-            a = _mm512_fmadd_ps(rv, s, a);
-            a = _mm512_fmadd_ps(ruk, vj, a);
-            _mm512_storeu_ps(acc.data() + j, a);
-            _mm512_storeu_ps(row + j, _mm512_fmadd_ps(wi, s, _mm512_mul_ps(kv, vj)));
-          }
-        }
-        std::copy(acc.begin(), acc.end(), yp + o);
+        wkv5_head(rp + o, lwp + o, kp + o, vp + o, up + h * N, S, S, yp + o, N, acc.data(), decay.data());
       }
     }
   });
@@ -1009,25 +973,10 @@ std::vector<at::Tensor> wkv7_seq(const at::Tensor& r, const at::Tensor& log_w, c
     std::vector<float> w(N);
     for (int64_t bh = lo; bh < hi; bh++) {
       const int64_t bi = bh / H, h = bh % H;
-      float* S = sp + bh * N * N;
+      float* S = sp + bh * N * N;  // updated in place, token after token
       for (int64_t t = 0; t < T; t++) {
         const int64_t o = ((bi * T + t) * H + h) * N;
-        for (int64_t j = 0; j < N; j += 16) _mm512_storeu_ps(w.data() + j, exp512(_mm512_loadu_ps(lwp + o + j)));
-        for (int64_t i = 0; i < N; i++) {
-          float* row = S + i * N;
-          __m512 sa = _mm512_setzero_ps();
-          for (int64_t j = 0; j < N; j += 16) sa = _mm512_fmadd_ps(_mm512_loadu_ps(row + j), _mm512_loadu_ps(ap + o + j), sa);
-          const __m512 sav = _mm512_set1_ps(_mm512_reduce_add_ps(sa)), vi = _mm512_set1_ps(vp[o + i]);
-          __m512 acc = _mm512_setzero_ps();
-          for (int64_t j = 0; j < N; j += 16) {
-            __m512 s = _mm512_mul_ps(_mm512_loadu_ps(row + j), _mm512_loadu_ps(w.data() + j));
-            s = _mm512_fmadd_ps(sav, _mm512_loadu_ps(bp + o + j), s);
-            s = _mm512_fmadd_ps(vi, _mm512_loadu_ps(kp + o + j), s);
-            _mm512_storeu_ps(row + j, s);
-            acc = _mm512_fmadd_ps(s, _mm512_loadu_ps(rp + o + j), acc);
-          }
-          yp[o + i] = _mm512_reduce_add_ps(acc);
-        }
+        wkv7_head(rp + o, lwp + o, kp + o, vp + o, ap + o, bp + o, S, S, yp + o, N, w.data());
       }
     }
   });
@@ -1242,6 +1191,33 @@ at::Tensor rwkv7_step(const at::Tensor& x_in, at::TensorList p, const at::Tensor
   return head_logits(x, B, C, p, vocab, feps, x_in.options());
 }
 
+// RWKV-4/5/6's channel mixing on the residual rows x (B, C), in place: h = LayerNorm(x) (written to
+// prev_out: the next token's shift), xk and xr lerped from prev toward h, then
+// x += sigmoid(R xr) * (V relu(K xk)^2). q points at the layer's tensors: q[ln], q[ln + 1] the
+// norm, q[mix] the (2, C) lerp weights, q[kw] .. q[kw + 5] the K, R, V weights with their params.
+void channel_mix_gated(float* x, int64_t B, int64_t C, int64_t F, const at::Tensor* q, int ln, int mix, int kw,
+                       const float* prev, float* prev_out, float eps, const char* op) {
+  const int64_t BC = B * C;
+  std::vector<float> h(BC), xs(2 * BC), r(BC), t(BC), hidden(B * F);
+  auto rows = [](std::vector<float>& buf, int64_t ld) { return OutRows{buf.data(), at::kFloat, ld}; };
+  auto lin = [&](int i, int64_t n_out, int64_t n_in) {
+    const Weight W = weight_of(q[i], q[i + 1], n_out, op);
+    TORCH_CHECK(W.n == n_out && W.k == n_in, op, ": weight ", i, " has the wrong shape");
+    return W;
+  };
+  layer_norm_rows(x, B, C, f32_vector(q[ln], C, "ln2"), f32_vector(q[ln + 1], C, "ln2"), eps, h.data());
+  std::memcpy(prev_out, h.data(), BC * sizeof(float));
+  const float* fmix = f32_vector(q[mix], 2 * C, "the FFN's mix vectors");
+  for (int i = 0; i < 2; i++)
+    for (int64_t j = 0; j < BC; j++) xs[i * BC + j] = prev[j] + fmix[i * C + j % C] * (h[j] - prev[j]);
+  product(lin(kw, F, C), xs.data(), B, rows(hidden, F));
+  for (auto& z : hidden) z = z > 0 ? z * z : 0.0f;
+  product(lin(kw + 2, C, C), xs.data() + BC, B, rows(r, C));
+  product(lin(kw + 4, C, F), hidden.data(), B, rows(t, C));
+  map16(r.data(), BC, sigmoid512);
+  for (int64_t j = 0; j < BC; j++) x[j] += r[j] * t[j];
+}
+
 // A whole RWKV-4 decode step (models/rwkv4.py's RWKV4.step), as rwkv7_step above: embeddings x
 // (B, C) float32 -> logits (B, V); state and state_out are the five (L, B, C) float32 tensors of
 // RWKV4State (att_x_prev, wkv_num, wkv_den, wkv_max, ffn_x_prev).
@@ -1266,7 +1242,7 @@ at::Tensor rwkv4_step(const at::Tensor& x_in, at::TensorList p, at::TensorList s
   const float feps = float(ln_eps);
   at::Tensor xt = x_in.contiguous().clone();
   float* x = xt.data_ptr<float>();
-  std::vector<float> h(BC), xs(3 * BC), r(BC), k(BC), v(BC), y(BC), t(BC), hidden;
+  std::vector<float> h(BC), xs(3 * BC), r(BC), k(BC), v(BC), y(BC), t(BC);
   auto rows = [](std::vector<float>& buf, int64_t ld) { return OutRows{buf.data(), at::kFloat, ld}; };
   auto at_layer = [&](const at::Tensor& s, int64_t l) { return s.data_ptr<float>() + l * BC; };
 
@@ -1297,20 +1273,8 @@ at::Tensor rwkv4_step(const at::Tensor& x_in, at::TensorList p, at::TensorList s
     product(lin(k4OW, C, C), y.data(), B, rows(t, C));
     for (int64_t j = 0; j < BC; j++) x[j] += t[j];
 
-    // channel mixing: sigmoid(R xr) * (V relu(K xk)^2)
-    const float* fprev = at_layer(state[4], l);
-    layer_norm_rows(x, B, C, f32_vector(q[k4Ln2W], C, "ln2"), f32_vector(q[k4Ln2B], C, "ln2"), feps, h.data());
-    std::memcpy(at_layer(state_out[4], l), h.data(), BC * sizeof(float));
-    const float* fmix = f32_vector(q[k4FfnMix], 2 * C, "the FFN's mix vectors");
-    for (int i = 0; i < 2; i++)
-      for (int64_t j = 0; j < BC; j++) xs[i * BC + j] = fprev[j] + fmix[i * C + j % C] * (h[j] - fprev[j]);
-    hidden.resize(B * ffn_dim);
-    product(lin(k4FKW, ffn_dim, C), xs.data(), B, rows(hidden, ffn_dim));
-    for (auto& z : hidden) z = z > 0 ? z * z : 0.0f;
-    product(lin(k4FRW, C, C), xs.data() + BC, B, rows(r, C));
-    product(lin(k4FVW, C, ffn_dim), hidden.data(), B, rows(t, C));
-    map16(r.data(), BC, sigmoid512);
-    for (int64_t j = 0; j < BC; j++) x[j] += r[j] * t[j];
+    channel_mix_gated(x, B, C, ffn_dim, q, k4Ln2W, k4FfnMix, k4FKW, at_layer(state[4], l), at_layer(state_out[4], l), feps,
+                      "rwkv4_step");
   }
   return head_logits(x, B, C, p, vocab, feps, x_in.options());
 }
@@ -1349,7 +1313,7 @@ at::Tensor rwkv56_step(const at::Tensor& x_in, at::TensorList p, const at::Tenso
   at::Tensor xt = x_in.contiguous().clone();
   float* x = xt.data_ptr<float>();
   std::vector<float> h(BC), delta(BC), xs(5 * BC), r(BA), k(BA), v(BA), g(BA), lw(BA), y(BA), t(std::max(BC, BA)),
-      fr(BC), low, hidden;
+      low;
   auto rows = [](std::vector<float>& buf, int64_t ld) { return OutRows{buf.data(), at::kFloat, ld}; };
 
   if (p[0].numel() > 0) layer_norm_rows(x, B, C, f32_vector(p[0], C, "ln0"), f32_vector(p[1], C, "ln0"), feps, x);
@@ -1432,20 +1396,8 @@ at::Tensor rwkv56_step(const at::Tensor& x_in, at::TensorList p, const at::Tenso
     product(lin(k5OW, C, A), y.data(), B, rows(t, C));
     for (int64_t j = 0; j < BC; j++) x[j] += t[j];
 
-    // channel mixing (RWKV-4's): sigmoid(R xr) * (V relu(K xk)^2), lerps toward the current input
-    const float* fprev = ffn_prev.data_ptr<float>() + l * BC;
-    layer_norm_rows(x, B, C, f32_vector(q[k5Ln2W], C, "ln2"), f32_vector(q[k5Ln2B], C, "ln2"), feps, h.data());
-    std::memcpy(ffn_prev_out.data_ptr<float>() + l * BC, h.data(), BC * sizeof(float));
-    const float* fmix = f32_vector(q[k5FfnMix], 2 * C, "the FFN's mix vectors");
-    for (int i = 0; i < 2; i++)
-      for (int64_t j = 0; j < BC; j++) xs[i * BC + j] = fprev[j] + fmix[i * C + j % C] * (h[j] - fprev[j]);
-    hidden.resize(B * ffn_dim);
-    product(lin(k5FKW, ffn_dim, C), xs.data(), B, rows(hidden, ffn_dim));
-    for (auto& z : hidden) z = z > 0 ? z * z : 0.0f;
-    product(lin(k5FRW, C, C), xs.data() + BC, B, rows(fr, C));
-    product(lin(k5FVW, C, ffn_dim), hidden.data(), B, rows(t, C));
-    map16(fr.data(), BC, sigmoid512);
-    for (int64_t j = 0; j < BC; j++) x[j] += fr[j] * t[j];
+    channel_mix_gated(x, B, C, ffn_dim, q, k5Ln2W, k5FfnMix, k5FKW, ffn_prev.data_ptr<float>() + l * BC,
+                      ffn_prev_out.data_ptr<float>() + l * BC, feps, "rwkv56_step");
   }
   return head_logits(x, B, C, p, vocab, feps, x_in.options());
 }
