@@ -17,6 +17,7 @@ Tolerances, and why:
 from __future__ import annotations
 
 import copy
+import mmap
 from pathlib import Path
 
 import pytest
@@ -25,7 +26,7 @@ from torch import nn
 
 from rwkvkit import load_model, testing
 from rwkvkit.errors import RwkvkitError
-from rwkvkit.inference import optimize_for_inference
+from rwkvkit.inference import HUGE_PAGE, huge_page_copy, optimize_for_inference
 from rwkvkit.models.common import StepConstants
 from rwkvkit.models.rwkv4 import RWKV4Config
 from rwkvkit.models.rwkv5 import RWKV5Config
@@ -299,3 +300,26 @@ def test_step_traces_as_one_graph(version: str) -> None:
         got, got_state = compiled(torch.tensor([7, 8]), state)
         want, want_state = step(torch.tensor([7, 8]), state)
     assert torch.equal(got, want) and torch.equal(got_state.att_x_prev, want_state.att_x_prev)
+
+
+@pytest.mark.skipif(not hasattr(mmap, "MADV_HUGEPAGE"), reason="transparent huge pages are a Linux feature")
+def test_large_weights_move_into_huge_page_memory() -> None:
+    """huge_page_copy: the same values, 2 MB aligned; a column-major weight keeps its layout; and
+    optimize_for_inference puts every weight of 2 MB or more there (shared tensors once)."""
+    t = torch.randn(1024, 1024)
+    copy_ = huge_page_copy(t)
+    assert copy_ is not None and torch.equal(copy_, t) and copy_.data_ptr() % HUGE_PAGE == 0
+    assert huge_page_copy(t.t()) is None
+    config = RWKV4Config(vocab_size=2048, n_layer=1, n_embd=256, ffn_dim=1024)
+    model = testing.random_rwkv4(config, seed=1)
+    want, _ = model(torch.tensor([[1, 2, 3]]))
+    model.head.weight = model.emb.weight  # a tied pair is copied once and stays tied
+    want_tied, _ = model(torch.tensor([[1, 2, 3]]))
+    optimize_for_inference(model)
+    big = [t for t in [*model.parameters(), *model.buffers()] if t.numel() * t.element_size() >= HUGE_PAGE]
+    assert big and all(t.data_ptr() % HUGE_PAGE == 0 for t in big if t.is_contiguous())
+    assert model.head.weight is model.emb.weight
+    with torch.no_grad():
+        got, _ = model(torch.tensor([[1, 2, 3]]))
+    torch.testing.assert_close(got, want_tied, atol=FP32_TOL, rtol=FP32_TOL)
+    assert not torch.equal(want, want_tied)  # the tie changed the model: the check above can fail
