@@ -24,6 +24,7 @@ constants were replaced (a move, a load, a swap of layers), never copying a larg
 from __future__ import annotations
 
 import dataclasses
+import operator
 from typing import Any
 
 import torch
@@ -65,6 +66,7 @@ class FusedStep:
     subclasses say what the call takes for their version."""
 
     model_cls: type[nn.Module]
+    loop_width = "head_size"  # the config field the native WKV loops take in steps of 16 channels
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
@@ -72,26 +74,31 @@ class FusedStep:
         self._params: list[Tensor] | None = None
 
     def _sources(self) -> list[Any]:
-        m = self.model
-        out: list[Any] = [m.ln_out, m.head]
-        for block in m.blocks:
-            att, ffn = block.att, block.ffn
-            out += [block.ln1, block.ln2, att._prepared, ffn._prepared]
-            out += [x for x in (*att.children(), *ffn.children())]
+        """Every module and prepared-constants object the packed list is made from. Read from the
+        modules' own dicts: it runs every step, and nn.Module's attribute lookup made it ~25 us of
+        the bundled model's ~900 us step (now ~2 us)."""
+        modules = self.model._modules
+        out: list[Any] = [modules["ln_out"], modules["head"]]
+        for block in modules["blocks"]._modules.values():
+            parts = block._modules
+            att, ffn = parts["att"], parts["ffn"]
+            out += (parts["ln1"], parts["ln2"], att._prepared, ffn._prepared)
+            out += (*att._modules.values(), *ffn._modules.values())
         return out
 
     def _pack(self) -> list[Tensor] | None:
         sources = self._sources()
-        if len(sources) == len(self._seen) and all(a is b for a, b in zip(sources, self._seen, strict=True)):
-            return self._params
-        self._seen, self._params = sources, self._make()
+        if len(sources) != len(self._seen) or not all(map(operator.is_, sources, self._seen)):
+            self._seen, self._params = sources, self._make()
         return self._params
 
     def _make(self) -> list[Tensor] | None:
         """The head's tensors then every layer's, in the order of the native op; None if it cannot run."""
         m = self.model
         head = _product(m.head)
-        if head is None or not all(b.att.prepared and b.ffn.prepared for b in m.blocks):
+        if getattr(m.config, self.loop_width) % 16 or head is None:
+            return None
+        if not all(b.att.prepared and b.ffn.prepared for b in m.blocks):
             return None
         first = m.blocks[0]
         ln0 = _layer_norm(first.ln0) if first.normalises_embedding else [_EMPTY, _EMPTY]
@@ -143,9 +150,6 @@ class FusedStep:
 class RWKV7Step(FusedStep):
     model_cls = RWKV7
 
-    def _make(self) -> list[Tensor] | None:
-        return None if self.model.config.head_size % 16 else super()._make()  # WKV loops: 16 channels
-
     def _layer(self, block: nn.Module) -> list[Tensor] | None:
         att, ffn = block.att, block.ffn
         c, fc = att.constants(), ffn.constants()
@@ -171,9 +175,7 @@ class RWKV7Step(FusedStep):
 class RWKV4Step(FusedStep):
     model_cls = RWKV4
     order = ("att_x_prev", "wkv_num", "wkv_den", "wkv_max", "ffn_x_prev")
-
-    def _make(self) -> list[Tensor] | None:
-        return None if self.model.config.n_embd % 16 else super()._make()  # WKV loop: 16 channels
+    loop_width = "n_embd"  # RWKV-4's WKV is per channel
 
     def _layer(self, block: nn.Module) -> list[Tensor] | None:
         att, ffn = block.att, block.ffn
@@ -200,9 +202,6 @@ class RWKV56Step(FusedStep):
     """RWKV-5 and RWKV-6 (``rwkv56_step``): the same layer loop and state, their own time mixing."""
 
     model_cls = RWKV5
-
-    def _make(self) -> list[Tensor] | None:
-        return None if self.model.config.head_size % 16 else super()._make()  # WKV loops: 16 channels
 
     def _layer(self, block: nn.Module) -> list[Tensor] | None:
         att, ffn = block.att, block.ffn
