@@ -1038,6 +1038,23 @@ const float* f32_vector(const at::Tensor& t, int64_t n, const char* what) {
   return t.data_ptr<float>();
 }
 
+// A layer's product: the weight at q[i] and its scales at q[i + 1], checked to map n_in inputs to
+// n_out outputs.
+Weight layer_weight(const at::Tensor* q, int i, int64_t n_out, int64_t n_in, const char* op) {
+  const Weight W = weight_of(q[i], q[i + 1], n_out, op);
+  TORCH_CHECK(W.n == n_out && W.k == n_in, op, ": weight ", i, " has the wrong shape");
+  return W;
+}
+
+// Where a product writes rows of ld float32 values (a fused step's scratch buffers).
+OutRows float_rows(float* base, int64_t ld) { return OutRows{base, at::kFloat, ld}; }
+
+// The state tensors a fused step reads and writes: contiguous float32, numel values each.
+void check_states(std::initializer_list<const at::Tensor*> ts, int64_t numel, const char* op, const char* what) {
+  for (const at::Tensor* t : ts)
+    TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous() && t->numel() == numel, op, ": ", what);
+}
+
 // The logits of the final residual rows x (B, C): ln_out (p[2], p[3]) then the head (p[4], p[5]).
 at::Tensor head_logits(const float* x, int64_t B, int64_t C, at::TensorList p, int64_t vocab, float eps,
                        const at::TensorOptions& options) {
@@ -1046,7 +1063,7 @@ at::Tensor head_logits(const float* x, int64_t B, int64_t C, at::TensorList p, i
   const Weight hw = weight_of(p[4], p[5], vocab, "the fused step");
   TORCH_CHECK(hw.n == vocab && hw.k == C, "the fused step: the head must be (V, C)");
   at::Tensor logits = at::empty({B, vocab}, options);
-  product(hw, h.data(), B, OutRows{logits.data_ptr<float>(), at::kFloat, vocab});
+  product(hw, h.data(), B, float_rows(logits.data_ptr<float>(), vocab));
   return logits;
 }
 
@@ -1060,12 +1077,9 @@ at::Tensor rwkv7_step(const at::Tensor& x_in, at::TensorList p, const at::Tensor
   const int64_t B = x_in.size(0), C = x_in.size(1), H = n_head, N = C / H;
   const int64_t L = (int64_t(p.size()) - kFusedHead) / kRwkv7LayerParams;
   TORCH_CHECK(H * N == C && N % 16 == 0, "rwkv7_step: C must be n_head heads of a multiple of 16");
-  for (const at::Tensor* t : {&att_prev, &ffn_prev, static_cast<const at::Tensor*>(&att_prev_out), static_cast<const at::Tensor*>(&ffn_prev_out)})
-    TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous() && t->numel() == L * B * C,
-                "rwkv7_step: token-shift states must be contiguous float32 (L, B, C)");
-  for (const at::Tensor* t : {&wkv, static_cast<const at::Tensor*>(&wkv_out)})
-    TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous() && t->numel() == L * B * C * N,
-                "rwkv7_step: WKV states must be contiguous float32 (L, B, H, N, N)");
+  check_states({&att_prev, &ffn_prev, &att_prev_out, &ffn_prev_out}, L * B * C, "rwkv7_step",
+               "token-shift states must be contiguous float32 (L, B, C)");
+  check_states({&wkv, &wkv_out}, L * B * C * N, "rwkv7_step", "WKV states must be contiguous float32 (L, B, H, N, N)");
   const float feps = float(ln_eps), xeps = float(lnx_eps);
   const int64_t BC = B * C;
 
@@ -1075,29 +1089,23 @@ at::Tensor rwkv7_step(const at::Tensor& x_in, at::TensorList p, const at::Tensor
       first(BC), t(BC);
   std::vector<float> low;  // the low-rank products' inner rows
   std::vector<float> hidden;
-  const OutRows to_t{t.data(), at::kFloat, C};
-  auto into = [](std::vector<float>& buf, int64_t ld) { return OutRows{buf.data(), at::kFloat, ld}; };
+  const OutRows to_t = float_rows(t.data(), C);
 
   if (p[0].defined() && p[0].numel() > 0)
     layer_norm_rows(x, B, C, f32_vector(p[0], C, "ln0"), f32_vector(p[1], C, "ln0"), feps, x);
 
   for (int64_t l = 0; l < L; l++) {
     const at::Tensor* q = p.data() + kFusedHead + l * kRwkv7LayerParams;
-    // A big product's weight; every one maps C inputs except the FFN's value weight.
-    auto lin = [&](int i, int64_t n_out) {
-      const Weight W = weight_of(q[i], q[i + 1], n_out, "rwkv7_step");
-      TORCH_CHECK(W.n == n_out && (W.k == C || i == kFVW), "rwkv7_step: weight ", i, " has the wrong shape");
-      return W;
-    };
+    auto lin = [&](int i, int64_t n_out, int64_t n_in) { return layer_weight(q, i, n_out, n_in, "rwkv7_step"); };
     auto low_w = [&](int i) { return weight_of(q[i], at::Tensor(), q[i].size(0), "rwkv7_step"); };
     // A low-rank projection up(inner(down x)): down (D, C), up (C, D).
     auto lowrank = [&](int down, const float* in, float* out, auto inner) {
       const Weight d = low_w(down), u = low_w(down + 1);
       TORCH_CHECK(d.k == C && u.n == C && u.k == d.n, "rwkv7_step: low-rank matrices must be (D, C) and (C, D)");
       low.resize(B * d.n);
-      product(d, in, B, into(low, d.n));
+      product(d, in, B, float_rows(low.data(), d.n));
       inner(low.data(), B * d.n);
-      product(u, low.data(), B, OutRows{out, at::kFloat, C});
+      product(u, low.data(), B, float_rows(out, C));
     };
     auto none = [](float*, int64_t) {};
 
@@ -1112,9 +1120,9 @@ at::Tensor rwkv7_step(const at::Tensor& x_in, at::TensorList p, const at::Tensor
           xs[i * BC + j] = h[j] + (prev[j] - h[j]) * mix[i * C + c];
         }
     std::memcpy(att_prev_out.data_ptr<float>() + l * BC, h.data(), BC * sizeof(float));
-    product(lin(kRW, C), xs.data(), B, into(r, C));
-    product(lin(kKW, C), xs.data() + 2 * BC, B, into(k, C));
-    product(lin(kVW, C), xs.data() + 3 * BC, B, into(v, C));
+    product(lin(kRW, C, C), xs.data(), B, float_rows(r.data(), C));
+    product(lin(kKW, C, C), xs.data() + 2 * BC, B, float_rows(k.data(), C));
+    product(lin(kVW, C, C), xs.data() + 3 * BC, B, float_rows(v.data(), C));
     lowrank(kW1, xs.data() + BC, w.data(), [](float* z, int64_t n) { for (int64_t i = 0; i < n; i++) z[i] = std::tanh(z[i]); });
     lowrank(kA1, xs.data() + 4 * BC, a.data(), none);
     lowrank(kG1, xs.data() + 5 * BC, g.data(), [](float* z, int64_t n) { map16(z, n, sigmoid512); });
@@ -1169,7 +1177,7 @@ at::Tensor rwkv7_step(const at::Tensor& x_in, at::TensorList p, const at::Tensor
       for (int64_t i = 0; i < N; i++)
         y[o + i] = (((y[o + i] - mean) * inv) * lnx_w[c0 + i] + lnx_b[c0 + i] + bonus * v[o + i]) * g[o + i];
     }
-    product(lin(kOW, C), y.data(), B, to_t);
+    product(lin(kOW, C, C), y.data(), B, to_t);
     for (int64_t j = 0; j < BC; j++) x[j] += t[j];
 
     // channel mixing
@@ -1178,12 +1186,11 @@ at::Tensor rwkv7_step(const at::Tensor& x_in, at::TensorList p, const at::Tensor
     std::memcpy(ffn_prev_out.data_ptr<float>() + l * BC, h.data(), BC * sizeof(float));
     const float* x_k = f32_vector(q[kFfnXK], C, "ffn x_k");
     for (int64_t j = 0; j < BC; j++) h[j] += (fprev[j] - h[j]) * x_k[j % C];
-    const Weight fk = lin(kFKW, ffn_dim);
+    const Weight fk = lin(kFKW, ffn_dim, C);
     hidden.resize(B * fk.n);
-    product(fk, h.data(), B, into(hidden, fk.n));
+    product(fk, h.data(), B, float_rows(hidden.data(), fk.n));
     for (auto& z : hidden) z = z > 0 ? z * z : 0.0f;
-    const Weight fv = lin(kFVW, C);
-    TORCH_CHECK(fk.k == C && fv.k == fk.n, "rwkv7_step: the FFN's weights must be (F, C) and (C, F)");
+    const Weight fv = lin(kFVW, C, ffn_dim);
     product(fv, hidden.data(), B, to_t);
     for (int64_t j = 0; j < BC; j++) x[j] += t[j];
   }
@@ -1199,21 +1206,15 @@ void channel_mix_gated(float* x, int64_t B, int64_t C, int64_t F, const at::Tens
                        const float* prev, float* prev_out, float eps, const char* op) {
   const int64_t BC = B * C;
   std::vector<float> h(BC), xs(2 * BC), r(BC), t(BC), hidden(B * F);
-  auto rows = [](std::vector<float>& buf, int64_t ld) { return OutRows{buf.data(), at::kFloat, ld}; };
-  auto lin = [&](int i, int64_t n_out, int64_t n_in) {
-    const Weight W = weight_of(q[i], q[i + 1], n_out, op);
-    TORCH_CHECK(W.n == n_out && W.k == n_in, op, ": weight ", i, " has the wrong shape");
-    return W;
-  };
   layer_norm_rows(x, B, C, f32_vector(q[ln], C, "ln2"), f32_vector(q[ln + 1], C, "ln2"), eps, h.data());
   std::memcpy(prev_out, h.data(), BC * sizeof(float));
   const float* fmix = f32_vector(q[mix], 2 * C, "the FFN's mix vectors");
   for (int i = 0; i < 2; i++)
     for (int64_t j = 0; j < BC; j++) xs[i * BC + j] = prev[j] + fmix[i * C + j % C] * (h[j] - prev[j]);
-  product(lin(kw, F, C), xs.data(), B, rows(hidden, F));
+  product(layer_weight(q, kw, F, C, op), xs.data(), B, float_rows(hidden.data(), F));
   for (auto& z : hidden) z = z > 0 ? z * z : 0.0f;
-  product(lin(kw + 2, C, C), xs.data() + BC, B, rows(r, C));
-  product(lin(kw + 4, C, F), hidden.data(), B, rows(t, C));
+  product(layer_weight(q, kw + 2, C, C, op), xs.data() + BC, B, float_rows(r.data(), C));
+  product(layer_weight(q, kw + 4, C, F, op), hidden.data(), B, float_rows(t.data(), C));
   map16(r.data(), BC, sigmoid512);
   for (int64_t j = 0; j < BC; j++) x[j] += r[j] * t[j];
 }
@@ -1243,18 +1244,13 @@ at::Tensor rwkv4_step(const at::Tensor& x_in, at::TensorList p, at::TensorList s
   at::Tensor xt = x_in.contiguous().clone();
   float* x = xt.data_ptr<float>();
   std::vector<float> h(BC), xs(3 * BC), r(BC), k(BC), v(BC), y(BC), t(BC);
-  auto rows = [](std::vector<float>& buf, int64_t ld) { return OutRows{buf.data(), at::kFloat, ld}; };
   auto at_layer = [&](const at::Tensor& s, int64_t l) { return s.data_ptr<float>() + l * BC; };
 
   if (p[0].numel() > 0) layer_norm_rows(x, B, C, f32_vector(p[0], C, "ln0"), f32_vector(p[1], C, "ln0"), feps, x);
 
   for (int64_t l = 0; l < L; l++) {
     const at::Tensor* q = p.data() + kFusedHead + l * kRwkv4LayerParams;
-    auto lin = [&](int i, int64_t n_out, int64_t n_in) {
-      const Weight W = weight_of(q[i], q[i + 1], n_out, "rwkv4_step");
-      TORCH_CHECK(W.n == n_out && W.k == n_in, "rwkv4_step: weight ", i, " has the wrong shape");
-      return W;
-    };
+    auto lin = [&](int i, int64_t n_out, int64_t n_in) { return layer_weight(q, i, n_out, n_in, "rwkv4_step"); };
     // time mixing: lerp(prev, h, mix) = prev + mix (h - prev) for k, v, r
     const float* prev = at_layer(state[0], l);
     layer_norm_rows(x, B, C, f32_vector(q[k4Ln1W], C, "ln1"), f32_vector(q[k4Ln1B], C, "ln1"), feps, h.data());
@@ -1262,15 +1258,15 @@ at::Tensor rwkv4_step(const at::Tensor& x_in, at::TensorList p, at::TensorList s
     const float* mix = f32_vector(q[k4AttMix], 3 * C, "the mix vectors");
     for (int i = 0; i < 3; i++)
       for (int64_t j = 0; j < BC; j++) xs[i * BC + j] = prev[j] + mix[i * C + j % C] * (h[j] - prev[j]);
-    product(lin(k4KW, C, C), xs.data(), B, rows(k, C));
-    product(lin(k4VW, C, C), xs.data() + BC, B, rows(v, C));
-    product(lin(k4RW, C, C), xs.data() + 2 * BC, B, rows(r, C));
+    product(lin(k4KW, C, C), xs.data(), B, float_rows(k.data(), C));
+    product(lin(k4VW, C, C), xs.data() + BC, B, float_rows(v.data(), C));
+    product(lin(k4RW, C, C), xs.data() + 2 * BC, B, float_rows(r.data(), C));
     wkv4_rows(f32_vector(q[k4Decay], C, "decay"), f32_vector(q[k4First], C, "time_first"), k.data(), v.data(),
               at_layer(state[1], l), at_layer(state[2], l), at_layer(state[3], l), y.data(), at_layer(state_out[1], l),
               at_layer(state_out[2], l), at_layer(state_out[3], l), BC, C);
     map16(r.data(), BC, sigmoid512);
     for (int64_t j = 0; j < BC; j++) y[j] *= r[j];
-    product(lin(k4OW, C, C), y.data(), B, rows(t, C));
+    product(lin(k4OW, C, C), y.data(), B, float_rows(t.data(), C));
     for (int64_t j = 0; j < BC; j++) x[j] += t[j];
 
     channel_mix_gated(x, B, C, ffn_dim, q, k4Ln2W, k4FfnMix, k4FKW, at_layer(state[4], l), at_layer(state_out[4], l), feps,
@@ -1302,29 +1298,21 @@ at::Tensor rwkv56_step(const at::Tensor& x_in, at::TensorList p, const at::Tenso
   const int64_t B = x_in.size(0), C = x_in.size(1), H = n_head, N = head_size, A = H * N;
   const int64_t L = (int64_t(p.size()) - kFusedHead) / kRwkv56LayerParams, BC = B * C, BA = B * A;
   TORCH_CHECK(N % 16 == 0, "rwkv56_step: the head size must be a multiple of 16");
-  for (const at::Tensor* t : {&att_prev, &ffn_prev, static_cast<const at::Tensor*>(&att_prev_out),
-                              static_cast<const at::Tensor*>(&ffn_prev_out)})
-    TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous() && t->numel() == L * BC,
-                "rwkv56_step: token-shift states must be contiguous float32 (L, B, C)");
-  for (const at::Tensor* t : {&wkv, static_cast<const at::Tensor*>(&wkv_out)})
-    TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous() && t->numel() == L * B * H * N * N,
-                "rwkv56_step: WKV states must be contiguous float32 (L, B, H, N, N)");
+  check_states({&att_prev, &ffn_prev, &att_prev_out, &ffn_prev_out}, L * BC, "rwkv56_step",
+               "token-shift states must be contiguous float32 (L, B, C)");
+  check_states({&wkv, &wkv_out}, L * B * H * N * N, "rwkv56_step",
+               "WKV states must be contiguous float32 (L, B, H, N, N)");
   const float feps = float(ln_eps), xeps = float(lnx_eps);
   at::Tensor xt = x_in.contiguous().clone();
   float* x = xt.data_ptr<float>();
   std::vector<float> h(BC), delta(BC), xs(5 * BC), r(BA), k(BA), v(BA), g(BA), lw(BA), y(BA), t(std::max(BC, BA)),
       low;
-  auto rows = [](std::vector<float>& buf, int64_t ld) { return OutRows{buf.data(), at::kFloat, ld}; };
 
   if (p[0].numel() > 0) layer_norm_rows(x, B, C, f32_vector(p[0], C, "ln0"), f32_vector(p[1], C, "ln0"), feps, x);
 
   for (int64_t l = 0; l < L; l++) {
     const at::Tensor* q = p.data() + kFusedHead + l * kRwkv56LayerParams;
-    auto lin = [&](int i, int64_t n_out, int64_t n_in) {
-      const Weight W = weight_of(q[i], q[i + 1], n_out, "rwkv56_step");
-      TORCH_CHECK(W.n == n_out && W.k == n_in, "rwkv56_step: weight ", i, " has the wrong shape");
-      return W;
-    };
+    auto lin = [&](int i, int64_t n_out, int64_t n_in) { return layer_weight(q, i, n_out, n_in, "rwkv56_step"); };
     const bool gated = q[k5GW].numel() > 0;
     const float* prev = att_prev.data_ptr<float>() + l * BC;
     layer_norm_rows(x, B, C, f32_vector(q[k5Ln1W], C, "ln1"), f32_vector(q[k5Ln1B], C, "ln1"), feps, h.data());
@@ -1346,7 +1334,7 @@ at::Tensor rwkv56_step(const at::Tensor& x_in, at::TensorList p, const at::Tenso
       TORCH_CHECK(w1.k == C && w1.n % 5 == 0, "rwkv56_step: time_maa_w1 must be (5 D, C)");
       const int64_t D = w1.n / 5;
       low.resize(B * 5 * D);
-      product(w1, t.data(), B, rows(low, 5 * D));
+      product(w1, t.data(), B, float_rows(low.data(), 5 * D));
       for (auto& z : low) z = std::tanh(z);
       const float* w2 = f32_vector(q[k5MaaW2], 5 * D * C, "time_maa_w2");  // (5, D, C)
       for (int i = 0; i < 5; i++)
@@ -1365,15 +1353,15 @@ at::Tensor rwkv56_step(const at::Tensor& x_in, at::TensorList p, const at::Tenso
       const Weight d2 = weight_of(q[k5DecayW2], at::Tensor(), q[k5DecayW2].size(0), "rwkv56_step");
       TORCH_CHECK(d1.k == C && d2.n == A && d2.k == d1.n, "rwkv56_step: time_decay_w1/w2 must be (D, C) and (A, D)");
       low.resize(B * d1.n);
-      product(d1, xs.data(), B, rows(low, d1.n));
+      product(d1, xs.data(), B, float_rows(low.data(), d1.n));
       for (auto& z : low) z = std::tanh(z);
-      product(d2, low.data(), B, rows(lw, A));
+      product(d2, low.data(), B, float_rows(lw.data(), A));
       const float* decay = f32_vector(q[k5Decay], A, "time_decay");
       for (int64_t j = 0; j < BA; j++) lw[j] = -std::exp(decay[j % A] + lw[j]);
     }
-    product(lin(k5KW, A, C), xs.data() + BC, B, rows(k, A));
-    product(lin(k5VW, A, C), xs.data() + 2 * BC, B, rows(v, A));
-    product(lin(k5RW, A, C), xs.data() + 3 * BC, B, rows(r, A));
+    product(lin(k5KW, A, C), xs.data() + BC, B, float_rows(k.data(), A));
+    product(lin(k5VW, A, C), xs.data() + 2 * BC, B, float_rows(v.data(), A));
+    product(lin(k5RW, A, C), xs.data() + 3 * BC, B, float_rows(r.data(), A));
     wkv5_rows(r.data(), lw.data(), A, k.data(), v.data(), f32_vector(q[k5Bonus], A, "the bonus"),
               wkv.data_ptr<float>() + l * B * H * N * N, wkv_out.data_ptr<float>() + l * B * H * N * N, y.data(),
               B, H, N);
@@ -1388,12 +1376,12 @@ at::Tensor rwkv56_step(const at::Tensor& x_in, at::TensorList p, const at::Tenso
       for (int64_t i = 0; i < N; i++) y[o + i] = (y[o + i] - mean) * inv * lnx_w[c0 + i] + lnx_b[c0 + i];
     }
     if (gated) {  // y *= silu(G xg)
-      product(lin(k5GW, A, C), xs.data() + 4 * BC, B, rows(g, A));
+      product(lin(k5GW, A, C), xs.data() + 4 * BC, B, float_rows(g.data(), A));
       for (int64_t j = 0; j < BA; j++) y[j] *= g[j];
       map16(g.data(), BA, sigmoid512);
       for (int64_t j = 0; j < BA; j++) y[j] *= g[j];
     }
-    product(lin(k5OW, C, A), y.data(), B, rows(t, C));
+    product(lin(k5OW, C, A), y.data(), B, float_rows(t.data(), C));
     for (int64_t j = 0; j < BC; j++) x[j] += t[j];
 
     channel_mix_gated(x, B, C, ffn_dim, q, k5Ln2W, k5FfnMix, k5FKW, ffn_prev.data_ptr<float>() + l * BC,
