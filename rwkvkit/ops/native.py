@@ -195,9 +195,7 @@ def _register_wkv_backends(ops: Any) -> None:
         return y, state
 
     def wkv4_step(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: Any) -> Any:
-        if k.shape[-1] % 16 or (
-            torch.is_grad_enabled() and any(t.requires_grad for t in (w, u, k, v, *state))
-        ):
+        if portable(w, u, v, *state, k):  # k last: its width is the one the loops take
             return wkv4.wkv4_step(w, u, k, v, state)
         out, *new = ops.wkv4_step(*(t.contiguous() for t in (w, u, k, v, *state)))
         return out, tuple(new)
@@ -205,9 +203,7 @@ def _register_wkv_backends(ops: Any) -> None:
     def wkv4_sequence(
         w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: Any, chunk_len: int
     ) -> Any:
-        if k.shape[-1] % 16 or (
-            torch.is_grad_enabled() and any(t.requires_grad for t in (w, u, k, v, *state))
-        ):
+        if portable(w, u, v, *state, k):
             return wkv4.wkv4_chunked_matmul(w, u, k, v, state, chunk_len)
         out, *new = ops.wkv4_seq(*(t.contiguous() for t in (w, u, k, v, *state)))
         return out, tuple(new)
